@@ -1,0 +1,111 @@
+"""The embedded database: SQLite through twisted.enterprise.adbapi."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from attrs import define
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from metadisk.db import DatabaseUnavailable
+from metadisk.interfaces import IDatabase, ITransaction
+
+T = TypeVar("T")
+
+
+def _prepare(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+@implementer(ITransaction)
+@define
+class _CursorTransaction:
+    """Runs statements on the pool thread's cursor; each returns a fired Deferred."""
+
+    _cursor: Any
+
+    def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        self._cursor.execute(sql, params)
+        return succeed(self._cursor.fetchall())
+
+    def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
+        self._cursor.execute(sql, params)
+        return succeed(self._cursor.rowcount)
+
+
+def _interact(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
+    """
+    Run the async C{work} to completion on the pool thread, in a transaction
+    taken for writing at once. Its statements return fired Deferreds, so the
+    coroutine never suspends; adbapi commits when it returns and rolls back
+    when it raises.
+    """
+    cursor.execute("BEGIN IMMEDIATE")
+    outcome: list[Any] = []
+    ensureDeferred(work(_CursorTransaction(cursor))).addBoth(outcome.append)
+    if not outcome:
+        raise RuntimeError("a transaction may only wait for its own statements")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def _query(cursor: Any, sql: str, params: tuple) -> list[tuple]:
+    cursor.execute(sql, params)
+    return cursor.fetchall()
+
+
+def _execute(cursor: Any, sql: str, params: tuple) -> int:
+    cursor.execute(sql, params)
+    return cursor.rowcount
+
+
+def _unavailable(failure: Failure) -> Failure:
+    if failure.check(sqlite3.OperationalError) and "unable to open" in str(failure.value):
+        raise DatabaseUnavailable(str(failure.value))
+    return failure
+
+
+@implementer(IDatabase)
+@define
+class SQLiteDatabase:
+    """One connection on one thread: SQLite has a single writer anyway."""
+
+    dialect = "sqlite"
+    _pool: adbapi.ConnectionPool
+
+    @classmethod
+    def open(cls, path: str, reactor: Any) -> SQLiteDatabase:
+        pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            timeout=30,  # busy timeout: wait for another process's write, don't fail
+            isolation_level=None,  # autocommit; transactions are explicit
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_prepare,
+            cp_reactor=reactor,
+        )
+        return cls(pool)
+
+    def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        return self._pool.runInteraction(_query, sql, params).addErrback(_unavailable)
+
+    def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
+        return self._pool.runInteraction(_execute, sql, params).addErrback(_unavailable)
+
+    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
+        return self._pool.runInteraction(_interact, work).addErrback(_unavailable)
+
+    def close(self) -> Deferred[None]:
+        self._pool.close()
+        return succeed(None)

@@ -1,0 +1,195 @@
+"""
+Access tokens and their credit. Every change of a balance is one atomic SQL
+statement, so no balance goes below zero whatever the concurrency; credit
+taken for a transfer is held in a reservation until the transfer ends.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from attrs import define, frozen
+from twisted.internet.interfaces import IReactorTime
+
+from metadisk.interfaces import IDatabase, ITransaction
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+TOKEN_LENGTH = 16
+MAX_TRANSFER = 2**53
+# Far below SQLite's and PostgreSQL's 2^63, so balance + deposit never overflows.
+MAX_BALANCE = 2**62
+
+
+class UnknownToken(Exception):
+    """No such token."""
+
+
+class BalanceInsufficient(Exception):
+    """The token has less credit than the operation needs."""
+
+
+class BalanceFull(Exception):
+    """A deposit would take the balance past L{MAX_BALANCE}."""
+
+
+def new_token_string() -> str:
+    """16 base-62 characters from the operating system's CSPRNG."""
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+
+
+@frozen
+class Reservation:
+    """Credit held for one transfer. C{id} is None when nothing was taken."""
+
+    id: str | None
+    token: str | None
+    amount: int
+
+
+FREE = Reservation(id=None, token=None, amount=0)
+
+
+@define
+class Ledger:
+    _db: IDatabase
+    _clock: IReactorTime
+    _node_id: str
+
+    def _now(self) -> int:
+        return int(self._clock.seconds())
+
+    async def new_token(self) -> str:
+        token = new_token_string()
+        await self._db.execute(
+            "INSERT INTO tokens (token, balance, created) VALUES (?, 0, ?)", (token, self._now())
+        )
+        return token
+
+    async def balance(self, token: str) -> int | None:
+        rows = await self._db.query("SELECT balance FROM tokens WHERE token = ?", (token,))
+        return rows[0][0] if rows else None
+
+    async def exists(self, token: str) -> bool:
+        return await self.balance(token) is not None
+
+    async def deposit(self, token: str, amount: int) -> None:
+        changed = await self._db.execute(
+            "UPDATE tokens SET balance = balance + ? WHERE token = ? AND balance <= ?",
+            (amount, token, MAX_BALANCE - amount),
+        )
+        if not changed:
+            raise UnknownToken() if not await self.exists(token) else BalanceFull()
+
+    async def withdraw(self, token: str, amount: int) -> None:
+        changed = await self._db.execute(
+            "UPDATE tokens SET balance = balance - ? WHERE token = ? AND balance >= ?",
+            (amount, token, amount),
+        )
+        if not changed:
+            raise UnknownToken() if not await self.exists(token) else BalanceInsufficient()
+
+    async def redeem(self, token: str, code: str) -> bool:
+        """
+        Credit a promocode to a token, once. False for an unknown or already
+        redeemed code; L{UnknownToken} for an unknown token.
+        """
+
+        async def work(txn: ITransaction) -> bool:
+            if not await txn.query("SELECT 1 FROM tokens WHERE token = ?", (token,)):
+                raise UnknownToken()
+            rows = await txn.query("SELECT bytes FROM promocodes WHERE code = ?", (code,))
+            if not rows:
+                return False
+            if await txn.query(
+                "SELECT 1 FROM redemptions WHERE token = ? AND code = ?", (token, code)
+            ):
+                return False
+            await txn.execute(
+                "INSERT INTO redemptions (token, code, redeemed) VALUES (?, ?, ?)",
+                (token, code, self._now()),
+            )
+            changed = await txn.execute(
+                "UPDATE tokens SET balance = balance + ? WHERE token = ? AND balance <= ?",
+                (rows[0][0], token, MAX_BALANCE - rows[0][0]),
+            )
+            if not changed:
+                raise BalanceFull()
+            return True
+
+        try:
+            return await self._db.transaction(work)
+        except BalanceFull:
+            return False
+
+    async def prices(self) -> list[dict[str, int]]:
+        rows = await self._db.query("SELECT amount, cost FROM prices ORDER BY amount")
+        return [{"amount": amount, "cost": cost} for amount, cost in rows]
+
+    async def reserve(self, token: str, amount: int) -> Reservation:
+        """Take C{amount} from the token now; L{settle} or L{refund} it later."""
+        reservation = Reservation(id=secrets.token_hex(16), token=token, amount=amount)
+
+        async def work(txn: ITransaction) -> None:
+            changed = await txn.execute(
+                "UPDATE tokens SET balance = balance - ? WHERE token = ? AND balance >= ?",
+                (amount, token, amount),
+            )
+            if not changed:
+                if not await txn.query("SELECT 1 FROM tokens WHERE token = ?", (token,)):
+                    raise UnknownToken()
+                raise BalanceInsufficient()
+            await txn.execute(
+                "INSERT INTO reservations (id, token, amount, node_id, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (reservation.id, token, amount, self._node_id, self._now()),
+            )
+
+        await self._db.transaction(work)
+        return reservation
+
+    async def settle(self, reservation: Reservation, cost: int) -> None:
+        """End a reservation, keeping C{cost} of it and giving back the rest."""
+        if reservation.id is None:
+            return
+        cost = max(0, min(cost, reservation.amount))
+        await self._db.transaction(lambda txn: self._close(txn, reservation, cost))
+
+    async def refund(self, reservation: Reservation) -> None:
+        await self.settle(reservation, 0)
+
+    async def _close(self, txn: ITransaction, reservation: Reservation, cost: int) -> None:
+        # Deleting first makes settling idempotent: the refund happens once.
+        if not await txn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)):
+            return
+        if reservation.amount > cost:
+            await txn.execute(
+                "UPDATE tokens SET balance = balance + ? WHERE token = ?",
+                (reservation.amount - cost, reservation.token),
+            )
+
+    async def refund_abandoned(self) -> int:
+        """Refund the reservations this node held when it stopped without settling them."""
+        rows = await self._db.query(
+            "SELECT id, token, amount FROM reservations WHERE node_id = ?", (self._node_id,)
+        )
+        for id_, token, amount in rows:
+            await self.refund(Reservation(id=id_, token=token, amount=amount))
+        return len(rows)
+
+    async def add_promocode(self, code: str, amount: int) -> None:
+        await self._db.execute(
+            "INSERT INTO promocodes (code, bytes) VALUES (?, ?)"
+            " ON CONFLICT (code) DO UPDATE SET bytes = excluded.bytes",
+            (code, amount),
+        )
+
+    async def set_price(self, amount: int, cost: int) -> None:
+        await self._db.execute(
+            "INSERT INTO prices (amount, cost) VALUES (?, ?)"
+            " ON CONFLICT (amount) DO UPDATE SET cost = excluded.cost",
+            (amount, cost),
+        )
+
+    async def remove_price(self, amount: int) -> None:
+        await self._db.execute("DELETE FROM prices WHERE amount = ?", (amount,))

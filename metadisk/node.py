@@ -1,0 +1,162 @@
+"""
+A node assembled from its parts. This is the one place that chooses
+implementations (database, hosts, chain) from the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+
+from metadisk.config import Config
+from metadisk.db import open_database
+from metadisk.interfaces import IDatabase
+from metadisk.ledger import Ledger
+from metadisk.meters import INCOMING, OUTGOING, Meters
+from metadisk.store.blocking import RunBlocking, in_thread_pool
+from metadisk.store.cache import BlobCache
+from metadisk.store.catalog import Catalog
+from metadisk.store.cloudsync import CloudSync
+from metadisk.store.files import FileStore
+from metadisk.store.hosts import make_host
+from metadisk.web.accounts import AccountsAPI
+from metadisk.web.files import FilesAPI
+from metadisk.web.guard import TokenGuard
+from metadisk.web.root import NodeRoot
+from metadisk.web.site import CORS, MetaDiskSite
+from metadisk.web.upload import UploadPolicy
+
+DISABLED_CHAIN = {"balance": 0, "address": None, "coin": "none", "block": 0}
+
+
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The text of C{path}; on first use, C{make()} written there, readable by the owner only."""
+    try:
+        return path.read_text("ascii").strip()
+    except FileNotFoundError:
+        value = make()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+
+
+def node_identity(config: Config) -> tuple[str, str]:
+    """(node id, secret key): generated into the data dir on first start."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    node_id = read_or_create(config.data_dir / "node_id", lambda: secrets.token_hex(8))
+    secret_key = config.secret_key or read_or_create(
+        config.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
+    )
+    return node_id, secret_key
+
+
+@define
+class Node:
+    config: Config
+    db: IDatabase
+    ledger: Ledger
+    meters: Meters
+    store: FileStore
+    guard: TokenGuard
+    site: MetaDiskSite
+    secret_key: str
+
+    log = Logger()
+
+    @property
+    def sync(self) -> CloudSync:
+        return self.store.sync
+
+    async def close(self) -> None:
+        """Finish what is in flight, write the meters, close the database."""
+        await self.sync.idle()
+        try:
+            await self.meters.flush()
+        except Exception:
+            self.log.failure("could not write the bandwidth meters at shutdown")
+        await self.db.close()
+
+
+async def chain_disabled() -> dict[str, Any]:
+    return dict(DISABLED_CHAIN)
+
+
+async def build_node(
+    config: Config,
+    reactor: Any,
+    *,
+    run_blocking: RunBlocking | None = None,
+    cooperator: Cooperator | None = None,
+) -> Node:
+    """Open the database, recover from any crash, and wire the parts together."""
+    run_blocking = run_blocking or in_thread_pool(reactor)
+    node_id, secret_key = node_identity(config)
+    db = await open_database(config.effective_database_url, reactor)
+    ledger = Ledger(db, reactor, node_id)
+    refunded = await ledger.refund_abandoned()
+    if refunded:
+        Node.log.info("refunded {n} transfers cut short by the last stop", n=refunded)
+    meters = Meters(
+        db,
+        reactor,
+        monthly_limits={INCOMING: config.monthly_incoming, OUTGOING: config.monthly_outgoing},
+        rate_limits={INCOMING: config.rate_incoming, OUTGOING: config.rate_outgoing},
+    )
+    await meters.flush()
+    catalog = Catalog(db)
+    cache = BlobCache(
+        config.data_dir / "blobs",
+        config.capacity,
+        lambda filehashes: catalog.replicated(filehashes, config.copies),
+    )
+    hosts = [make_host(host, run_blocking) for host in config.effective_hosts]
+    sync = CloudSync(db, catalog, cache, hosts, reactor, run_blocking, node_id, config.copies)
+    store = FileStore(
+        db,
+        catalog,
+        cache,
+        sync,
+        reactor,
+        run_blocking,
+        config.convergence_secret,
+        config.data_dir / "incoming",
+    )
+    await store.recover()
+    guard = TokenGuard(reactor, config.guess_limit, config.guess_window)
+    ledger_if_enabled = ledger if config.accounts_enabled else None
+    files_api = FilesAPI(
+        store,
+        ledger_if_enabled,
+        meters,
+        guard,
+        cooperator or Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
+        config.max_file_size,
+        chain_disabled,
+    )
+    accounts_api = AccountsAPI(ledger, guard, secret_key) if config.accounts_enabled else None
+    root = NodeRoot(files_api, accounts_api)
+    policy = UploadPolicy(
+        ledger=ledger_if_enabled,
+        cache=cache,
+        meters=meters,
+        guard=guard,
+        max_file_size=config.max_file_size,
+        temporary=store.temporary,
+    )
+    site = MetaDiskSite(
+        root.resource(),
+        upload_policy=policy,
+        guard=guard,
+        cors=CORS(config.cors_origins),
+        reactor=reactor,
+    )
+    return Node(config, db, ledger, meters, store, guard, site, secret_key)

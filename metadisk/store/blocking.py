@@ -1,0 +1,27 @@
+"""Blocking file work runs in the reactor's thread pool, behind one injectable callable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+
+T = TypeVar("T")
+
+RunBlocking = Callable[..., Deferred]
+
+
+def in_thread_pool(reactor: Any) -> RunBlocking:
+    """Run blocking calls in C{reactor}'s thread pool."""
+
+    def run(function: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    return run
+
+
+def in_caller(function: Callable[..., T], *args: Any) -> Deferred[T]:
+    """Run blocking calls right away (for tests that drive time with a Clock)."""
+    return maybeDeferred(function, *args)

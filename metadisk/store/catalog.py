@@ -1,0 +1,115 @@
+"""The catalog of files: what C{/api/find} returns, and which hosts hold each blob."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from attrs import define, frozen
+
+from metadisk.interfaces import IDatabase, ITransaction
+
+FORMAT_VERSION = "0.2"
+MAX_NAME = 200
+
+
+def safe_filename(name: str) -> str:
+    """
+    The uploaded name made safe: no path parts, no control characters, not
+    empty, of bounded length.
+    """
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    name = name.strip().lstrip(".")
+    return name[:MAX_NAME] or "file"
+
+
+@frozen
+class FileRecord:
+    filehash: str
+    filename: str
+    filesize: int
+    datetime: int
+    version: str
+    uploads: tuple[tuple[str, str], ...]  # (host_name, url)
+
+    def to_json(self) -> dict:
+        return {
+            "datetime": str(self.datetime),
+            "filehash": self.filehash,
+            "filename": self.filename,
+            "filesize": self.filesize,
+            "uploads": [{"host_name": h, "url": u} for h, u in self.uploads],
+            "version": self.version,
+        }
+
+
+@define
+class Catalog:
+    _db: IDatabase
+
+    async def add_file(
+        self, txn: ITransaction, filehash: str, name: str, size: int, when: int
+    ) -> bool:
+        """Record a new file; False when it was already known (its first record stays)."""
+        return bool(
+            await txn.execute(
+                "INSERT INTO files (filehash, filename, filesize, datetime, version)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (filehash) DO NOTHING",
+                (filehash, f"{filehash[:7]}_{safe_filename(name)}", size, when, FORMAT_VERSION),
+            )
+        )
+
+    async def find(self, filehash: str) -> FileRecord | None:
+        rows = await self._db.query(
+            "SELECT filename, filesize, datetime, version FROM files WHERE filehash = ?",
+            (filehash,),
+        )
+        if not rows:
+            return None
+        filename, filesize, when, version = rows[0]
+        return FileRecord(filehash, filename, filesize, when, version, await self.hosts_of(filehash))
+
+    async def hosts_of(self, filehash: str) -> tuple[tuple[str, str], ...]:
+        rows = await self._db.query(
+            "SELECT host_name, url FROM uploads WHERE filehash = ? ORDER BY added, host_name",
+            (filehash,),
+        )
+        return tuple((name, url) for name, url in rows)
+
+    async def add_upload(self, filehash: str, host_name: str, url: str, when: float) -> None:
+        await self._db.execute(
+            "INSERT INTO uploads (filehash, host_name, url, added) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (filehash, host_name) DO UPDATE SET url = excluded.url",
+            (filehash, host_name, url, when),
+        )
+
+    async def remove_upload(self, filehash: str, host_name: str) -> None:
+        await self._db.execute(
+            "DELETE FROM uploads WHERE filehash = ? AND host_name = ?", (filehash, host_name)
+        )
+
+    async def replicated(self, filehashes: list[str], copies: int) -> set[str]:
+        """Those of C{filehashes} held by at least C{copies} hosts."""
+        return await self._matching(
+            filehashes,
+            "SELECT filehash FROM uploads WHERE filehash IN ({marks})"
+            " GROUP BY filehash HAVING COUNT(*) >= ?",
+            (copies,),
+        )
+
+    async def known(self, filehashes: list[str]) -> set[str]:
+        """Those of C{filehashes} that have a record."""
+        return await self._matching(
+            filehashes, "SELECT filehash FROM files WHERE filehash IN ({marks})"
+        )
+
+    async def _matching(self, filehashes: list[str], sql: str, extra: tuple = ()) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(filehashes), 500):
+            batch = filehashes[start : start + 500]
+            rows = await self._db.query(
+                sql.format(marks=", ".join("?" * len(batch))), (*batch, *extra)
+            )
+            found.update(h for (h,) in rows)
+        return found

@@ -1,0 +1,216 @@
+"""
+Cloud sync: the persistent queue of blobs to copy to the hosts, and fetching
+blobs back from them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from metadisk.crypto import sha256_file
+from metadisk.interfaces import IDatabase, IFileHost
+from metadisk.store.blocking import RunBlocking
+from metadisk.store.cache import BlobCache
+from metadisk.store.catalog import Catalog
+
+BATCH = 8  # blobs replicated per round
+FAILURES_BEFORE_UNHEALTHY = 3
+MAX_BACKOFF = 300.0
+
+
+class NoCopyAvailable(Exception):
+    """No host delivered a blob whose SHA-256 matches its filehash."""
+
+
+@define
+class HostHealth:
+    """Consecutive failures of one host, and when to try it again."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return self.failures < FAILURES_BEFORE_UNHEALTHY or now >= self.retry_at
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self.retry_at = now + backoff(self.failures)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+def backoff(attempts: int) -> float:
+    return min(MAX_BACKOFF, 2.0 ** min(attempts, 16))
+
+
+@define
+class CloudSync:
+    _db: IDatabase
+    _catalog: Catalog
+    _cache: BlobCache
+    _hosts: Sequence[IFileHost]
+    _clock: IReactorTime
+    _run_blocking: RunBlocking
+    _node_id: str
+    copies: int
+    timeout: float = 600.0
+    _health: dict[str, HostHealth] = field(factory=dict)
+    _running: Deferred | None = None
+    _again: bool = False
+
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._health = {host.name: HostHealth() for host in self._hosts}
+
+    def host(self, name: str) -> IFileHost | None:
+        for host in self._hosts:
+            if host.name == name:
+                return host
+        return None
+
+    def unhealthy(self) -> list[str]:
+        now = self._clock.seconds()
+        return [name for name, h in self._health.items() if not h.healthy(now)]
+
+    async def pending(self) -> tuple[int, int]:
+        """(count, bytes) of blobs still to be copied, for C{/api/status}."""
+        rows = await self._db.query(
+            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
+            " FROM cloud_queue q JOIN files f ON f.filehash = q.filehash"
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def kick(self) -> Deferred[None]:
+        """Run a round now; if one is running, run another right after it."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        self._running = Deferred.fromCoroutine(self._rounds())
+        return self._running
+
+    async def idle(self) -> None:
+        """Wait for the round in progress, if any, to end."""
+        while self._running is not None:
+            self._again = False
+            await self._running
+
+    async def _rounds(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self.run_once()
+                if not self._again:
+                    return
+        except Exception:
+            # The loop must survive anything: the queue keeps the work.
+            self.log.failure("cloud sync round failed")
+        finally:
+            self._running = None
+
+    async def run_once(self) -> int:
+        """Replicate the blobs that are due; return how many were tried."""
+        rows = await self._db.query(
+            "SELECT filehash, attempts FROM cloud_queue WHERE node_id = ? AND next_attempt <= ?"
+            " ORDER BY next_attempt LIMIT ?",
+            (self._node_id, self._clock.seconds(), BATCH),
+        )
+        for filehash, attempts in rows:
+            await self.replicate(filehash, attempts)
+        return len(rows)
+
+    async def enqueue(self, txn, filehash: str) -> None:
+        await txn.execute(
+            "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt)"
+            " VALUES (?, ?, 0, ?) ON CONFLICT (filehash) DO NOTHING",
+            (filehash, self._node_id, self._clock.seconds()),
+        )
+
+    async def replicate(self, filehash: str, attempts: int) -> None:
+        """Copy the blob to hosts until C{copies} hold it; reschedule if that fails."""
+        holding = {name for name, _ in await self._catalog.hosts_of(filehash)}
+        need = self.copies - len(holding)
+        now = self._clock.seconds()
+        candidates = [
+            host
+            for host in self._hosts
+            if host.name not in holding and self._health[host.name].healthy(now)
+        ]
+        errors: list[str] = []
+        path = str(self._cache.path(filehash))
+        while need > 0 and candidates:
+            batch, candidates = candidates[:need], candidates[need:]
+            results = await DeferredList(
+                [self._store(host, filehash, path) for host in batch], consumeErrors=True
+            )
+            for host, (ok, result) in zip(batch, results, strict=True):
+                if ok:
+                    await self._catalog.add_upload(filehash, host.name, result, self._clock.seconds())
+                    need -= 1
+                else:
+                    errors.append(f"{host.name}: {result.getErrorMessage()}")
+        if need <= 0:
+            await self._db.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
+            self.log.info("{filehash} is on {copies} hosts", filehash=filehash, copies=self.copies)
+            return
+        error = "; ".join(errors) or "not enough healthy hosts"
+        self.log.warn(
+            "{filehash}: {need} copies still missing ({error})",
+            filehash=filehash,
+            need=need,
+            error=error,
+        )
+        await self._db.execute(
+            "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ? WHERE filehash = ?",
+            (attempts + 1, self._clock.seconds() + backoff(attempts + 1), error[:1000], filehash),
+        )
+
+    def _store(self, host: IFileHost, filehash: str, path: str) -> Deferred[str]:
+        async def store() -> str:
+            health = self._health[host.name]
+            try:
+                url = await host.store(filehash, path).addTimeout(self.timeout, self._clock)
+            except Exception as e:
+                health.failed(self._clock.seconds())
+                self.log.warn("host {host} failed: {e}", host=host.name, e=e)
+                raise
+            health.succeeded()
+            return url
+
+        return Deferred.fromCoroutine(store())
+
+    async def fetch(self, filehash: str, destination: Path) -> None:
+        """
+        Download the blob from the first host whose copy hashes to the
+        filehash, into C{destination}; raise L{NoCopyAvailable} if none does.
+        """
+        for name, url in await self._catalog.hosts_of(filehash):
+            host = self.host(name)
+            if host is None:
+                continue
+            try:
+                d = host.fetch(filehash, url, str(destination))
+                await d.addTimeout(self.timeout, self._clock)
+                actual = await self._run_blocking(sha256_file, str(destination))
+            except Exception as e:
+                self.log.warn("{host} could not deliver {filehash}: {e}", host=name, filehash=filehash, e=e)
+                continue
+            if actual == filehash:
+                return
+            self.log.error(
+                "{host} delivered a corrupt copy of {filehash} (SHA-256 {actual})",
+                host=name,
+                filehash=filehash,
+                actual=actual,
+            )
+        if destination.exists():
+            os.unlink(destination)
+        raise NoCopyAvailable(filehash)

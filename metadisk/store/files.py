@@ -1,0 +1,133 @@
+"""
+The files of a node: ingesting an upload (encrypt, cache, catalog, queue for
+the hosts) and opening a blob for download (from the cache, or fetched back
+from a host and verified).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from metadisk.crypto import convergent_key, encrypt_file
+from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.store.blocking import RunBlocking
+from metadisk.store.cache import Allocation, BlobCache
+from metadisk.store.catalog import Catalog, FileRecord
+from metadisk.store.cloudsync import CloudSync
+
+
+@define
+class FileStore:
+    _db: IDatabase
+    catalog: Catalog
+    cache: BlobCache
+    sync: CloudSync
+    _clock: IReactorTime
+    _run_blocking: RunBlocking
+    _convergence_secret: bytes
+    incoming: Path
+    _fetching: dict[str, list[Deferred[None]]] = field(factory=dict)
+
+    log = Logger()
+
+    def temporary(self, suffix: str) -> Path:
+        """A fresh path for a file on its way in; whatever is left here at start is garbage."""
+        return self.incoming / f"{secrets.token_hex(16)}{suffix}"
+
+    async def recover(self) -> None:
+        """After a restart: clear half-received files and blobs that no record names."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self.incoming.iterdir():
+            leftover.unlink()
+        self.cache.load()
+        cached = self.cache.filehashes()
+        known = await self.catalog.known(cached)
+        for filehash in cached:
+            if filehash not in known:
+                self.log.info("removing unrecorded blob {filehash}", filehash=filehash)
+                self.cache.discard(filehash)
+
+    async def ingest(
+        self, plaintext: Path, sha256_hex: str, size: int, name: str, allocation: Allocation
+    ) -> tuple[str, bytes]:
+        """
+        Encrypt a received file into the cache, record it and queue it for
+        the hosts. Return (filehash, key). The plaintext is removed.
+        """
+        key = convergent_key(self._convergence_secret, sha256_hex)
+        blob = self.temporary(".blob")
+        try:
+            filehash = await self._run_blocking(encrypt_file, str(plaintext), str(blob), key)
+        except BaseException:
+            blob.unlink(missing_ok=True)
+            self.cache.release(allocation)
+            raise
+        finally:
+            plaintext.unlink(missing_ok=True)
+        if filehash in self.cache:
+            blob.unlink()
+            self.cache.release(allocation)
+            self.cache.touch(filehash)
+        else:
+            self.cache.add(filehash, blob, allocation)
+
+        async def record(txn: ITransaction) -> None:
+            await self.catalog.add_file(txn, filehash, name, size, int(self._clock.seconds()))
+            holders = await txn.query("SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,))
+            if holders[0][0] < self.sync.copies:
+                await self.sync.enqueue(txn, filehash)
+
+        await self._db.transaction(record)
+        self.sync.kick()
+        return filehash, key
+
+    async def find(self, filehash: str) -> FileRecord | None:
+        return await self.catalog.find(filehash)
+
+    def cached(self, filehash: str) -> bool:
+        return filehash in self.cache
+
+    async def open_blob(self, record: FileRecord) -> BinaryIO:
+        """
+        Open the blob of C{record} for reading, fetching it into the cache
+        first if it is not there. Raises L{NoCopyAvailable} or L{StorageFull}.
+        """
+        filehash = record.filehash
+        if filehash not in self.cache:
+            await self._fetch_once(record)
+        self.cache.touch(filehash)
+        # Opened at once: an eviction after this point cannot take it away from the reader.
+        return open(self.cache.path(filehash), "rb")
+
+    async def _fetch_once(self, record: FileRecord) -> None:
+        """Fetch a blob into the cache; concurrent callers share one fetch."""
+        filehash = record.filehash
+        if filehash in self._fetching:
+            waiter: Deferred[None] = Deferred()
+            self._fetching[filehash].append(waiter)
+            await waiter
+            return
+        self._fetching[filehash] = []
+        try:
+            allocation = await self.cache.allocate(record.filesize)
+            destination = self.temporary(".fetch")
+            try:
+                await self.sync.fetch(filehash, destination)
+            except BaseException:
+                destination.unlink(missing_ok=True)
+                self.cache.release(allocation)
+                raise
+            self.cache.add(filehash, destination, allocation)
+        except BaseException as e:
+            for waiter in self._fetching.pop(filehash):
+                waiter.errback(e)
+            raise
+        for waiter in self._fetching.pop(filehash):
+            waiter.callback(None)

@@ -1,0 +1,197 @@
+"""The files API: upload, download, find and the node's status."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from attrs import define
+from klein import Klein
+from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from metadisk.crypto import is_hex64
+from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
+from metadisk.meters import INCOMING, OUTGOING, Meters
+from metadisk.store.catalog import FileRecord
+from metadisk.store.files import FileStore
+from metadisk.web.errors import error, render_failure, write_json
+from metadisk.web.guard import TokenGuard
+from metadisk.web.params import query_argument
+from metadisk.web.producers import BlobProducer
+from metadisk.web.upload import UPLOAD_COST, TOKEN_PATTERN, ReceivedUpload
+
+FETCHED_COST = 2  # a download that must first be fetched from a host costs double
+_RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+
+ChainStatus = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def byte_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """The first and last byte asked for by a C{Range} header, or None for the whole file."""
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header)
+    unsatisfiable = error(416, "invalid-range", Content_Range=f"bytes */{size}")
+    if match is None or not (match.group(1) or match.group(2)):
+        raise unsatisfiable
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if start >= size or (last and int(last) < start):
+            raise unsatisfiable
+        return start, end
+    suffix = int(last)
+    if suffix == 0 or size == 0:
+        raise unsatisfiable
+    return max(0, size - suffix), size - 1
+
+
+def content_disposition(filename: str) -> str:
+    """C{attachment} with the name: plain ASCII for old clients, UTF-8 (RFC 6266) for the rest."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header
+
+
+@define(slots=False)  # Klein binds itself to the instance's __dict__
+class FilesAPI:
+    _store: FileStore
+    _ledger: Ledger | None  # None: accounts disabled, transfers are free
+    _meters: Meters
+    _guard: TokenGuard
+    _cooperator: Cooperator
+    _max_file_size: int
+    _chain_status: ChainStatus
+
+    app = Klein()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        return render_failure(request, failure)
+
+    @app.route("/upload", methods=["POST"])
+    async def upload(self, request: IRequest) -> bytes:
+        received: ReceivedUpload = await request.upload.result()
+        try:
+            filehash, key = await self._store.ingest(
+                received.path, received.sha256, received.size, received.filename, received.allocation
+            )
+        except BaseException:
+            await self._settle(received.reservation, 0)
+            raise
+        await self._settle(received.reservation, UPLOAD_COST * received.size)
+        return write_json(request, 201, {"filehash": filehash, "key": key.hex()})
+
+    @app.route("/download/<filehash>", methods=["GET", "HEAD"])
+    async def download(self, request: IRequest, filehash: str) -> bytes | None:
+        if not is_hex64(filehash):
+            raise error(400, "invalid-filehash")
+        filehash = filehash.lower()
+        key_hex = query_argument(request, "key")
+        if key_hex is not None and not is_hex64(key_hex):
+            raise error(400, "invalid-key")
+        record = await self._store.find(filehash)
+        if record is None:
+            raise error(404, "file-not-found")
+        span = byte_range(request.getHeader(b"range"), record.filesize)
+        start, end = span if span is not None else (0, record.filesize - 1)
+        length = end - start + 1
+        if request.method == b"HEAD" or length == 0:
+            self._download_headers(request, record, span)
+            return b""
+
+        cost = 1 if self._store.cached(filehash) else FETCHED_COST
+        self._meters.check(OUTGOING, length)
+        if cost == FETCHED_COST:
+            self._meters.check(INCOMING, record.filesize)
+        reservation = await self._reserve(request, cost * length)
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent += n
+            self._meters.record(OUTGOING, n)
+
+        try:
+            blob = await self._store.open_blob(record)
+            self._download_headers(request, record, span)
+            key = bytes.fromhex(key_hex) if key_hex is not None else None
+            producer = BlobProducer(blob, start, length, key, self._cooperator, count)
+            request.notifyFinish().addErrback(lambda _: producer.stopProducing())
+            await producer.start(request)
+        finally:
+            # Whatever was not sent is given back.
+            await self._settle(reservation, cost * sent)
+        return None
+
+    @staticmethod
+    def _download_headers(
+        request: IRequest, record: FileRecord, span: tuple[int, int] | None
+    ) -> None:
+        start, end = span if span is not None else (0, record.filesize - 1)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(
+            b"Content-Disposition", content_disposition(record.filename).encode("ascii")
+        )
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        request.setHeader(b"Content-Length", b"%d" % (end - start + 1))
+        if span is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"Content-Range", b"bytes %d-%d/%d" % (start, end, record.filesize))
+
+    async def _reserve(self, request: IRequest, amount: int) -> Reservation:
+        if self._ledger is None:
+            return FREE
+        token = query_argument(request, "token")
+        if token is None:
+            raise error(401, "token-required")
+        try:
+            if not TOKEN_PATTERN.fullmatch(token):
+                raise UnknownToken()
+            return await self._ledger.reserve(token, amount)
+        except UnknownToken:
+            self._guard.unknown_token(request.getClientAddress())
+            raise error(401, "invalid-token") from None
+        except BalanceInsufficient:
+            raise error(402, "balance-insufficient") from None
+
+    async def _settle(self, reservation: Reservation, cost: int) -> None:
+        if self._ledger is not None:
+            await self._ledger.settle(reservation, cost)
+
+    @app.route("/find/<filehash>", methods=["GET"])
+    async def find(self, request: IRequest, filehash: str) -> bytes:
+        record = await self._store.find(filehash.lower()) if is_hex64(filehash) else None
+        if record is None:
+            raise error(404, "File not found")
+        return write_json(request, 200, record.to_json())
+
+    @app.route("/status", methods=["GET"])
+    async def status(self, request: IRequest) -> bytes:
+        count, size = await self._store.sync.pending()
+        chain = await self._chain_status()
+        body = {
+            "bandwidth": self._meters.snapshot(),
+            "storage": {
+                "capacity": self._store.cache.capacity,
+                "used": self._store.cache.used,
+                "max_file_size": self._max_file_size,
+            },
+            "sync": {
+                "blockchain_queue": chain.pop("queue", {"count": 0, "size": 0}),
+                "cloud_queue": {"count": count, "size": size},
+            },
+            "datacoin": chain,
+            "florincoin": chain,
+        }
+        return write_json(request, 200, body)

@@ -1,0 +1,43 @@
+"""The node's HTTP root: the files API under /api, the accounts API under /accounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from metadisk.web.accounts import AccountsAPI
+from metadisk.web.errors import error, render_failure
+from metadisk.web.files import FilesAPI
+
+
+@define(slots=False)  # Klein binds itself to the instance's __dict__
+class NodeRoot:
+    _files: FilesAPI
+    _accounts: AccountsAPI | None  # None: accounts disabled
+
+    app = Klein()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        return render_failure(request, failure)
+
+    @app.route("/api/", branch=True)
+    def api(self, request: IRequest) -> Any:
+        return self._files.resource()
+
+    @app.route("/accounts/", branch=True)
+    def accounts(self, request: IRequest) -> Any:
+        if self._accounts is None:
+            raise error(404, "not-found")
+        return self._accounts.resource()
+
+    @app.route("/", branch=True)
+    def other(self, request: IRequest) -> Any:
+        raise error(404, "not-found")

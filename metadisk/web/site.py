@@ -1,0 +1,239 @@
+"""
+The twisted.web plumbing under the API: a request that streams uploads
+instead of buffering them, answers early (413, 411, 429, …) before a body is
+read, adds CORS headers, and an access log that never shows a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from attrs import define
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+
+from metadisk.web.errors import APIError, error, write_json
+from metadisk.web.guard import TokenGuard
+from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
+
+UPLOAD_PATH = b"/api/upload"
+MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
+_SECRET_PARAMS = {"key", "token"}
+_TOKEN_IN_PATH = re.compile(r"^(/accounts/token/(?:balance|redeem|deposit|withdraw)/)([^/?]*)")
+
+
+@define
+class CORS:
+    origins: tuple[str, ...]
+
+    def headers(self, origin: bytes | None) -> dict[str, str]:
+        if origin is None or not self.origins:
+            return {}
+        text = origin.decode("latin-1")
+        if "*" not in self.origins and text not in self.origins:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": text,
+            "Vary": "Origin",
+            "Access-Control-Expose-Headers": (
+                "Content-Disposition, Content-Length, Content-Range, Retry-After"
+            ),
+        }
+
+    def preflight(self, origin: bytes | None) -> dict[str, str]:
+        headers = self.headers(origin)
+        if headers:
+            headers.update(
+                {
+                    "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Content-Type, Authentication, Range",
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+        return headers
+
+
+def _redact(value: str) -> str:
+    return value[:4] + "..." if len(value) > 4 else "..."
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with every key and token cut to its first four characters."""
+    parts = urlsplit(uri)
+    path = _TOKEN_IN_PATH.sub(lambda m: m.group(1) + _redact(m.group(2)), parts.path)
+    if not parts.query:
+        return path
+    query = "&".join(
+        f"{quote(name)}={_redact(value) if name in _SECRET_PARAMS else quote(value)}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return f"{path}?{query}"
+
+
+@define
+class _RedactedRequest:
+    """What the access log sees of a request: no key, token or secret."""
+
+    _request: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    @property
+    def uri(self) -> bytes:
+        return redact_uri(self._request.uri.decode("latin-1")).encode("utf-8")
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            value = redact_uri(value.decode("latin-1")).encode("utf-8")
+        return value
+
+
+def redacting_log_formatter(timestamp: str, request: IRequest) -> str:
+    return http.combinedLogFormatter(timestamp, _RedactedRequest(request))
+
+
+class MetaDiskRequest(server.Request):
+    """
+    A request that can answer before its body is read (L{respond_early}), and
+    that hands an upload's body to an L{UploadReceiver} chunk by chunk.
+    """
+
+    upload: UploadReceiver | None = None
+    _early = False
+    _body_size = 0
+    _head: tuple[bytes, bytes, bytes] = (b"GET", b"/", b"HTTP/1.1")
+
+    def gotLength(self, length: int | None) -> None:
+        # The request line is parsed but not yet given to us: read it off the channel.
+        channel = self.channel
+        self._head = (channel._command, channel._path, channel._version)
+        site: MetaDiskSite = channel.site
+        retry = site.guard.retry_after(self.getClientAddress())
+        if retry is not None:
+            self.content = _Discard()
+            self.respond_early(error(429, "too-many-requests", Retry_After=str(retry)))
+        elif self._head[0] == b"POST" and self._head[1].split(b"?")[0] == UPLOAD_PATH:
+            self.content = _Discard()
+            self._begin_upload(site, length)
+        elif length is not None and length > MAX_SMALL_BODY:
+            self.content = _Discard()
+            self.respond_early(error(413, "request-too-large"))
+        else:
+            super().gotLength(length)
+
+    def _begin_upload(self, site: MetaDiskSite, length: int | None) -> None:
+        policy = site.upload_policy
+        boundary = multipart_boundary(self.requestHeaders.getRawHeaders(b"content-type", [None])[0])
+        if length is None:
+            self.respond_early(error(411, "length-required"))
+        elif policy.too_large(length):
+            self.respond_early(error(413, "file-too-large"))
+        elif boundary is None:
+            self.respond_early(error(400, "no-file"))
+        else:
+            query = dict(parse_qsl(urlsplit(self._head[1].decode("latin-1")).query))
+            self.upload = UploadReceiver(policy, self, length, boundary, query.get("token"))
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.upload is not None:
+            self.upload.dataReceived(data)
+        elif not self._early:
+            self._body_size += len(data)
+            if self._body_size > MAX_SMALL_BODY:
+                self.respond_early(error(413, "request-too-large"))
+            else:
+                super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._early:
+            # Answered already; the body, if any, was read past.
+            self.finish()
+            return
+        if self.upload is not None:
+            self.upload.bodyReceived()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.upload is not None:
+            self.upload.connectionLost()
+        super().connectionLost(reason)
+
+    def respond_early(self, failure: APIError) -> None:
+        """Answer now, before the body is in, and close the connection after it."""
+        if self._early or self.startedWriting or self.finished or self._disconnected:
+            return
+        self._early = True
+        self.method, self.uri, self.clientproto = self._head
+        self.path = self.uri.split(b"?")[0]
+        # Twisted would otherwise send "100 Continue" after this final answer.
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.persistent = False
+        self.add_cors_headers()
+        headers = {**failure.headers, "Connection": "close"}
+        self.write(write_json(self, failure.status, failure.body, headers))
+
+    def add_cors_headers(self) -> None:
+        origin = self.getHeader(b"origin")
+        for name, value in self.channel.site.cors.headers(origin).items():
+            self.setHeader(name.encode("ascii"), value.encode("ascii"))
+
+    def process(self) -> None:
+        self.add_cors_headers()
+        if self.method == b"OPTIONS":
+            origin = self.getHeader(b"origin")
+            for name, value in self.channel.site.cors.preflight(origin).items():
+                self.setHeader(name.encode("ascii"), value.encode("ascii"))
+            self.setResponseCode(204)
+            self.finish()
+            return
+        super().process()
+
+
+class _Discard:
+    """A request's content for bodies that are read past or streamed elsewhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+
+
+class MetaDiskSite(server.Site):
+    """The node's site: streaming uploads, early answers, a log without secrets."""
+
+    requestFactory = MetaDiskRequest
+
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        upload_policy: UploadPolicy,
+        guard: TokenGuard,
+        cors: CORS,
+        reactor: Any,
+    ) -> None:
+        super().__init__(
+            resource,
+            parsePOSTFormSubmission=False,
+            logFormatter=redacting_log_formatter,
+            reactor=reactor,
+        )
+        self.upload_policy = upload_policy
+        self.guard = guard
+        self.cors = cors

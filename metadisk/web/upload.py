@@ -1,0 +1,294 @@
+"""
+Receiving an upload as it streams in: the multipart body is parsed chunk by
+chunk, the file part hashed and written to disk, and the upload admitted
+(room in the cache, this month's cap, the payer's credit) before its bytes
+are accepted. Nothing of the body is held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from attrs import define, frozen
+from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
+from metadisk.meters import INCOMING, Meters
+from metadisk.store.cache import Allocation, BlobCache
+from metadisk.web.errors import APIError, as_api_error, error
+from metadisk.web.guard import TokenGuard
+
+UPLOAD_COST = 4  # bytes of credit per byte uploaded: 1 for the transfer in, 3 for hosting
+MAX_TOKEN_FIELD = 128
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
+# What a multipart body may carry beyond the file itself: boundaries, part headers, a token.
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+@frozen
+class ReceivedUpload:
+    """A completely received, admitted upload, handed to the route handler."""
+
+    path: Path
+    sha256: str
+    size: int
+    filename: str
+    reservation: Reservation
+    allocation: Allocation
+
+
+@define
+class UploadPolicy:
+    """What the node requires of an upload, and where uploads go."""
+
+    ledger: Ledger | None  # None: accounts disabled, uploads are free
+    cache: BlobCache
+    meters: Meters
+    guard: TokenGuard
+    max_file_size: int
+    temporary: Callable[[str], Path]
+
+    def too_large(self, content_length: int) -> bool:
+        return content_length > self.max_file_size + MULTIPART_ALLOWANCE
+
+
+def multipart_boundary(content_type: bytes | None) -> str | None:
+    if not content_type:
+        return None
+    kind, options = parse_options_header(content_type.decode("latin-1"))
+    if kind != "multipart/form-data":
+        return None
+    return options.get("boundary") or None
+
+
+class UploadReceiver:
+    """
+    One upload in progress. The request feeds it body chunks; admission
+    steps run in order while the socket is paused; L{result} fires with a
+    L{ReceivedUpload} or fails with an L{APIError}. A failure before the
+    body is complete is answered at once through C{respond_early}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        policy: UploadPolicy,
+        request: Any,
+        length: int,
+        boundary: str,
+        query_token: str | None,
+    ) -> None:
+        self._policy = policy
+        self._request = request
+        self._length = length
+        self._parser = PushMultipartParser(
+            boundary, content_length=length, max_segment_count=16
+        )
+        self._part: str | None = None
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._filename = "file"
+        self._file_complete = False
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._token_field = bytearray()
+        self._token: str | None = None
+        self._reservation = FREE
+        self._allocation: Allocation | None = None
+        self._steps: Deferred[None] = succeed(None)
+        self._pending = 0
+        self._failure: APIError | None = None
+        self._body_complete = False
+        self._lost = False
+        self._result: Deferred[ReceivedUpload] = Deferred()
+        self._admit(self._make_room)
+        if query_token is not None:
+            self._accept_token(query_token)
+
+    def result(self) -> Deferred[ReceivedUpload]:
+        return self._result
+
+    # Admission: each step is a coroutine; the socket is paused while any runs.
+
+    def _admit(self, step: Callable[[], Awaitable[None]]) -> None:
+        self._pending += 1
+        if self._pending == 1:
+            self._pause()
+
+        def run(_: object) -> Deferred[None] | None:
+            if self._failure is not None:
+                return None
+            return Deferred.fromCoroutine(step())
+
+        def done(outcome: object) -> None:
+            self._pending -= 1
+            if isinstance(outcome, Failure):
+                self._fail(as_api_error(outcome))
+            elif self._failure is not None:
+                self._discard()  # the step took something after the upload failed: give it back
+            if self._pending == 0:
+                self._resume()
+                self._maybe_finish()
+
+        self._steps.addCallback(run).addBoth(done)
+
+    async def _make_room(self) -> None:
+        self._policy.meters.check(INCOMING, self._length)
+        self._allocation = await self._policy.cache.allocate(self._length)
+
+    async def _reserve(self) -> None:
+        ledger = self._policy.ledger
+        if ledger is None or self._token is None:
+            return
+        try:
+            self._reservation = await ledger.reserve(self._token, UPLOAD_COST * self._length)
+        except UnknownToken:
+            self._policy.guard.unknown_token(self._request.getClientAddress())
+            raise error(401, "invalid-token") from None
+        except BalanceInsufficient:
+            raise error(402, "balance-insufficient") from None
+
+    def _accept_token(self, token: str) -> None:
+        if self._token is not None:
+            return  # the first token given pays: the query string's, else the form's
+        if not TOKEN_PATTERN.fullmatch(token):
+            self._policy.guard.unknown_token(self._request.getClientAddress())
+            self._fail(error(401, "invalid-token"))
+            return
+        self._token = token
+        self._admit(self._reserve)
+
+    def _pause(self) -> None:
+        transport = self._request.channel.transport if self._request.channel else None
+        if transport is not None:
+            transport.pauseProducing()
+
+    def _resume(self) -> None:
+        transport = self._request.channel.transport if self._request.channel else None
+        if transport is not None:
+            transport.resumeProducing()
+
+    # The body.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._policy.meters.record(INCOMING, len(data))
+        if self._failure is not None:
+            return
+        try:
+            for event in self._parser.parse(data):
+                self._event(event)
+        except MultipartError as e:
+            self.log.info("malformed upload: {e}", e=e)
+            self._fail(error(400, "bad-request"))
+        except APIError as e:
+            self._fail(e)
+
+    def _event(self, event: MultipartSegment | bytes | None) -> None:
+        if isinstance(event, MultipartSegment):
+            self._start_part(event)
+        elif event is None:
+            self._end_part()
+        elif self._part == "file":
+            assert self._file is not None
+            self._size += len(event)
+            if self._size > self._policy.max_file_size:
+                raise error(413, "file-too-large")
+            self._sha256.update(event)
+            self._file.write(event)
+        elif self._part == "token":
+            self._token_field += event
+            if len(self._token_field) > MAX_TOKEN_FIELD:
+                raise error(400, "bad-request")
+
+    def _start_part(self, segment: MultipartSegment) -> None:
+        if segment.name == "file":
+            if self._path is not None:
+                raise error(400, "bad-request")  # two files in one upload
+            self._path = self._policy.temporary(".part")
+            self._file = open(self._path, "wb")
+            self._filename = segment.filename or "file"
+            self._part = "file"
+        elif segment.name == "token":
+            self._part = "token"
+        else:
+            self._part = None  # other fields are read past
+
+    def _end_part(self) -> None:
+        if self._part == "file":
+            assert self._file is not None
+            self._file.close()
+            self._file_complete = True
+        elif self._part == "token":
+            self._accept_token(self._token_field.decode("latin-1").strip())
+            self._token_field = bytearray()
+        self._part = None
+
+    def bodyReceived(self) -> None:
+        """The whole body is in."""
+        self._body_complete = True
+        if self._failure is None:
+            try:
+                self._parser.close()
+            except MultipartError:
+                self._fail(error(400, "bad-request"))
+        if self._failure is None:
+            if not self._file_complete:
+                self._fail(error(400, "no-file"))
+            elif self._policy.ledger is not None and self._token is None:
+                self._fail(error(401, "token-required"))
+        self._maybe_finish()
+
+    def connectionLost(self) -> None:
+        """The client went away before the body was complete: forget the upload."""
+        if not self._body_complete:
+            self._lost = True
+            self._fail(error(400, "connection-lost"))
+
+    # Endings.
+
+    def _fail(self, failure: APIError) -> None:
+        if self._failure is not None:
+            return
+        self._failure = failure
+        self._discard()
+        if not self._body_complete and not self._lost:
+            self._request.respond_early(failure)
+        self._maybe_finish()
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        if self._allocation is not None:
+            self._policy.cache.release(self._allocation)
+        if self._reservation.id is not None and self._policy.ledger is not None:
+            reservation, self._reservation = self._reservation, FREE
+            d = Deferred.fromCoroutine(self._policy.ledger.refund(reservation))
+            d.addErrback(lambda f: self.log.failure("refund failed", f))
+
+    def _maybe_finish(self) -> None:
+        if not self._body_complete or self._pending or self._result.called:
+            return
+        if self._failure is not None:
+            self._result.errback(self._failure)
+            return
+        assert self._path is not None and self._allocation is not None
+        self._result.callback(
+            ReceivedUpload(
+                path=self._path,
+                sha256=self._sha256.hexdigest(),
+                size=self._size,
+                filename=self._filename,
+                reservation=self._reservation,
+                allocation=self._allocation,
+            )
+        )
