@@ -105,7 +105,9 @@ def parse_size(key: str, value: Any, *, allow_zero: bool = True) -> int:
     elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
         unit = _UNITS.get(m.group(2).lower())
         if unit is None:
-            raise ConfigError(key, f"unknown unit {m.group(2)!r} (use B, KB, MB, GB, KiB, MiB, GiB…)")
+            raise ConfigError(
+                key, f"unknown unit {m.group(2)!r} (use B, KB, MB, GB, KiB, MiB, GiB…)"
+            )
         number = int(float(m.group(1)) * unit)
     else:
         raise ConfigError(key, f"expected a size in bytes, got {value!r}")
@@ -174,7 +176,9 @@ def _hosts(data: Any) -> tuple[HostConfig, ...]:
         entry = _table(where, entry)
         kind = _string(f"{where}.kind", entry.get("kind"))
         if kind not in _HOST_SETTING:
-            raise ConfigError(f"{where}.kind", f"expected one of {sorted(_HOST_SETTING)}, got {kind!r}")
+            raise ConfigError(
+                f"{where}.kind", f"expected one of {sorted(_HOST_SETTING)}, got {kind!r}"
+            )
         setting_key = _HOST_SETTING[kind]
         allowed = {"name", "kind", setting_key}
         for key in entry:
@@ -244,7 +248,9 @@ def config_from_dict(data: dict[str, Any], base: Config = Config()) -> Config:
         changes["hosts"] = _hosts(data["hosts"])
     replication = data.get("replication", {})
     if "copies" in replication:
-        changes["copies"] = _number("replication.copies", replication["copies"], minimum=1, integer=True)
+        changes["copies"] = _number(
+            "replication.copies", replication["copies"], minimum=1, integer=True
+        )
     if "interval" in replication:
         changes["sync_interval"] = _number(
             "replication.interval", replication["interval"], minimum=0.05
@@ -271,7 +277,9 @@ def _chain(data: dict[str, Any], base: ChainConfig) -> ChainConfig:
             "chain.min_confirmations", data["min_confirmations"], minimum=0, integer=True
         )
     if "poll_interval" in data:
-        changes["poll_interval"] = _number("chain.poll_interval", data["poll_interval"], minimum=0.1)
+        changes["poll_interval"] = _number(
+            "chain.poll_interval", data["poll_interval"], minimum=0.1
+        )
     if "amount" in data:
         changes["amount"] = _number("chain.amount", data["amount"], minimum=0)
     chain = evolve(base, **changes)
@@ -286,7 +294,8 @@ def _check_whole(config: Config) -> None:
     hosts = config.effective_hosts
     if config.copies > len(hosts):
         raise ConfigError(
-            "replication.copies", f"{config.copies} copies need at least as many hosts, have {len(hosts)}"
+            "replication.copies",
+            f"{config.copies} copies need at least as many hosts, have {len(hosts)}",
         )
 
 

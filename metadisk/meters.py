@@ -34,7 +34,9 @@ def month_of(seconds: float) -> str:
 
 def seconds_to_next_month(seconds: float) -> int:
     now = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    first = datetime.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=datetime.UTC)
+    first = datetime.datetime(
+        now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=datetime.UTC
+    )
     return max(1, int((first - now).total_seconds()))
 
 

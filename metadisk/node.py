@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from attrs import define
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
@@ -118,7 +117,7 @@ async def build_node(
         config.capacity,
         lambda filehashes: catalog.replicated(filehashes, config.copies),
     )
-    hosts = [make_host(host, run_blocking) for host in config.effective_hosts]
+    hosts = [make_host(host, reactor, run_blocking) for host in config.effective_hosts]
     sync = CloudSync(db, catalog, cache, hosts, reactor, run_blocking, node_id, config.copies)
     store = FileStore(
         db,

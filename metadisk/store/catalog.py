@@ -68,7 +68,9 @@ class Catalog:
         if not rows:
             return None
         filename, filesize, when, version = rows[0]
-        return FileRecord(filehash, filename, filesize, when, version, await self.hosts_of(filehash))
+        return FileRecord(
+            filehash, filename, filesize, when, version, await self.hosts_of(filehash)
+        )
 
     async def hosts_of(self, filehash: str) -> tuple[tuple[str, str], ...]:
         rows = await self._db.query(

@@ -153,7 +153,9 @@ class CloudSync:
             )
             for host, (ok, result) in zip(batch, results, strict=True):
                 if ok:
-                    await self._catalog.add_upload(filehash, host.name, result, self._clock.seconds())
+                    await self._catalog.add_upload(
+                        filehash, host.name, result, self._clock.seconds()
+                    )
                     need -= 1
                 else:
                     errors.append(f"{host.name}: {result.getErrorMessage()}")
@@ -169,7 +171,8 @@ class CloudSync:
             error=error,
         )
         await self._db.execute(
-            "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ? WHERE filehash = ?",
+            "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ?"
+            " WHERE filehash = ?",
             (attempts + 1, self._clock.seconds() + backoff(attempts + 1), error[:1000], filehash),
         )
 
@@ -201,7 +204,9 @@ class CloudSync:
                 await d.addTimeout(self.timeout, self._clock)
                 actual = await self._run_blocking(sha256_file, str(destination))
             except Exception as e:
-                self.log.warn("{host} could not deliver {filehash}: {e}", host=name, filehash=filehash, e=e)
+                self.log.warn(
+                    "{host} could not deliver {filehash}: {e}", host=name, filehash=filehash, e=e
+                )
                 continue
             if actual == filehash:
                 return

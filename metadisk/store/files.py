@@ -80,7 +80,9 @@ class FileStore:
 
         async def record(txn: ITransaction) -> None:
             await self.catalog.add_file(txn, filehash, name, size, int(self._clock.seconds()))
-            holders = await txn.query("SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,))
+            holders = await txn.query(
+                "SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,)
+            )
             if holders[0][0] < self.sync.copies:
                 await self.sync.enqueue(txn, filehash)
 

@@ -38,7 +38,9 @@ def json_bytes(body: Any) -> bytes:
     return json.dumps(body, separators=(", ", ": ")).encode("utf-8")
 
 
-def write_json(request: IRequest, status: int, body: Any, headers: dict[str, str] | None = None) -> bytes:
+def write_json(
+    request: IRequest, status: int, body: Any, headers: dict[str, str] | None = None
+) -> bytes:
     """Set the status and headers of a JSON response and return its body."""
     data = json_bytes(body)
     request.setResponseCode(status)

@@ -22,7 +22,7 @@ from metadisk.web.errors import error, render_failure, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.params import query_argument
 from metadisk.web.producers import BlobProducer
-from metadisk.web.upload import UPLOAD_COST, TOKEN_PATTERN, ReceivedUpload
+from metadisk.web.upload import TOKEN_PATTERN, UPLOAD_COST, ReceivedUpload
 
 FETCHED_COST = 2  # a download that must first be fetched from a host costs double
 _RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
@@ -84,7 +84,11 @@ class FilesAPI:
         received: ReceivedUpload = await request.upload.result()
         try:
             filehash, key = await self._store.ingest(
-                received.path, received.sha256, received.size, received.filename, received.allocation
+                received.path,
+                received.sha256,
+                received.size,
+                received.filename,
+                received.allocation,
             )
         except BaseException:
             await self._settle(received.reservation, 0)

@@ -212,8 +212,6 @@ class _Discard:
         pass
 
 
-
-
 class MetaDiskSite(server.Site):
     """The node's site: streaming uploads, early answers, a log without secrets."""
 

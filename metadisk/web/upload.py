@@ -89,9 +89,7 @@ class UploadReceiver:
         self._policy = policy
         self._request = request
         self._length = length
-        self._parser = PushMultipartParser(
-            boundary, content_length=length, max_segment_count=16
-        )
+        self._parser = PushMultipartParser(boundary, content_length=length, max_segment_count=16)
         self._part: str | None = None
         self._file: BinaryIO | None = None
         self._path: Path | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from metadisk.config import HostConfig
 from metadisk.crypto import is_hex64
@@ -20,7 +21,8 @@ def check_filehash(filehash: str) -> None:
         raise HostError(f"not a filehash: {filehash!r}")
 
 
-def make_host(config: HostConfig, run_blocking: RunBlocking) -> IFileHost:
+def make_host(config: HostConfig, reactor: Any, run_blocking: RunBlocking) -> IFileHost:
+    """The host a C{[[hosts]]} entry describes."""
     if config.kind == "local":
         from metadisk.store.hosts.local import LocalDirectoryHost
 

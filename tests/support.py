@@ -1,0 +1,165 @@
+"""What the tests share: a node on a real port, multipart bodies, raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import treq
+from attrs import define, evolve
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from metadisk.config import Config, HostConfig
+from metadisk.tap import NodeService
+
+
+def test_config(base: Path, **changes: Any) -> Config:
+    """A node's config for a test: everything under C{base}, a free port on loopback."""
+    hosts = tuple(
+        HostConfig(name=f"local{i}", kind="local", setting=str(base / "hosts" / f"local{i}"))
+        for i in (1, 2, 3)
+    )
+    config = Config(
+        listen="tcp:0:interface=127.0.0.1",
+        data_dir=base / "data",
+        hosts=hosts,
+        capacity=64 * 2**20,
+        max_file_size=16 * 2**20,
+        sync_interval=0.2,
+    )
+    return evolve(config, **changes)
+
+
+@define
+class RunningNode:
+    service: NodeService
+
+    @property
+    def node(self) -> Any:
+        return self.service.node
+
+    @property
+    def port(self) -> int:
+        return self.service.port.getHost().port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def secret(self) -> str:
+        return self.node.secret_key
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+
+async def start_node(case: TestCase, config: Config | None = None) -> RunningNode:
+    """Start a node in this process on a free port; stopped when the test ends."""
+    if config is None:
+        config = test_config(Path(case.mktemp()).resolve())
+    service = NodeService(config, reactor)
+    service.startService()
+    await service.started
+    running = RunningNode(service)
+    case.addCleanup(lambda: Deferred.fromCoroutine(running.stop()))
+    if service.port is None:
+        raise RuntimeError("the node did not start")
+    return running
+
+
+async def json_of(response: Any) -> Any:
+    return json.loads(await response.content())
+
+
+def multipart(
+    *parts: tuple[str, str | None, bytes], boundary: str | None = None
+) -> tuple[bytes, bytes]:
+    """(Content-Type, body) of a multipart/form-data body of (name, filename, data) parts."""
+    boundary = boundary or uuid.uuid4().hex
+    body = bytearray()
+    for name, filename, data in parts:
+        body += f"--{boundary}\r\n".encode()
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f"Content-Disposition: {disposition}\r\n".encode()
+        if filename is not None:
+            body += b"Content-Type: application/octet-stream\r\n"
+        body += b"\r\n" + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}".encode(), bytes(body)
+
+
+async def upload(node: RunningNode, data: bytes, token: str | None, name: str = "hello.txt") -> Any:
+    parts: list[tuple[str, str | None, bytes]] = []
+    if token is not None:
+        parts.append(("token", None, token.encode()))
+    parts.append(("file", name, data))
+    content_type, body = multipart(*parts)
+    return await treq.post(
+        node.url + "/api/upload", data=body, headers={b"Content-Type": [content_type]}
+    )
+
+
+async def funded_token(node: RunningNode, amount: int = 10**9) -> str:
+    token = (await json_of(await treq.post(node.url + "/accounts/token/new")))["token"]
+    response = await treq.post(
+        node.url + f"/accounts/token/deposit/{token}",
+        json={"bytes": amount},
+        headers={b"Authentication": [node.secret.encode()]},
+    )
+    assert response.code == 200, response.code
+    return token
+
+
+class _Collect(Protocol):
+    def __init__(self, payload: bytes, half_close: bool) -> None:
+        self.payload = payload
+        self.half_close = half_close
+        self.received = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+        if self.half_close:
+            self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.done.callback(bytes(self.received))
+
+
+async def raw_http(
+    port: int, payload: bytes, *, half_close: bool = False, timeout: float = 10
+) -> bytes:
+    """Send raw bytes to the node, return everything it answers until it closes."""
+    protocol = _Collect(payload, half_close)
+    factory = Factory()
+    factory.protocol = lambda: protocol
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    # A real socket and a real node: bound the wait, never hang the suite.
+    watchdog = reactor.callLater(timeout, protocol.transport.abortConnection)
+    try:
+        return await protocol.done
+    finally:
+        if watchdog.active():
+            watchdog.cancel()
+
+
+def status_line(response: bytes) -> int:
+    """The status code of a raw HTTP response."""
+    return int(response.split(b" ", 2)[1])
+
+
+def body_of(response: bytes) -> Any:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
