@@ -9,7 +9,9 @@ from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 
 from metadisk.config import Config, ConfigError, load_config
@@ -53,6 +55,7 @@ class NodeService(service.MultiService):
         self._reactor = reactor
         self.node: Node | None = None
         self.port: Any = None
+        self._connections: WrappingFactory | None = None
         self.started: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -70,7 +73,9 @@ class NodeService(service.MultiService):
             timer.clock = self._reactor
             timer.setServiceParent(self)
         endpoint = serverFromString(self._reactor, self.config.listen)
-        self.port = await endpoint.listen(node.site)
+        # Wrapped to know the open connections, so that stopping can close them.
+        self._connections = WrappingFactory(node.site)
+        self.port = await endpoint.listen(self._connections)
         self.log.info(
             "MetaDisk node listening on {listen}, data in {data_dir}",
             listen=self.config.listen,
@@ -86,6 +91,11 @@ class NodeService(service.MultiService):
     async def _stop(self) -> None:
         if self.port is not None:
             await self.port.stopListening()
+        if self._connections is not None:
+            for connection in list(self._connections.protocols):
+                connection.transport.abortConnection()
+            # Aborted connections are reported lost on the next turn of the reactor.
+            await deferLater(self._reactor, 0, lambda: None)
         await super().stopService()
         if self.node is not None:
             await self.node.close()

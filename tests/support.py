@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import treq
 from attrs import define, evolve
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.config import Config, HostConfig
 from metadisk.tap import NodeService
@@ -39,6 +42,7 @@ def test_config(base: Path, **changes: Any) -> Config:
 @define
 class RunningNode:
     service: NodeService
+    http: HTTPClient
 
     @property
     def node(self) -> Any:
@@ -68,7 +72,10 @@ async def start_node(case: TestCase, config: Config | None = None) -> RunningNod
     service = NodeService(config, reactor)
     service.startService()
     await service.started
-    running = RunningNode(service)
+    pool = HTTPConnectionPool(reactor)
+    running = RunningNode(service, HTTPClient(Agent(reactor, pool=pool)))
+    # Cleanups run last-in first-out: the node stops, then the client's pool is emptied.
+    case.addCleanup(pool.closeCachedConnections)
     case.addCleanup(lambda: Deferred.fromCoroutine(running.stop()))
     if service.port is None:
         raise RuntimeError("the node did not start")
@@ -104,14 +111,14 @@ async def upload(node: RunningNode, data: bytes, token: str | None, name: str = 
         parts.append(("token", None, token.encode()))
     parts.append(("file", name, data))
     content_type, body = multipart(*parts)
-    return await treq.post(
+    return await node.http.post(
         node.url + "/api/upload", data=body, headers={b"Content-Type": [content_type]}
     )
 
 
 async def funded_token(node: RunningNode, amount: int = 10**9) -> str:
-    token = (await json_of(await treq.post(node.url + "/accounts/token/new")))["token"]
-    response = await treq.post(
+    token = (await json_of(await node.http.post(node.url + "/accounts/token/new")))["token"]
+    response = await node.http.post(
         node.url + f"/accounts/token/deposit/{token}",
         json={"bytes": amount},
         headers={b"Authentication": [node.secret.encode()]},
@@ -120,30 +127,59 @@ async def funded_token(node: RunningNode, amount: int = 10**9) -> str:
     return token
 
 
-class _Collect(Protocol):
-    def __init__(self, payload: bytes, half_close: bool) -> None:
+class _Exchange(Protocol):
+    """Sends raw bytes; collects the first complete response (after any 1xx)."""
+
+    def __init__(self, payload: bytes, close_after_send: bool) -> None:
+        self.head_only = payload.startswith(b"HEAD ")
         self.payload = payload
-        self.half_close = half_close
+        self.close_after_send = close_after_send
         self.received = bytearray()
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.write(self.payload)
-        if self.half_close:
-            self.transport.loseWriteConnection()
+        if self.close_after_send:
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        response = _complete_response(bytes(self.received), self.head_only)
+        if response is not None and not self.done.called:
+            self.done.callback(response)
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
-        self.done.callback(bytes(self.received))
+        if not self.done.called:
+            self.done.callback(bytes(self.received))
+
+
+def _complete_response(data: bytes, head_only: bool) -> bytes | None:
+    while True:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if not separator:
+            return None
+        if head.startswith(b"HTTP/1.1 1"):
+            data = rest
+            continue
+        length = 0
+        for line in head.split(b"\r\n")[1:] if not head_only else ():
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(rest) < length:
+            return None
+        return head + separator + rest[:length]
 
 
 async def raw_http(
-    port: int, payload: bytes, *, half_close: bool = False, timeout: float = 10
+    port: int, payload: bytes, *, close_after_send: bool = False, timeout: float = 10
 ) -> bytes:
-    """Send raw bytes to the node, return everything it answers until it closes."""
-    protocol = _Collect(payload, half_close)
+    """
+    Send raw bytes to the node; return its first complete response, or all
+    it sent before it closed (b"" if nothing).
+    """
+    protocol = _Exchange(payload, close_after_send)
     factory = Factory()
     factory.protocol = lambda: protocol
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
@@ -156,9 +192,30 @@ async def raw_http(
             watchdog.cancel()
 
 
+async def eventually(condition: Callable[[], Awaitable[bool]], turns: int = 500) -> None:
+    """
+    Wait for the node to get somewhere on its own (a thread, a socket), a
+    reactor turn at a time, within a bound; fail if it never does.
+    """
+    for _ in range(turns):
+        if await condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the condition never held")
+
+
 def status_line(response: bytes) -> int:
     """The status code of a raw HTTP response."""
     return int(response.split(b" ", 2)[1])
+
+
+def header_of(response: bytes, name: bytes) -> bytes | None:
+    """A header of a raw HTTP response."""
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
 
 
 def body_of(response: bytes) -> Any:

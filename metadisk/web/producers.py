@@ -7,7 +7,7 @@ from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.internet.task import Cooperator, TaskStopped
+from twisted.internet.task import Cooperator, TaskDone, TaskStopped
 from zope.interface import implementer
 
 from metadisk.crypto import ctr_cipher
@@ -81,5 +81,5 @@ class BlobProducer:
     def stopProducing(self) -> None:
         try:
             self._task.stop()
-        except TaskStopped:
-            pass
+        except (TaskDone, TaskStopped):
+            pass  # already over: nothing to stop

@@ -164,14 +164,16 @@ class UploadReceiver:
         self._token = token
         self._admit(self._reserve)
 
+    def _transport(self) -> Any:
+        # The request lets go of its channel once it is finished.
+        return getattr(getattr(self._request, "channel", None), "transport", None)
+
     def _pause(self) -> None:
-        transport = self._request.channel.transport if self._request.channel else None
-        if transport is not None:
+        if (transport := self._transport()) is not None:
             transport.pauseProducing()
 
     def _resume(self) -> None:
-        transport = self._request.channel.transport if self._request.channel else None
-        if transport is not None:
+        if (transport := self._transport()) is not None:
             transport.resumeProducing()
 
     # The body.
