@@ -63,17 +63,20 @@ class _RateWindow:
 @define
 class Meters:
     """
-    Counts bytes as they flow; L{flush} adds what was counted to the database
-    (every second or so, and at shutdown), so the figures survive restarts
-    and several nodes sharing a database add up.
+    Counts bytes as they flow, by direction and by the month they flowed in;
+    L{flush} adds what was counted to the database (every second or so, and
+    at shutdown), so the figures survive restarts and several nodes sharing
+    a database add up.
     """
 
     _db: IDatabase
     _clock: IReactorTime
     monthly_limits: dict[str, int]
     rate_limits: dict[str, int]
-    _pending: dict[str, int] = field(factory=lambda: dict.fromkeys(DIRECTIONS, 0))
-    _flushing: dict[str, int] = field(factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    # (direction, month) -> bytes counted here, not yet in the database
+    _pending: collections.Counter[tuple[str, str]] = field(factory=collections.Counter)
+    _flushing: collections.Counter[tuple[str, str]] = field(factory=collections.Counter)
+    # (direction, period) -> bytes as last read from the database
     _stored: dict[tuple[str, str], int] = field(factory=dict)
     _windows: dict[str, _RateWindow] = field(factory=lambda: {d: _RateWindow() for d in DIRECTIONS})
 
@@ -82,8 +85,9 @@ class Meters:
     def record(self, direction: str, n: int) -> None:
         if n <= 0:
             return
-        self._pending[direction] += n
-        self._windows[direction].add(int(self._clock.seconds()), n)
+        now = self._clock.seconds()
+        self._pending[direction, month_of(now)] += n
+        self._windows[direction].add(int(now), n)
 
     def check(self, direction: str, n: int) -> None:
         """Raise L{TransferLimitReached} if C{n} more bytes would pass this month's cap."""
@@ -93,25 +97,30 @@ class Meters:
 
     def current(self, direction: str) -> int:
         month = month_of(self._clock.seconds())
-        return self._stored.get((direction, month), 0) + self._unstored(direction)
+        return self._stored.get((direction, month), 0) + self._unstored(direction, month)
 
     def total(self, direction: str) -> int:
-        return self._stored.get((direction, "total"), 0) + self._unstored(direction)
+        return self._stored.get((direction, "total"), 0) + self._unstored(direction, None)
 
-    def _unstored(self, direction: str) -> int:
-        return self._pending[direction] + self._flushing[direction]
+    def _unstored(self, direction: str, month: str | None) -> int:
+        return sum(
+            n
+            for counter in (self._pending, self._flushing)
+            for (d, m), n in counter.items()
+            if d == direction and (month is None or m == month)
+        )
 
     def rate(self, direction: str) -> int:
         return self._windows[direction].rate(self._clock.seconds())
 
     async def flush(self) -> None:
         month = month_of(self._clock.seconds())
-        pending, self._pending = self._pending, dict.fromkeys(DIRECTIONS, 0)
+        pending, self._pending = self._pending, collections.Counter()
         self._flushing = pending
 
         async def add(txn: ITransaction) -> None:
-            for direction, n in pending.items():
-                for period in ("total", month):
+            for (direction, when), n in pending.items():
+                for period in ("total", when):
                     await txn.execute(
                         "INSERT INTO meters (direction, period, bytes) VALUES (?, ?, ?)"
                         " ON CONFLICT (direction, period)"
@@ -119,21 +128,20 @@ class Meters:
                         (direction, period, n),
                     )
 
-        if any(pending.values()):
+        if pending:
             try:
                 await self._db.transaction(add)
             except BaseException:
                 # Not written: count it again next time.
-                for direction, n in pending.items():
-                    self._pending[direction] += n
-                self._flushing = dict.fromkeys(DIRECTIONS, 0)
+                self._pending.update(pending)
+                self._flushing = collections.Counter()
                 raise
         rows = await self._db.query(
             "SELECT direction, period, bytes FROM meters WHERE period IN ('total', ?)", (month,)
         )
         # Swap both at once: the flushed bytes are now in what was read.
         self._stored = {(direction, period): n for direction, period, n in rows}
-        self._flushing = dict.fromkeys(DIRECTIONS, 0)
+        self._flushing = collections.Counter()
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """The C{bandwidth} object of C{/api/status}."""

@@ -1,0 +1,183 @@
+"""Configuration: defaults, the TOML file, command-line overrides, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from metadisk.config import ConfigError, config_from_dict, load_config, parse_size
+from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_embedded_defaults(self) -> None:
+        config = load_config(None)
+        self.assertEqual(config.listen, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(config.data_dir, Path("metadisk-data"))
+        self.assertTrue(config.accounts_enabled)
+        self.assertEqual(config.chain.kind, "none")
+        self.assertEqual(config.copies, 3)
+        self.assertEqual(config.convergence_secret, DEFAULT_CONVERGENCE_SECRET)
+        self.assertTrue(config.effective_database_url.startswith("sqlite:///"))
+        self.assertTrue(config.effective_database_url.endswith("metadisk-data/metadisk.sqlite"))
+        hosts = config.effective_hosts
+        self.assertEqual([h.name for h in hosts], ["local1", "local2", "local3"])
+        self.assertEqual({h.kind for h in hosts}, {"local"})
+
+
+class FileTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return str(path)
+
+    def test_full_file(self) -> None:
+        path = self.write(
+            """
+[node]
+listen = "tcp:9000"
+data_dir = "/srv/md"
+secret_key = "0123456789abcdef0123"
+cors_origins = ["https://metadisk.example"]
+[database]
+url = "postgresql://metadisk@db/metadisk"
+[storage]
+capacity = "1 TiB"
+max_file_size = "500 MB"
+[bandwidth]
+rate_outgoing = "4 MiB"
+monthly_incoming = 1000000
+[accounts]
+enabled = false
+[crypto]
+convergence_secret = "private network"
+[replication]
+copies = 2
+[[hosts]]
+name = "a"
+kind = "local"
+path = "/srv/a"
+[[hosts]]
+name = "b"
+kind = "rclone"
+remote = ":webdav,url='http://127.0.0.1:8081':blobs"
+[chain]
+kind = "litecoin"
+url = "http://u:p@127.0.0.1:19332"
+"""
+        )
+        config = load_config(path)
+        self.assertEqual(config.listen, "tcp:9000")
+        self.assertEqual(config.data_dir, Path("/srv/md"))
+        self.assertEqual(config.cors_origins, ("https://metadisk.example",))
+        self.assertEqual(config.effective_database_url, "postgresql://metadisk@db/metadisk")
+        self.assertEqual(config.capacity, 2**40)
+        self.assertEqual(config.max_file_size, 500 * 10**6)
+        self.assertEqual(config.rate_outgoing, 4 * 2**20)
+        self.assertEqual(config.monthly_incoming, 10**6)
+        self.assertFalse(config.accounts_enabled)
+        self.assertEqual(config.convergence_secret, b"private network")
+        self.assertEqual(
+            [(h.name, h.kind) for h in config.hosts], [("a", "local"), ("b", "rclone")]
+        )
+        self.assertEqual(config.chain.kind, "litecoin")
+
+    def test_command_line_overrides_file(self) -> None:
+        path = self.write('[node]\nlisten = "tcp:9000"\ndata_dir = "/a"\n')
+        config = load_config(path, listen="tcp:9001", data_dir="/b")
+        self.assertEqual((config.listen, config.data_dir), ("tcp:9001", Path("/b")))
+
+
+class ErrorTests(SynchronousTestCase):
+    def assertKey(self, data: dict, key: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config_from_dict(data)
+        self.assertEqual(caught.exception.key, key)
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertIn(key, str(caught.exception))
+
+    def test_bad_values_name_their_key(self) -> None:
+        self.assertKey({"storage": {"capacity": "lots"}}, "storage.capacity")
+        self.assertKey({"storage": {"capacity": -1}}, "storage.capacity")
+        self.assertKey({"storage": {"capacity": 0}}, "storage.capacity")
+        self.assertKey({"storage": {"max_file_size": "3 parsecs"}}, "storage.max_file_size")
+        self.assertKey({"storage": {"capacity": 10, "max_file_size": 20}}, "storage.max_file_size")
+        self.assertKey({"bandwidth": {"rate_incoming": True}}, "bandwidth.rate_incoming")
+        self.assertKey({"bandwidth": {"rate_incoming": 2**60}}, "bandwidth.rate_incoming")
+        self.assertKey({"bandwidth": {"speed": 1}}, "bandwidth.speed")
+        self.assertKey({"nonsense": {}}, "nonsense")
+        self.assertKey({"node": {"secret_key": "short"}}, "node.secret_key")
+        self.assertKey({"node": {"cors_origins": "x"}}, "node.cors_origins")
+        self.assertKey({"database": {"url": "mysql://x"}}, "database.url")
+        self.assertKey({"accounts": {"enabled": "yes"}}, "accounts.enabled")
+        self.assertKey({"replication": {"copies": 0}}, "replication.copies")
+        self.assertKey({"replication": {"copies": 4}}, "replication.copies")
+        self.assertKey({"hosts": [{"name": "a", "kind": "ftp"}]}, "hosts[0].kind")
+        self.assertKey({"hosts": [{"name": "a", "kind": "local"}]}, "hosts[0].path")
+        self.assertKey(
+            {"hosts": [{"name": "../a", "kind": "local", "path": "/x"}]}, "hosts[0].name"
+        )
+        self.assertKey(
+            {"hosts": [{"name": "a", "kind": "local", "path": "/x", "remote": "y"}]},
+            "hosts[0].remote",
+        )
+        twice = {"name": "a", "kind": "local", "path": "/x"}
+        self.assertKey({"hosts": [twice, twice, twice]}, "hosts")
+        self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")
+        self.assertKey({"chain": {"kind": "litecoin"}}, "chain.url")
+        self.assertKey({"crypto": {"convergence_secret": ""}}, "crypto.convergence_secret")
+
+    def test_unreadable_file(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            load_config("/nonexistent/metadisk.toml")
+        self.assertEqual(caught.exception.key, "--config")
+        path = Path(self.mktemp())
+        path.write_text("[node\n")
+        with self.assertRaises(ConfigError):
+            load_config(str(path))
+
+    def test_sizes(self) -> None:
+        self.assertEqual(parse_size("k", "1.5 KiB"), 1536)
+        self.assertEqual(parse_size("k", "10GB"), 10**10)
+        self.assertEqual(parse_size("k", 0), 0)
+        self.assertRaises(ConfigError, parse_size, "k", 0, allow_zero=False)
+        self.assertRaises(ConfigError, parse_size, "k", 1.5)
+        self.assertRaises(ConfigError, parse_size, "k", "-1")
+
+
+class TwistdTests(SynchronousTestCase):
+    """The operator's view: a bad config stops the node with one line naming the key."""
+
+    def twistd(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*TWISTD, "-n", "metadisk", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_bad_config_one_line(self) -> None:
+        path = Path(self.mktemp()).resolve()
+        path.write_text('[storage]\ncapacity = "lots"\n')
+        result = self.twistd("--config", str(path))
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(
+            result.stderr.strip(),
+            "metadisk: config error: storage.capacity: expected a size in bytes, got 'lots'",
+        )
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_bad_listen(self) -> None:
+        result = self.twistd("--listen", "nope:1")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(
+            result.stderr.strip(),
+            "metadisk: config error: node.listen: Unknown endpoint type: 'nope'",
+        )
