@@ -130,6 +130,7 @@ async def build_node(
         config.data_dir / "incoming",
     )
     await store.recover()
+    await sync.resume()
     guard = TokenGuard(reactor, config.guess_limit, config.guess_window)
     ledger_if_enabled = ledger if config.accounts_enabled else None
     files_api = FilesAPI(

@@ -127,6 +127,13 @@ class CloudSync:
             await self.replicate(filehash, attempts)
         return len(rows)
 
+    async def resume(self) -> None:
+        """At start: whatever this node left queued is due now, whatever its backoff was."""
+        await self._db.execute(
+            "UPDATE cloud_queue SET next_attempt = ? WHERE node_id = ?",
+            (self._clock.seconds(), self._node_id),
+        )
+
     async def enqueue(self, txn, filehash: str) -> None:
         await txn.execute(
             "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt)"

@@ -1,0 +1,50 @@
+"""A restart loses no accepted upload: replication finishes after it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.support import funded_token, json_of, start_node, test_config, upload
+
+
+class RestartTests(TestCase):
+    async def test_replication_resumes_after_restart(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        config = test_config(base)
+        # Hosts that cannot take anything yet: plain files where their directories should be.
+        (base / "hosts").mkdir(parents=True)
+        for host in config.effective_hosts:
+            Path(host.setting).write_bytes(b"not yet")
+        node = await start_node(self, config)
+        token = await funded_token(node)
+        data = os.urandom(123_456)
+        response = await upload(node, data, token)
+        self.assertEqual(response.code, 201)
+        result = await json_of(response)
+        await node.node.sync.idle()
+        self.assertEqual(await node.node.sync.pending(), (1, 123_456))
+        self.assertEqual((await node.node.store.find(result["filehash"])).uploads, ())
+        await node.stop()
+
+        # The hosts come back; the node starts again on the same data dir.
+        for host in config.effective_hosts:
+            Path(host.setting).unlink()
+        again = await start_node(self, config)
+        await again.node.sync.kick()  # the queue is due at once after a restart
+        record = await again.node.store.find(result["filehash"])
+        self.assertEqual(len(record.uploads), 3)
+        self.assertEqual(await again.node.sync.pending(), (0, 0))
+
+        # The file still downloads intact, even once it is only on the hosts.
+        shutil.rmtree(base / "data" / "blobs")
+        (base / "data" / "blobs").mkdir()
+        again.node.store.cache.load()
+        download = await again.http.get(
+            again.url + f"/api/download/{result['filehash']}",
+            params={"key": result["key"], "token": token},
+        )
+        self.assertEqual(await download.content(), data)
