@@ -10,6 +10,7 @@ from attrs import evolve
 from twisted.trial.unittest import TestCase
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
+from metadisk.store.files import FileStore
 from tests.support import (
     body_of,
     eventually,
@@ -486,3 +487,17 @@ class AccountsDisabledTests(TestCase):
         self.assertEqual(await download.content(), b"free")
         response = await node.http.post(node.url + "/accounts/token/new")
         self.assertEqual(response.code, 404)
+
+
+class InternalErrorTests(TestCase):
+    async def test_unexpected_failure_is_500_without_detail(self) -> None:
+        node = await start_node(self)
+
+        async def broken(store: FileStore, filehash: str) -> None:
+            raise RuntimeError("disk on fire at /secret/path")
+
+        self.patch(FileStore, "find", broken)
+        response = await node.http.get(node.url + "/api/find/" + "a" * 64)
+        self.assertEqual(response.code, 500)
+        self.assertEqual(await json_of(response), {"error": "internal-error"})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
