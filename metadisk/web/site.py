@@ -20,6 +20,7 @@ from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 
 UPLOAD_PATH = b"/api/upload"
 MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
+IDLE_TIMEOUT = 300  # seconds a connection may send nothing (a stalled or lying client)
 _SECRET_PARAMS = {"key", "token"}
 _TOKEN_IN_PATH = re.compile(r"^(/accounts/token/(?:balance|redeem|deposit|withdraw)/)([^/?]*)")
 
@@ -231,6 +232,7 @@ class MetaDiskSite(server.Site):
             parsePOSTFormSubmission=False,
             logFormatter=redacting_log_formatter,
             reactor=reactor,
+            timeout=IDLE_TIMEOUT,
         )
         self.upload_policy = upload_policy
         self.guard = guard
