@@ -257,6 +257,9 @@ class DownloadErrorTests(TestCase):
         self.assertEqual((response.code, await json_of(response)), (404, {"error": "not-found"}))
         response = await node.http.get(node.url + "/api/nowhere")
         self.assertEqual((response.code, await json_of(response)), (404, {"error": "not-found"}))
+        answer = await raw_http(node.port, b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status_line(answer), 308)
+        self.assertTrue(header_of(answer, b"location").endswith(b"/api/"))
         response = await node.http.delete(node.url + "/api/status")
         self.assertEqual(response.code, 405)
         self.assertEqual(await json_of(response), {"error": "method-not-allowed"})
@@ -371,7 +374,12 @@ class UploadErrorTests(TestCase):
             (response.code, await json_of(response)), (413, {"error": "file-too-large"})
         )
         self.assertEqual(os.listdir(node.node.store.incoming), [])
-        self.assertEqual(await balance(node, token), 10**9)
+
+        # The answer goes out at once; the refund of the reservation follows it.
+        async def refunded() -> bool:
+            return await balance(node, token) == 10**9
+
+        await eventually(refunded)
 
     async def test_length_required(self) -> None:
         node = await start_node(self)

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from metadisk.db import DatabaseUnavailable
 from metadisk.ledger import BalanceInsufficient
@@ -57,6 +58,9 @@ def as_api_error(failure: Failure) -> APIError:
         return failure.value
     if failure.check(NotFound):
         return error(404, "not-found")
+    if failure.check(RequestRedirect):
+        # The router's canonical form of a path (e.g. the trailing slash of /api/).
+        return APIError(308, {"error": "moved"}, {"Location": failure.value.new_url})
     if failure.check(MethodNotAllowed):
         return error(405, "method-not-allowed", Allow=", ".join(failure.value.valid_methods or ()))
     if failure.check(DatabaseUnavailable):
