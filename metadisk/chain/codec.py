@@ -1,0 +1,325 @@
+"""
+The on-chain format of metachains (DESIGN section 4).
+
+A batch is the JSON array of file records (the C{find} payload). It is cut
+into regions of at most 332 characters; region i travels as the entry
+
+    {"prev_txid": <txid of entry i-1 or null>, "region": b64(bz2(region)),
+     "total_length": <batch length>  (first entry) | "first_txid": <txid> (others),
+     "index": i}
+
+one entry per transaction. metachains aimed at 528-character batches and
+took 196 characters of overhead for granted; a region that compresses badly
+would still overflow florincoind's 528-byte tx-comment (which florincoind
+truncates without a word), so regions are cut shorter until their entry fits.
+
+Decoding never trusts its input: every limit is checked, and anything that
+does not fit raises L{CodecError} for the caller to log and skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bz2
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import frozen
+
+from metadisk.store.catalog import FileRecord
+
+MAX_BATCH = 528  # characters of a batch, where the records allow
+MAX_REGION = 332  # characters of a region: 528 - metachains' 196 of overhead
+MAX_ENTRY = 528  # bytes of an entry: florincoind's tx-comment limit
+_PLACEHOLDER_TXID = "0" * 64
+
+# Limits on what is read from the chain.
+MAX_ENTRY_IN = 100_000  # bytes of one entry
+MAX_REGION_IN = 65_536  # bytes of one decompressed region
+MAX_BATCH_IN = 1 << 20  # bytes of a reassembled batch
+MAX_INDEX_IN = 10_000
+MAX_RECORDS_IN = 10_000
+MAX_NAME_IN = 1024
+MAX_UPLOADS_IN = 100
+MAX_HOST_NAME_IN = 200
+MAX_URL_IN = 2048
+MAX_NUMBER = 2**53
+
+_TXID = re.compile(r"[0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+class CodecError(ValueError):
+    """Not a valid entry, batch or record; the message says why."""
+
+
+# Writing
+
+
+def pack(records: Sequence[dict[str, Any]], limit: int = MAX_BATCH) -> list[list[dict[str, Any]]]:
+    """
+    Records in batches whose JSON stays within C{limit} characters; a record
+    longer than that on its own goes alone.
+    """
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for record in records:
+        if current and len(batch_text([*current, record])) > limit:
+            batches.append(current)
+            current = []
+        current.append(record)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_text(records: Sequence[dict[str, Any]]) -> str:
+    """The batch as published: C{json.dumps} of the array (ASCII, so characters are bytes)."""
+    return json.dumps(list(records))
+
+
+def compress_region(region: bytes) -> str:
+    return base64.b64encode(bz2.compress(region, 9)).decode("ascii")
+
+
+def entry_text(
+    region: bytes,
+    index: int,
+    prev_txid: str | None,
+    first_txid: str | None,
+    total_length: int,
+) -> str:
+    """The entry of region C{index}: the first carries C{total_length}, the others C{first_txid}."""
+    entry: dict[str, Any] = {"prev_txid": prev_txid, "region": compress_region(region)}
+    if index == 0:
+        entry["total_length"] = total_length
+    else:
+        entry["first_txid"] = first_txid
+    entry["index"] = index
+    return json.dumps(entry)
+
+
+def split_regions(text: str, max_entry: int = MAX_ENTRY) -> list[bytes]:
+    """
+    The regions of a batch: at most L{MAX_REGION} characters each, and short
+    enough that each entry (with real 64-digit txids) fits in C{max_entry} bytes.
+    """
+    data = text.encode("ascii")
+    regions: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        size = min(MAX_REGION, len(data) - offset)
+        while True:
+            region = data[offset : offset + size]
+            index = len(regions)
+            prev = None if index == 0 else _PLACEHOLDER_TXID
+            first = None if index == 0 else _PLACEHOLDER_TXID
+            overflow = len(entry_text(region, index, prev, first, len(data))) - max_entry
+            if overflow <= 0:
+                break
+            if size == 1:
+                raise CodecError(f"an entry cannot fit in {max_entry} bytes")
+            # Base64 of bz2: a byte less of input saves well under a byte of output.
+            size = max(1, size - max(1, overflow // 2))
+        regions.append(region)
+        offset += size
+    return regions
+
+
+# Reading
+
+
+@frozen
+class Entry:
+    """One decoded entry: a region of a batch and its place in the batch."""
+
+    index: int
+    prev_txid: str | None
+    first_txid: str | None  # None on the first entry
+    total_length: int | None  # only on the first entry
+    region: bytes
+
+    def batch_id(self, txid: str) -> str:
+        """The batch is named by the txid of its first entry."""
+        return txid if self.index == 0 else str(self.first_txid)
+
+
+def decode_entry(data: bytes | str) -> Entry:
+    """Parse one entry read from the chain (a tx-comment or OP_RETURN data)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_ENTRY_IN:
+        raise CodecError(f"entry of {len(data)} bytes")
+    try:
+        entry = json.loads(data)
+    except (ValueError, RecursionError):
+        raise CodecError("entry is not JSON") from None
+    if not isinstance(entry, dict):
+        raise CodecError("entry is not a JSON object")
+    index = _integer(entry.get("index"), "index", 0, MAX_INDEX_IN)
+    region = _decompress(entry.get("region"))
+    prev_txid = entry.get("prev_txid")
+    if index == 0:
+        if prev_txid is not None:
+            raise CodecError("entry 0 has a prev_txid")
+        total = _integer(entry.get("total_length"), "total_length", 1, MAX_BATCH_IN)
+        if len(region) > total:
+            raise CodecError("region longer than the batch")
+        return Entry(0, None, None, total, region)
+    return Entry(
+        index,
+        _txid(prev_txid, "prev_txid"),
+        _txid(entry.get("first_txid"), "first_txid"),
+        None,
+        region,
+    )
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CodecError(f"bad {name}: {str(value)[:40]!r}")
+    return value
+
+
+def _txid(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not _TXID.fullmatch(value):
+        raise CodecError(f"bad {name}: {str(value)[:80]!r}")
+    return value.lower()
+
+
+def _decompress(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise CodecError("no region")
+    try:
+        compressed = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise CodecError("region is not base64") from None
+    decompressor = bz2.BZ2Decompressor()
+    try:
+        # Bounded: a few hundred bytes of bz2 can expand to gigabytes.
+        region = decompressor.decompress(compressed, max_length=MAX_REGION_IN + 1)
+    except (OSError, ValueError, EOFError):
+        raise CodecError("region is not bz2") from None
+    if len(region) > MAX_REGION_IN:
+        raise CodecError("region too large")
+    if not decompressor.eof or decompressor.unused_data:
+        raise CodecError("region is truncated or followed by garbage")
+    if not region:
+        raise CodecError("empty region")
+    return region
+
+
+@frozen
+class Fragment:
+    """An entry seen on the chain, with its txid and where it was seen."""
+
+    txid: str
+    entry: Entry
+    position: tuple[int, int]  # (block height, place in the block): earliest wins
+
+
+def assemble(head: Fragment, others: Sequence[Fragment]) -> bytes | None:
+    """
+    The batch that starts with C{head}, from the entries of C{others} that
+    follow it link by link (each naming the previous one's txid); None while
+    entries are missing. Raises L{CodecError} if the links make no sense.
+    """
+    total = head.entry.total_length
+    if head.entry.index != 0 or total is None:
+        raise CodecError("not the first entry of a batch")
+    chain = [head]
+    size = len(head.entry.region)
+    while size < total:
+        index = len(chain)
+        following = [
+            f
+            for f in others
+            if f.entry.index == index
+            and f.entry.prev_txid == chain[-1].txid
+            and f.entry.first_txid == head.txid
+        ]
+        if not following:
+            return None
+        chain.append(min(following, key=lambda f: (f.position, f.txid)))
+        size += len(chain[-1].entry.region)
+    if size != total:
+        raise CodecError(f"regions add up to {size} bytes, the batch says {total}")
+    return b"".join(f.entry.region for f in chain)
+
+
+def decode_batch(data: bytes) -> tuple[list[FileRecord], list[str]]:
+    """The valid records of a batch, and why the others were skipped."""
+    try:
+        items = json.loads(data)
+    except (ValueError, RecursionError):
+        raise CodecError("batch is not JSON") from None
+    if not isinstance(items, list):
+        raise CodecError("batch is not a JSON array")
+    if len(items) > MAX_RECORDS_IN:
+        raise CodecError(f"batch of {len(items)} records")
+    records: list[FileRecord] = []
+    problems: list[str] = []
+    for item in items:
+        try:
+            records.append(parse_record(item))
+        except CodecError as e:
+            problems.append(str(e))
+    return records, problems
+
+
+def parse_record(item: Any) -> FileRecord:
+    """A record of version "0.2" or "0.1" (metachains' C{payload.from_dict}), checked."""
+    if not isinstance(item, dict):
+        raise CodecError("record is not a JSON object")
+    version = item.get("version")
+    if version not in ("0.1", "0.2"):
+        raise CodecError(f"unknown record version {str(version)[:20]!r}")
+    filehash = item.get("filehash")
+    if not isinstance(filehash, str) or not _TXID.fullmatch(filehash):
+        raise CodecError("bad filehash")
+    filehash = filehash.lower()
+    if version == "0.2":
+        filename = _text(item.get("filename"), "filename", MAX_NAME_IN)
+    else:
+        filename = filehash[:10]
+    return FileRecord(
+        filehash=filehash,
+        filename=filename,
+        filesize=_number(item.get("filesize"), "filesize"),
+        datetime=_number(item.get("datetime"), "datetime"),
+        version=version,
+        uploads=_uploads(item.get("uploads")),
+    )
+
+
+def _number(value: Any, name: str) -> int:
+    """A whole number, as JSON has it or as a string of digits (datetime is a string)."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    return _integer(value, name, 0, MAX_NUMBER)
+
+
+def _uploads(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or len(value) > MAX_UPLOADS_IN:
+        raise CodecError("bad uploads")
+    uploads = []
+    for upload in value:
+        if not isinstance(upload, dict):
+            raise CodecError("bad upload")
+        name = _text(upload.get("host_name"), "host_name", MAX_HOST_NAME_IN)
+        uploads.append((name, _text(upload.get("url"), "url", MAX_URL_IN)))
+    return tuple(uploads)
+
+
+def _text(value: Any, name: str, longest: int) -> str:
+    """A string the databases can store: UTF-8 encodable (no lone surrogates), no NUL."""
+    if not isinstance(value, str) or not 0 < len(value) <= longest or "\x00" in value:
+        raise CodecError(f"bad {name}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CodecError(f"bad {name}") from None
+    return value

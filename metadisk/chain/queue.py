@@ -1,0 +1,65 @@
+"""
+The blockchain queue: the files whose record is to be published
+(table C{chain_queue}, see C{002-chain.sql}).
+
+A file joins it when it is recorded, in the same transaction; its record is
+due once the hosts hold the blob (it has left the cloud queue) or, after
+C{publish_wait} seconds, with the hosts that hold it so far.
+"""
+
+from __future__ import annotations
+
+from attrs import define
+
+from metadisk.interfaces import IDatabase, ITransaction
+
+_DUE = """
+    FROM chain_queue q JOIN files f ON f.filehash = q.filehash
+    WHERE q.state = 'waiting'
+      AND EXISTS (SELECT 1 FROM uploads u WHERE u.filehash = q.filehash)
+      AND (q.enqueued <= ?
+           OR NOT EXISTS (SELECT 1 FROM cloud_queue c WHERE c.filehash = q.filehash))
+      AND NOT EXISTS (SELECT 1 FROM chain_records r WHERE r.filehash = q.filehash)
+"""
+
+
+async def enqueue(txn: ITransaction, filehash: str, when: float) -> None:
+    """Put a file in the queue (once: a file that was ever queued stays where it got)."""
+    await txn.execute(
+        "INSERT INTO chain_queue (filehash, enqueued, state) VALUES (?, ?, 'waiting')"
+        " ON CONFLICT (filehash) DO NOTHING",
+        (filehash, when),
+    )
+
+
+@define
+class ChainQueue:
+    _db: IDatabase
+    wait: float  # seconds after which a record goes out with the hosts it has
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        """The filehashes whose record is due, oldest first."""
+        rows = await self._db.query(
+            f"SELECT q.filehash {_DUE} ORDER BY q.enqueued, q.filehash LIMIT ?",
+            (now - self.wait, limit),
+        )
+        return [filehash for (filehash,) in rows]
+
+    async def pending(self, now: float) -> tuple[int, int]:
+        """(count, bytes) of the files whose record is due or on its way, for C{/api/status}."""
+        due = await self._db.query(
+            f"SELECT COUNT(*), COALESCE(SUM(f.filesize), 0) {_DUE}", (now - self.wait,)
+        )
+        batched = await self._db.query(
+            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
+            " FROM chain_queue q JOIN files f ON f.filehash = q.filehash"
+            " WHERE q.state = 'batched'"
+        )
+        return int(due[0][0]) + int(batched[0][0]), int(due[0][1]) + int(batched[0][1])
+
+    async def skip_published_elsewhere(self) -> int:
+        """Waiting records that another node has put on the chain meanwhile are not sent again."""
+        return await self._db.execute(
+            "UPDATE chain_queue SET state = 'on-chain' WHERE state = 'waiting'"
+            " AND filehash IN (SELECT filehash FROM chain_records)"
+        )

@@ -1,0 +1,240 @@
+"""
+The reader: follows the chain block by block from its persisted height,
+reassembles batches from their entries, and records what they say, so that
+C{find} and C{download} work for files this node never saw uploaded.
+
+Each block is applied in one database transaction (its hash, its entries,
+the records it completes), so the position and what was learned up to it
+never disagree. Before reading on, the hashes of the last C{rescan_depth}
+blocks read are compared with the chain's: blocks that a reorganisation
+replaced are read again. Records are inserted idempotently; nothing read from
+the chain is trusted (L{metadisk.chain.codec}).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from attrs import define
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from metadisk.chain.adapter import ChainBlock
+from metadisk.chain.codec import (
+    CodecError,
+    Entry,
+    Fragment,
+    assemble,
+    decode_batch,
+    decode_entry,
+)
+from metadisk.chain.rpc import ChainUnavailable, RPCError
+from metadisk.interfaces import IChain, IDatabase, ITransaction
+from metadisk.store.catalog import FileRecord
+
+BLOCKS_PER_ROUND = 200  # then the round ends and the next one reads on
+FRAGMENT_HORIZON = 10_000  # blocks after which a batch still incomplete is given up
+
+
+@define
+class Reader:
+    _db: IDatabase
+    _chain: IChain
+    _clock: IReactorTime
+    start_height: int = 0
+    min_confirmations: int = 1
+    rescan_depth: int = 10
+
+    log = Logger()
+
+    async def height(self) -> int | None:
+        """The last block read, or None before the first one."""
+        rows = await self._db.query("SELECT MAX(height) FROM chain_blocks")
+        return rows[0][0]
+
+    async def read_once(self) -> int:
+        """Read the confirmed blocks not read yet (a bounded number); return how many."""
+        tip = await self._chain.block_count()
+        last = await self._rewind(tip)
+        newest = tip - max(self.min_confirmations, 1) + 1
+        height = self.start_height if last is None else last[0] + 1
+        previous = None if last is None else last[1]
+        read = 0
+        while height <= newest and read < BLOCKS_PER_ROUND:
+            block = await self._chain.block(await self._chain.block_hash(height))
+            if block.height != height:
+                raise ChainUnavailable(f"asked for block {height}, got {block.height}")
+            if previous is not None and block.previous != previous:
+                # The chain changed under us: the next round finds where, and reads again.
+                self.log.info("block {height} does not follow ours: reorganisation", height=height)
+                return read
+            await self._apply(block)
+            previous = block.hash
+            height += 1
+            read += 1
+        return read
+
+    async def _rewind(self, tip: int) -> tuple[int, str] | None:
+        """
+        Compare the kept hashes with the chain's, newest first, and forget the
+        blocks above the newest that still matches (usually the first: one
+        call). Return (height, hash) of the block to read on from, or None to
+        start at C{start_height}.
+        """
+        rows = await self._db.query("SELECT height, hash FROM chain_blocks ORDER BY height DESC")
+        for i, (height, block_hash) in enumerate(rows):
+            if await self._hash_at(height, tip) == block_hash:
+                if i > 0:
+                    await self._forget_above(height)
+                return height, block_hash
+        if not rows:
+            return None
+        # Deeper than the hashes kept: read again from a little below them.
+        self.log.warn("reorganisation deeper than the {n} blocks checked", n=len(rows))
+        restart = rows[-1][0] - self.rescan_depth - 1
+        await self._forget_above(max(restart, self.start_height - 1))
+        if restart < self.start_height:
+            return None
+        return restart, await self._chain.block_hash(restart)
+
+    async def _hash_at(self, height: int, tip: int) -> str | None:
+        if height > tip:
+            return None
+        try:
+            return await self._chain.block_hash(height)
+        except RPCError:
+            return None  # out of range: the chain got shorter
+
+    async def _forget_above(self, height: int) -> None:
+        self.log.warn("chain reorganised: reading again from block {h}", h=height + 1)
+
+        async def forget(txn: ITransaction) -> None:
+            await txn.execute("DELETE FROM chain_blocks WHERE height > ?", (height,))
+            await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
+
+        await self._db.transaction(forget)
+
+    async def _apply(self, block: ChainBlock) -> None:
+        fragments = []
+        for position, (txid, data) in enumerate(block.entries):
+            try:
+                entry = decode_entry(data)
+            except CodecError as e:
+                # A public chain carries all sorts of data: not ours is not an error.
+                self.log.debug("block {h}: skipping {txid}: {e}", h=block.height, txid=txid, e=e)
+                continue
+            fragments.append(Fragment(txid, entry, (block.height, position)))
+        learned: list[FileRecord] = []
+
+        async def apply(txn: ITransaction) -> None:
+            learned.clear()
+            await txn.execute(
+                "INSERT INTO chain_blocks (height, hash) VALUES (?, ?)"
+                " ON CONFLICT (height) DO UPDATE SET hash = excluded.hash",
+                (block.height, block.hash),
+            )
+            await txn.execute(
+                "DELETE FROM chain_blocks WHERE height <= ?", (block.height - self.rescan_depth,)
+            )
+            batches = set()
+            for fragment in fragments:
+                await _store_fragment(txn, fragment)
+                batches.add(fragment.entry.batch_id(fragment.txid))
+            for batch_id in sorted(batches):
+                learned.extend(await self._complete(txn, batch_id, block.height))
+            await txn.execute(
+                "DELETE FROM chain_fragments WHERE height < ?", (block.height - FRAGMENT_HORIZON,)
+            )
+
+        await self._db.transaction(apply)
+        for record in learned:
+            self.log.info("block {h}: learned {filehash}", h=block.height, filehash=record.filehash)
+
+    async def _complete(self, txn: ITransaction, batch_id: str, height: int) -> list[FileRecord]:
+        """If the batch C{batch_id} is complete, record it and drop its entries."""
+        rows = await txn.query(
+            "SELECT txid, idx, prev_txid, first_txid, total_length, region, height, position"
+            " FROM chain_fragments WHERE batch_id = ?",
+            (batch_id,),
+        )
+        fragments = [_fragment(row) for row in rows]
+        heads = [f for f in fragments if f.txid == batch_id and f.entry.index == 0]
+        if not heads:
+            return []
+        try:
+            data = assemble(heads[0], fragments)
+            if data is None:
+                return []
+            records, problems = decode_batch(data)
+        except CodecError as e:
+            self.log.info("batch {batch} is not valid: {e}", batch=batch_id, e=e)
+            records, problems = [], []
+        await txn.execute("DELETE FROM chain_fragments WHERE batch_id = ?", (batch_id,))
+        for problem in problems:
+            self.log.info("batch {batch}: skipped a record: {p}", batch=batch_id, p=problem)
+        learned = []
+        for record in records:
+            if await _learn(txn, record, batch_id, height):
+                learned.append(record)
+        return learned
+
+
+async def _store_fragment(txn: ITransaction, fragment: Fragment) -> None:
+    entry = fragment.entry
+    await txn.execute(
+        "INSERT INTO chain_fragments (txid, batch_id, idx, prev_txid, first_txid, total_length,"
+        " region, height, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (txid) DO NOTHING",
+        (
+            fragment.txid,
+            entry.batch_id(fragment.txid),
+            entry.index,
+            entry.prev_txid,
+            entry.first_txid,
+            entry.total_length,
+            base64.b64encode(entry.region).decode("ascii"),
+            fragment.position[0],
+            fragment.position[1],
+        ),
+    )
+
+
+def _fragment(row: tuple) -> Fragment:
+    txid, index, prev_txid, first_txid, total_length, region, height, position = row
+    entry = Entry(index, prev_txid, first_txid, total_length, base64.b64decode(region))
+    return Fragment(txid, entry, (height, position))
+
+
+async def _learn(txn: ITransaction, record: FileRecord, txid: str, height: int) -> bool:
+    """Record what the chain says of a file; True if it was new here."""
+    new_file = await txn.execute(
+        "INSERT INTO files (filehash, filename, filesize, datetime, version)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (filehash) DO NOTHING",
+        (record.filehash, record.filename, record.filesize, record.datetime, record.version),
+    )
+    if new_file:
+        # Only for a file new here: a file this node holds keeps its own hosts.
+        for host_name, url in record.uploads:
+            await txn.execute(
+                "INSERT INTO uploads (filehash, host_name, url, added) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (filehash, host_name) DO NOTHING",
+                (record.filehash, host_name, url, float(record.datetime)),
+            )
+    inserted = await txn.execute(
+        "INSERT INTO chain_records (filehash, record, txid, height) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (filehash) DO NOTHING",
+        (record.filehash, json.dumps(record.to_json()), txid, height),
+    )
+    if not inserted:
+        # This node's own record, read back: now it is known to be on the chain.
+        await txn.execute(
+            "UPDATE chain_records SET height = ? WHERE filehash = ? AND txid = ?"
+            " AND height IS NULL",
+            (height, record.filehash, txid),
+        )
+    await txn.execute(
+        "UPDATE chain_queue SET state = 'on-chain' WHERE filehash = ? AND state = 'waiting'",
+        (record.filehash,),
+    )
+    return bool(new_file)

@@ -1,0 +1,115 @@
+"""
+Records from the chain name hosts this node may not have: the blob is then
+fetched from the record's http(s) URL, and verified by its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from treq.client import HTTPClient
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from metadisk.chain import codec
+from metadisk.chain.florincoin import Florincoin
+from metadisk.chain.reader import Reader
+from metadisk.chain.rpc import JSONRPCClient
+from metadisk.chain.urlhost import URLHost
+from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
+from metadisk.store.hosts import HostError
+from tests.fake_florincoind import FakeFlorincoind
+from tests.support import json_of, start_node, test_config
+
+
+def http_client() -> HTTPClient:
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+class BlobServer:
+    """A plain web server with some blobs, on a free loopback port."""
+
+    def __init__(self, case: TestCase, blobs: dict[str, bytes]) -> None:
+        root = Resource()
+        for name, data in blobs.items():
+            root.putChild(name.encode(), Data(data, "application/octet-stream"))
+        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        case.addCleanup(self.port.stopListening)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/{name}"
+
+
+class URLHostTests(TestCase):
+    async def test_fetch(self) -> None:
+        blob = os.urandom(100_000)
+        filehash = hashlib.sha256(blob).hexdigest()
+        server = BlobServer(self, {"blob": blob})
+        target = Path(self.mktemp())
+        host = URLHost(http_client(), max_size=200_000)
+        await host.fetch(filehash, server.url("blob"), str(target))
+        self.assertEqual(target.read_bytes(), blob)
+        self.assertTrue(await host.exists(filehash, server.url("blob")))
+
+    async def test_refusals(self) -> None:
+        server = BlobServer(self, {"blob": b"x" * 5000})
+        host = URLHost(http_client(), max_size=1000)
+        target = str(Path(self.mktemp()))
+        for url in (server.url("blob"), server.url("missing"), "file:///etc/passwd", "ftp://x/y"):
+            with self.assertRaises(HostError):
+                await host.fetch("ab" * 32, url, target)
+        with self.assertRaises(HostError):
+            await host.store("ab" * 32, target)
+
+
+class DownloadFromChainTests(TestCase):
+    async def test_find_and_download_a_file_never_uploaded_here(self) -> None:
+        plaintext = os.urandom(50_000)
+        key = convergent_key(DEFAULT_CONVERGENCE_SECRET, hashlib.sha256(plaintext).hexdigest())
+        blob = ctr_cipher(key).encrypt(plaintext)
+        filehash = hashlib.sha256(blob).hexdigest()
+        server = BlobServer(self, {"good": blob, "corrupt": blob[:-1] + b"!"})
+        record = {
+            "datetime": "1700000000",
+            "filehash": filehash,
+            "filename": f"{filehash[:7]}_from elsewhere.bin",
+            "filesize": len(blob),
+            # A host of another node's, a corrupt copy, then a good one.
+            "uploads": [
+                {"host_name": "their-disk", "url": "file:///srv/their/disk/" + filehash},
+                {"host_name": "mirror", "url": server.url("corrupt")},
+                {"host_name": "web", "url": server.url("good")},
+            ],
+            "version": "0.2",
+        }
+        fake = FakeFlorincoind()
+        batch = codec.batch_text([record])
+        txids: list[str] = []
+        for i, region in enumerate(codec.split_regions(batch)):
+            prev, first = (txids[-1], txids[0]) if txids else (None, None)
+            txids.append(fake.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
+        fake.mine()
+
+        config = test_config(Path(self.mktemp()).resolve(), accounts_enabled=False)
+        node = await start_node(self, config)
+        clock = Clock()
+        rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(fake), clock)
+        await Reader(node.node.db, Florincoin(rpc), clock).read_once()
+
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
+        self.assertEqual(found, record)
+        response = await node.http.get(f"{node.url}/api/download/{filehash}?key={key.hex()}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await response.content(), plaintext)
+        self.assertEqual(
+            response.headers.getRawHeaders("content-disposition"),
+            [f'attachment; filename="{filehash[:7]}_from elsewhere.bin"'],
+        )

@@ -1,0 +1,130 @@
+"""
+End to end (issue #6): one C{litecoind -regtest}, one C{rclone serve webdav}
+remote that every node has as its host "shared", and nodes with their own
+database and cache. A file uploaded to node A is, once a block is mined,
+found by node B with the same JSON and downloaded by B with the key, byte for
+byte; a node started later from block 0 finds and serves it too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from metadisk.config import ChainConfig, Config, HostConfig
+from tests.fakes import WebDAVServer
+from tests.support import RunningNode, json_of, start_node, test_config, upload
+from tests.test_chain_litecoin import litecoind
+
+POLL = 0.2  # seconds between the nodes' chain rounds
+
+
+async def within(seconds: float, condition: Any) -> Any:
+    """Wait, boundedly, for real processes (litecoind, rclone, the nodes' loops)."""
+    for _ in range(int(seconds / 0.05)):
+        result = await condition()
+        if result:
+            return result
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"not reached within {seconds} s")
+
+
+class EndToEndTests(TestCase):
+    timeout = 240
+
+    async def setUp(self) -> None:
+        self.work = Path(self.mktemp()).resolve()
+        self.litecoind = await litecoind(self)
+        self.webdav = WebDAVServer(self.work / "webdav")
+        await self.webdav.start()
+        self.addCleanup(self.webdav.stop)
+
+    def config(self, name: str, copies: int = 1) -> Config:
+        base = self.work / name
+        hosts = (
+            HostConfig("shared", "rclone", self.webdav.remote()),
+            HostConfig(f"{name}-disk", "local", str(base / "disk")),  # only this node has it
+        )
+        chain = ChainConfig(
+            kind="litecoin",
+            url=self.litecoind.url,
+            poll_interval=POLL,
+            timeout=20,
+            start_height=0,
+        )
+        return evolve(
+            test_config(base), hosts=hosts, copies=copies, chain=chain, accounts_enabled=False
+        )
+
+    async def find(self, node: RunningNode, filehash: str) -> Any:
+        response = await node.http.get(f"{node.url}/api/find/{filehash}")
+        return await json_of(response) if response.code == 200 else None
+
+    async def download(self, node: RunningNode, filehash: str, key: str) -> bytes:
+        response = await node.http.get(f"{node.url}/api/download/{filehash}?key={key}")
+        self.assertEqual(response.code, 200)
+        return await response.content()
+
+    async def status(self, node: RunningNode) -> Any:
+        return await json_of(await node.http.get(f"{node.url}/api/status"))
+
+    async def test_any_node_finds_and_serves_any_file(self) -> None:
+        a = await start_node(self, self.config("a", copies=2))
+        b = await start_node(self, self.config("b"))
+        data = os.urandom(300_000)
+        response = await upload(a, data, None, name="report.pdf")
+        self.assertEqual(response.code, 201)
+        uploaded = await json_of(response)
+        filehash, key = uploaded["filehash"], uploaded["key"]
+
+        # A copies it to both its hosts, then publishes its record: a transaction waits.
+        async def published() -> bool:
+            queue = (await self.status(a))["sync"]["blockchain_queue"]
+            mempool = await self.litecoind.rpc().call("getrawmempool")
+            return queue["count"] == 0 and len(mempool) > 0
+
+        await within(60, published)
+        record = await self.find(a, filehash)
+        self.assertEqual({u["host_name"] for u in record["uploads"]}, {"shared", "a-disk"})
+        self.assertIsNone(await self.find(b, filehash))
+
+        await self.litecoind.mine()
+        found = await within(30, lambda: self.find(b, filehash))
+        self.assertEqual(found, record)
+        self.assertEqual(await self.download(b, filehash, key), data)
+
+        status = await self.status(b)
+        tip = await self.litecoind.rpc().call("getblockcount")
+        self.assertEqual(status["datacoin"]["coin"], "litecoin")
+        self.assertEqual(status["datacoin"]["block"], tip)
+        self.assertIsNone(status["datacoin"]["error"])
+        self.assertEqual(status["florincoin"], status["datacoin"])
+        self.assertGreater((await self.status(a))["datacoin"]["balance"], 0)
+
+        # A node started later reads the whole chain from block 0.
+        await self.litecoind.mine(3)
+        c = await start_node(self, self.config("c"))
+        self.assertEqual(await within(30, lambda: self.find(c, filehash)), record)
+        self.assertEqual(await self.download(c, filehash, key), data)
+
+    async def test_the_chain_down_stops_nothing(self) -> None:
+        a = await start_node(self, self.config("a"))
+        await self.litecoind.stop()
+        data = b"still works\n"
+        uploaded = await json_of(await upload(a, data, None))
+        self.assertEqual(await self.download(a, uploaded["filehash"], uploaded["key"]), data)
+
+        async def waiting() -> Any:
+            status = await self.status(a)
+            queued = status["sync"]["blockchain_queue"]["count"] == 1
+            return status if queued and status["datacoin"]["error"] else None
+
+        status = await within(30, waiting)
+        self.assertEqual(status["sync"]["blockchain_queue"]["size"], len(data))
+        self.assertIn("refused", status["datacoin"]["error"])
