@@ -19,7 +19,15 @@ async def open_database(url: str, reactor: IReactorCore) -> IDatabase:
         from metadisk.db.sqlite import SQLiteDatabase
 
         database: IDatabase = SQLiteDatabase.open(url.removeprefix("sqlite:///"), reactor)
+    elif url.startswith(("postgresql://", "postgres://")):
+        from metadisk.db.postgres import PostgresDatabase
+
+        database = await PostgresDatabase.open(url, reactor)
     else:
         raise ValueError(f"unsupported database URL: {url}")
-    await migrate(database)
+    try:
+        await migrate(database)
+    except BaseException:
+        await database.close()
+        raise
     return database

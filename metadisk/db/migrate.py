@@ -8,6 +8,8 @@ from importlib import resources
 from metadisk.interfaces import IDatabase, ITransaction
 
 _NAME = re.compile(r"(\d{3})-[a-z0-9-]+\.sql")
+# pg_advisory_xact_lock key: nodes sharing a PostgreSQL database migrate one at a time.
+_MIGRATION_LOCK = 0x6D657461  # "meta"
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -28,14 +30,18 @@ def statements(sql: str) -> list[str]:
 
 async def migrate(database: IDatabase) -> int:
     """Bring the schema up to the newest version; return that version."""
-    await database.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
-    )
+
+    async def create(txn: ITransaction) -> None:
+        await _serialize(database, txn)
+        await txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+
+    await database.transaction(create)
     newest = 0
     for version, sql in migrations():
         newest = version
 
         async def apply(txn: ITransaction, version: int = version, sql: str = sql) -> None:
+            await _serialize(database, txn)
             if await txn.query("SELECT 1 FROM schema_version WHERE version = ?", (version,)):
                 return
             for statement in statements(sql):
@@ -44,3 +50,13 @@ async def migrate(database: IDatabase) -> int:
 
         await database.transaction(apply)
     return newest
+
+
+async def _serialize(database: IDatabase, txn: ITransaction) -> None:
+    """
+    On PostgreSQL, hold the migration lock until this transaction ends: nodes
+    starting together would otherwise race to create the same tables. (SQLite's
+    transactions are serialized already.)
+    """
+    if database.dialect == "postgresql":
+        await txn.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))

@@ -1,0 +1,200 @@
+"""
+Nodes as real processes (C{twistd -n metadisk}, the repository on
+PYTHONPATH) for the tests and the benchmarks, and a JSON client for the
+accounts API of any node. Every wait on a process is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).parent / "twistd"
+_LISTENING = re.compile(rb"starting on (\d+)")
+
+
+class NodeFailed(Exception):
+    """The node process ended, or never listened; its output says why."""
+
+
+def node_toml(
+    data_dir: Path,
+    *,
+    secret: str,
+    database_url: str,
+    hosts: list[Path],
+    sync_interval: float = 0.2,
+) -> str:
+    """A node's configuration file: loopback, a free port, the given database and hosts."""
+    quote = json.dumps  # a JSON string is a TOML basic string
+    lines = [
+        "[node]",
+        'listen = "tcp:0:interface=127.0.0.1"',
+        f"data_dir = {quote(str(data_dir))}",
+        f"secret_key = {quote(secret)}",
+        "[database]",
+        f"url = {quote(database_url)}",
+        "[storage]",
+        'capacity = "256 MiB"',
+        'max_file_size = "16 MiB"',
+        "[replication]",
+        f"copies = {len(hosts)}",
+        f"interval = {sync_interval}",
+    ]
+    for i, path in enumerate(hosts, 1):
+        lines += ["[[hosts]]", f'name = "local{i}"', 'kind = "local"', f"path = {quote(str(path))}"]
+    return "\n".join(lines) + "\n"
+
+
+class _NodeProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.listening.called:
+            match = _LISTENING.search(self.output)
+            if match:
+                self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.listening.called:
+            self.listening.errback(NodeFailed(self.output.decode("utf-8", "replace")))
+        self.ended.callback(None)
+
+
+@define
+class NodeProcess:
+    """A running node process: its port, its secret key, and an HTTP client to it."""
+
+    port: int
+    secret: str
+    http: HTTPClient
+    _protocol: _NodeProtocol
+    _reactor: Any = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return self._protocol.output.decode("utf-8", "replace")
+
+    async def stop(self, timeout: float = 20) -> None:
+        """SIGTERM, and SIGKILL if it has not ended within C{timeout} seconds."""
+        await _terminate(self._protocol, self._reactor, timeout)
+
+
+async def _terminate(protocol: _NodeProtocol, reactor: Any, timeout: float) -> None:
+    if protocol.ended.called:
+        return
+    for signal in ("TERM", "KILL"):
+        try:
+            protocol.transport.signalProcess(signal)
+        except ProcessExitedAlready:
+            pass
+        try:
+            await _bounded(protocol.ended, timeout, reactor)
+            return
+        except TimeoutError:
+            continue
+
+
+def _bounded(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[None]:
+    """
+    Fire when C{d} has fired, or fail with C{TimeoutError} after C{seconds};
+    C{d} and its result are left as they are.
+    """
+    waiter: Deferred[None] = Deferred()
+
+    def passthrough(result: Any) -> Any:
+        if not waiter.called:
+            waiter.callback(None)
+        return result
+
+    d.addBoth(passthrough)
+    return waiter.addTimeout(seconds, reactor)
+
+
+async def start_node_process(
+    reactor: Any, directory: Path, config: str, secret: str, http: HTTPClient, timeout: float = 60
+) -> NodeProcess:
+    """Start C{twistd -n metadisk} with C{config} in C{directory}; return once it listens."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metadisk.toml").write_text(config)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    protocol = _NodeProtocol()
+    args = [str(TWISTD), "-n", "--pidfile=", "metadisk", "--config", "metadisk.toml"]
+    reactor.spawnProcess(protocol, str(TWISTD), args, env=env, path=str(directory))
+    try:
+        await _bounded(protocol.listening, timeout, reactor)
+        port = await protocol.listening
+    except BaseException:
+        await _terminate(protocol, reactor, 10)
+        raise NodeFailed(protocol.output.decode("utf-8", "replace")[-3000:]) from None
+    return NodeProcess(port, secret, http, protocol, reactor)
+
+
+@define
+class Client:
+    """Requests to one node (in this process or not); each answer as (status, JSON body)."""
+
+    node: Any  # has .http, .url and .secret: a RunningNode or a NodeProcess
+
+    async def call(
+        self, method: str, path: str, *, secret: str | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        headers = kwargs.pop("headers", {})
+        if secret is not None:
+            headers[b"Authentication"] = [secret.encode()]
+        response = await self.node.http.request(
+            method, self.node.url + path, headers=headers, **kwargs
+        )
+        body = await response.content()
+        content_type = response.headers.getRawHeaders("content-type")
+        assert content_type == ["application/json"], (path, content_type, body)
+        return response.code, json.loads(body)
+
+    async def new_token(self) -> str:
+        code, body = await self.call("POST", "/accounts/token/new")
+        assert code == 200, (code, body)
+        return body["token"]
+
+    async def balance(self, token: str) -> int:
+        code, body = await self.call("GET", f"/accounts/token/balance/{token}")
+        assert code == 200, (code, body)
+        return body["balance"]
+
+    async def deposit(self, token: str, amount: Any) -> tuple[int, Any]:
+        return await self.call(
+            "POST",
+            f"/accounts/token/deposit/{token}",
+            secret=self.node.secret,
+            json={"bytes": amount},
+        )
+
+    async def withdraw(self, token: str, amount: Any) -> tuple[int, Any]:
+        return await self.call(
+            "POST",
+            f"/accounts/token/withdraw/{token}",
+            secret=self.node.secret,
+            json={"bytes": amount},
+        )
