@@ -9,10 +9,11 @@ from __future__ import annotations
 import secrets
 import string
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
 from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.metrics import Metrics
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 16
@@ -55,6 +56,7 @@ class Ledger:
     _db: IDatabase
     _clock: IReactorTime
     _node_id: str
+    metrics: Metrics = field(factory=Metrics)
 
     def _now(self) -> int:
         return int(self._clock.seconds())
@@ -101,14 +103,13 @@ class Ledger:
             rows = await txn.query("SELECT bytes FROM promocodes WHERE code = ?", (code,))
             if not rows:
                 return False
-            if await txn.query(
-                "SELECT 1 FROM redemptions WHERE token = ? AND code = ?", (token, code)
+            # One statement decides, so two concurrent redemptions cannot both win.
+            if not await txn.execute(
+                "INSERT INTO redemptions (token, code, redeemed) VALUES (?, ?, ?)"
+                " ON CONFLICT (token, code) DO NOTHING",
+                (token, code, self._now()),
             ):
                 return False
-            await txn.execute(
-                "INSERT INTO redemptions (token, code, redeemed) VALUES (?, ?, ?)",
-                (token, code, self._now()),
-            )
             changed = await txn.execute(
                 "UPDATE tokens SET balance = balance + ? WHERE token = ? AND balance <= ?",
                 (rows[0][0], token, MAX_BALANCE - rows[0][0]),
@@ -153,20 +154,22 @@ class Ledger:
         if reservation.id is None:
             return
         cost = max(0, min(cost, reservation.amount))
-        await self._db.transaction(lambda txn: self._close(txn, reservation, cost))
+        if await self._db.transaction(lambda txn: self._close(txn, reservation, cost)):
+            self.metrics.settled(cost, reservation.amount - cost)
 
     async def refund(self, reservation: Reservation) -> None:
         await self.settle(reservation, 0)
 
-    async def _close(self, txn: ITransaction, reservation: Reservation, cost: int) -> None:
+    async def _close(self, txn: ITransaction, reservation: Reservation, cost: int) -> bool:
         # Deleting first makes settling idempotent: the refund happens once.
         if not await txn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)):
-            return
+            return False
         if reservation.amount > cost:
             await txn.execute(
                 "UPDATE tokens SET balance = balance + ? WHERE token = ?",
                 (reservation.amount - cost, reservation.token),
             )
+        return True
 
     async def refund_abandoned(self) -> int:
         """Refund the reservations this node held when it stopped without settling them."""
