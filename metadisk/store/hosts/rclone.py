@@ -1,0 +1,191 @@
+"""
+A host that is any rclone remote (S3, WebDAV, SFTP, Google Drive…), driven
+through the C{rclone} command. Objects are named by filehash under the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from metadisk.interfaces import IFileHost
+from metadisk.store.blocking import RunBlocking
+from metadisk.store.hosts import HostError, check_filehash
+from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
+
+RCLONE = Tool(
+    "rclone",
+    {
+        1: "syntax or usage error",
+        2: "error",
+        3: "directory not found",
+        4: "file not found",
+        5: "temporary error",
+        6: "less serious error",
+        7: "fatal error",
+        8: "transfer limit exceeded",
+        9: "no files transferred",
+        10: "duration exceeded",
+    },
+)
+NOT_FOUND = (3, 4)
+
+# A dead remote must fail in a second, not after rclone's 3 x 10 retries
+# (minutes); --ask-password=false: never wait for a config password on stdin.
+FLAGS = (
+    "--retries=1",
+    "--low-level-retries=1",
+    "--contimeout=10s",
+    "--timeout=60s",
+    "--ask-password=false",
+    "--log-level=ERROR",
+)
+CHECK_TIMEOUT = 60.0
+
+# ":backend,key=value,…:path" or "name,key=value,…:path": the parameters may hold
+# credentials, so they never leave the node (URLs, logs, errors).
+_CONNECTION_STRING = re.compile(r"""^(:?[\w.-]+)(,(?:[^:'"]|'[^']*'|"[^"]*")*):""")
+
+
+def public_location(remote: str) -> str:
+    """The remote without the parameters of a connection string."""
+    match = _CONNECTION_STRING.match(remote)
+    if match is None:
+        return remote
+    return match.group(1) + ":" + remote[match.end() :]
+
+
+_PARAMETER = re.compile(r"""([\w-]+)=('[^']*'|"[^"]*"|[^,]*)""")
+
+
+def _join(remote: str, name: str) -> str:
+    return remote + name if remote.endswith((":", "/")) else f"{remote}/{name}"
+
+
+def object_url(remote: str, filehash: str) -> str:
+    """
+    Where a copy is published. A WebDAV or HTTP remote given as a connection
+    string has a real URL, which other nodes can read if the server lets
+    them; any other remote is named by its location (parameters left out).
+    """
+    match = _CONNECTION_STRING.match(remote)
+    if match is not None and match.group(1) in (":webdav", ":http"):
+        parameters = {key: value.strip("'\"") for key, value in _PARAMETER.findall(match.group(2))}
+        base = urlsplit(parameters.get("url", ""))
+        if base.scheme in ("http", "https") and base.hostname:
+            # No user:password@ in a published URL.
+            netloc = base.hostname if base.port is None else f"{base.hostname}:{base.port}"
+            path = "/".join(
+                quote(part) for part in [*remote[match.end() :].split("/"), filehash] if part
+            )
+            return urlunsplit((base.scheme, netloc, f"{base.path.rstrip('/')}/{path}", "", ""))
+    return _join(public_location(remote), filehash)
+
+
+def _remote(instance: object, attribute: object, remote: str) -> None:
+    # It becomes part of rclone's arguments: never something read as an option.
+    if not remote or remote.startswith("-"):
+        raise ValueError(f"rclone remote {remote!r} is not a remote")
+
+
+@implementer(IFileHost)
+@define
+class RcloneHost:
+    name: str
+    remote: str = field(validator=_remote)
+    _runner: ProcessRunner
+    _run_blocking: RunBlocking
+    check_timeout: float = CHECK_TIMEOUT  # an existence check: short, whatever the transfers get
+    bwlimit: str = ""  # rclone's --bwlimit (UP:DOWN) from the node's bandwidth limits; "": none
+
+    def _object(self, filehash: str) -> str:
+        check_filehash(filehash)
+        return _join(self.remote, filehash)
+
+    async def _rclone(self, action: str, *args: str, **options: object) -> str:
+        try:
+            result = await self._runner.run(
+                RCLONE,
+                (action, *FLAGS, *self._limit(), *args),
+                action=f"rclone {action}",
+                **options,
+            )
+        except HostError as e:
+            self._redact(e)
+            raise
+        return result.text
+
+    def _limit(self) -> tuple[str, ...]:
+        return (f"--bwlimit={self.bwlimit}",) if self.bwlimit else ()
+
+    def _redact(self, error: HostError) -> None:
+        # rclone quotes the remote in its messages, connection-string parameters included.
+        location = public_location(self.remote)
+        if location != self.remote:
+            error.args = tuple(
+                a.replace(self.remote, location) if isinstance(a, str) else a for a in error.args
+            )
+            if isinstance(error, ProcessFailed):
+                error.stderr = error.stderr.replace(self.remote, location)
+
+    def store(self, filehash: str, path: str) -> Deferred[str]:
+        async def store() -> str:
+            # --ignore-times: always upload; a same-size object there may be a corrupt copy.
+            # An absolute path: rclone would read "dir:name" as a remote.
+            source = os.path.abspath(path)
+            await self._rclone("copyto", "--ignore-times", source, self._object(filehash))
+            return object_url(self.remote, filehash)
+
+        return Deferred.fromCoroutine(store())
+
+    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+        target = Path(os.path.abspath(destination))
+        # A private name: a killed rclone that still writes cannot touch the destination.
+        partial = target.with_name(f".{target.name}.rclone-{secrets.token_hex(4)}")
+
+        async def fetch() -> None:
+            # The object is found by its filehash, never by a URL that came from elsewhere.
+            source = self._object(filehash)
+            try:
+                await self._rclone("copyto", "--ignore-times", source, str(partial))
+                await self._run_blocking(os.replace, partial, target)
+            finally:
+                await self._run_blocking(partial.unlink, True)
+
+        return Deferred.fromCoroutine(fetch())
+
+    def exists(self, filehash: str, url: str) -> Deferred[bool]:
+        async def exists() -> bool:
+            target = self._object(filehash)
+            try:
+                listing = await self._rclone(
+                    "lsjson",
+                    "--stat",
+                    target,
+                    timeout=min(self.check_timeout, self._runner.timeout),
+                )
+            except ProcessFailed as e:
+                # 3/4: the object (or its directory) is not there. A dead remote
+                # exits 1 or 5, and must never read as a missing copy.
+                if e.code in NOT_FOUND:
+                    return False
+                raise
+            try:
+                entry = json.loads(listing)
+            except ValueError:
+                raise HostError(f"rclone lsjson: unreadable answer {listing[:200]!r}") from None
+            return (
+                isinstance(entry, dict)
+                and entry.get("Name") == filehash
+                and entry.get("IsDir") is False
+            )
+
+        return Deferred.fromCoroutine(exists())

@@ -1,0 +1,460 @@
+"""
+Replication that heals itself. Unit tests drive CloudSync and Repair with a
+Clock over hosts wrapped in L{FaultyHost} (break / hang / corrupt / lose),
+plus a plowshare host whose process hangs on a fake IReactorProcess; an
+integration test runs a node on four real `rclone serve webdav` remotes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from metadisk.config import HostConfig
+from metadisk.db import open_database
+from metadisk.interfaces import ITransaction
+from metadisk.store.blocking import in_caller
+from metadisk.store.cache import BlobCache
+from metadisk.store.catalog import Catalog
+from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, CloudSync, NoCopyAvailable
+from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.plowshare import PlowshareHost
+from metadisk.store.hosts.process import ProcessRunner
+from metadisk.store.repair import Repair, RepairService
+from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, eventually, require_tool
+from tests.support import json_of, multipart, start_node, test_config
+
+
+class Grid:
+    """A database, a cache, hosts behind L{FaultyHost}, a CloudSync and a Repair on a Clock."""
+
+    def __init__(self, case: TestCase, base: Path, db: Any, hosts: list[Any], copies: int):
+        self.case = case
+        self.base = base
+        self.db = db
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.catalog = Catalog(db)
+        self.cache = BlobCache(
+            base / "cache", 64 * 2**20, lambda fhs: self.catalog.replicated(fhs, copies)
+        )
+        self.cache.load()
+        self.hosts = hosts
+        self.sync = CloudSync(
+            db, self.catalog, self.cache, hosts, self.clock, in_caller, "node1", copies
+        )
+        self.repair = Repair(db, self.sync, self.cache, hosts, self.clock, in_caller, sample=100)
+
+    @classmethod
+    async def create(
+        cls, case: TestCase, hosts: int = 3, copies: int = 3, extra: list[Any] = ()
+    ) -> Grid:
+        base = Path(case.mktemp()).resolve()
+        base.mkdir()
+        db = await open_database(f"sqlite:///{base / 'db.sqlite'}", reactor)
+        case.addCleanup(db.close)
+        faulty = [
+            FaultyHost(LocalDirectoryHost(f"h{i}", base / f"h{i}", in_caller)) for i in range(hosts)
+        ]
+        return cls(case, base, db, [*extra, *faulty], copies)
+
+    def host(self, name: str) -> Any:
+        return next(h for h in self.hosts if h.name == name)
+
+    async def add(self, content: bytes) -> str:
+        """A blob in the cache, recorded and queued, as an upload leaves it."""
+        filehash = hashlib.sha256(content).hexdigest()
+        source = self.base / "incoming"
+        source.write_bytes(content)
+        self.cache.add(filehash, source, await self.cache.allocate(len(content)))
+
+        async def record(txn: ITransaction) -> None:
+            await self.catalog.add_file(txn, filehash, "a.txt", len(content), 1)
+            await self.sync.enqueue(txn, filehash)
+
+        await self.db.transaction(record)
+        return filehash
+
+    async def holders(self, filehash: str) -> list[str]:
+        return sorted(name for name, _ in await self.catalog.hosts_of(filehash))
+
+    async def queued(self) -> list[tuple[str, int]]:
+        return await self.db.query("SELECT filehash, attempts FROM cloud_queue ORDER BY filehash")
+
+    def copy_on(self, name: str, filehash: str) -> Path:
+        return self.base / name / filehash
+
+
+class ReplicationTests(TestCase):
+    async def test_upload_ends_on_three_hosts(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await grid.add(b"hello" * 1000)
+        self.assertEqual(await grid.sync.pending(), (1, 5000))
+        self.assertEqual(await grid.sync.run_once(), 1)
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        for name in ("h0", "h1", "h2"):
+            self.assertEqual(grid.copy_on(name, filehash).read_bytes(), b"hello" * 1000)
+        self.assertEqual(await grid.queued(), [])
+        self.assertEqual(await grid.sync.pending(), (0, 0))
+
+    async def test_one_host_dead_three_copies_on_the_others(self) -> None:
+        grid = await Grid.create(self, hosts=4)
+        grid.host("h0").broken = True
+        filehash = await grid.add(b"data")
+        await grid.sync.run_once()
+        self.assertEqual(await grid.holders(filehash), ["h1", "h2", "h3"])
+        self.assertEqual(await grid.queued(), [])
+
+    async def test_partial_success_recorded_and_finished_later(self) -> None:
+        grid = await Grid.create(self)
+        grid.host("h2").broken = True
+        filehash = await grid.add(b"partial")
+        await grid.sync.run_once()
+        # What did succeed is recorded at once: find lists it, a restart keeps it.
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1"])
+        self.assertEqual(await grid.queued(), [(filehash, 1)])
+        [(error,)] = await grid.db.query("SELECT last_error FROM cloud_queue")
+        self.assertIn("h2: h2 is broken", error)
+        self.assertEqual(await grid.sync.pending(), (1, 7))
+        # Not due yet: the blob waits for its backoff.
+        self.assertEqual(await grid.sync.run_once(), 0)
+        grid.host("h2").broken = False
+        grid.clock.advance(2)
+        await grid.sync.run_once()
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(await grid.queued(), [])
+        # Only the missing copy was made the second time.
+        self.assertEqual(grid.host("h0").calls, ["store"])
+
+    async def test_unhealthy_host_retried_with_backoff(self) -> None:
+        grid = await Grid.create(self)
+        h2 = grid.host("h2")
+        h2.broken = True
+        filehash = await grid.add(b"backoff")
+        for attempt in range(FAILURES_BEFORE_UNHEALTHY):
+            await grid.sync.replicate(filehash, attempt)
+        self.assertEqual(h2.calls, ["store"] * FAILURES_BEFORE_UNHEALTHY)
+        self.assertEqual(grid.sync.unhealthy(), ["h2"])
+        # While it backs off, it is not asked at all.
+        grid.clock.advance(7)
+        await grid.sync.replicate(filehash, 3)
+        self.assertEqual(len(h2.calls), FAILURES_BEFORE_UNHEALTHY)
+        # Its backoff over, it is tried again; it has recovered.
+        h2.broken = False
+        grid.clock.advance(1)
+        await grid.sync.replicate(filehash, 4)
+        self.assertEqual(len(h2.calls), FAILURES_BEFORE_UNHEALTHY + 1)
+        self.assertEqual(grid.sync.unhealthy(), [])
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+
+    async def test_hanging_host_times_out(self) -> None:
+        """A host call that never answers is cancelled at CloudSync's timeout."""
+        grid = await Grid.create(self, hosts=4)
+        grid.host("h1").hanging = True
+        filehash = await grid.add(b"hang")
+        done = Deferred.fromCoroutine(grid.sync.run_once())
+        await eventually(lambda: grid.host("h1").hung)
+        self.assertNoResult(done)
+        grid.clock.advance(grid.sync.timeout)
+        await done
+        self.assertTrue(grid.host("h1").hung[0].called)  # cancelled, not left dangling
+        self.assertEqual(await grid.holders(filehash), ["h0", "h2", "h3"])
+
+    async def test_hanging_process_killed_at_its_timeout(self) -> None:
+        """A plowup that hangs: its process group is killed at the runner's timeout."""
+        processes = FakeProcessReactor()
+        runner = ProcessRunner(
+            processes,
+            Clock(),
+            timeout=30,
+            env={"PATH": os.environ["PATH"]},
+            killpg=processes.killpg,
+        )
+        plow = PlowshareHost("plow", "rghost", runner, in_caller)
+        grid = await Grid.create(self, hosts=3, extra=[plow])
+        runner._clock = grid.clock  # the grid's clock drives everything
+        self.patch(ProcessRunner, "_spawn", _spawn_found)
+        filehash = await grid.add(b"plowed")
+        done = Deferred.fromCoroutine(grid.sync.run_once())
+        await eventually(lambda: processes.processes)
+        [process] = processes.processes
+        self.assertEqual(process.command[1:3], ["plowup", "rghost"])
+        grid.clock.advance(29)
+        self.assertNoResult(done)
+        grid.clock.advance(1)
+        self.assertEqual(processes.killed, [(process.pid, signal.SIGTERM)])
+        grid.clock.advance(runner.kill_grace)
+        self.assertEqual(processes.killed[-1], (process.pid, signal.SIGKILL))
+        await done
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(runner.running, 0)
+
+
+def _spawn_found(self: ProcessRunner, child: Any, tool: Any, args: Any, cwd: Any) -> Any:
+    """ProcessRunner._spawn for a tool that is not installed here: pretend it is."""
+    argv = ["python", "-I", "-S", "-c", "...", f"/usr/bin/{tool.command}", tool.command, *args]
+    return self._reactor.spawnProcess(child, "python", argv, env={}, path=cwd)
+
+
+class FetchTests(TestCase):
+    async def stored(self, grid: Grid, content: bytes) -> str:
+        filehash = await grid.add(content)
+        await grid.sync.run_once()
+        grid.cache.discard(filehash)  # evicted: downloads must come from the hosts
+        return filehash
+
+    async def test_corrupted_copy_detected_and_file_served_intact(self) -> None:
+        grid = await Grid.create(self)
+        content = os.urandom(50_000)
+        filehash = await self.stored(grid, content)
+        grid.host("h0").corrupt = True
+        destination = grid.base / "fetched"
+        await grid.sync.fetch(filehash, destination)
+        self.assertEqual(destination.read_bytes(), content)
+        self.assertEqual(grid.host("h1").calls[-1], "fetch")
+        # The bad copy is dropped and queued to be put back (from a good copy).
+        self.assertEqual(await grid.holders(filehash), ["h1", "h2"])
+        self.assertEqual([h for h, _ in await grid.queued()], [filehash])
+        grid.host("h0").corrupt = False
+        grid.copy_on("h0", filehash).write_bytes(b"rotten")
+        await grid.sync.run_once()
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(grid.copy_on("h0", filehash).read_bytes(), content)
+
+    async def test_lost_and_broken_copies_skipped(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await self.stored(grid, b"skip me")
+        grid.copy_on("h0", filehash).unlink()
+        grid.host("h1").broken = True
+        destination = grid.base / "fetched"
+        await grid.sync.fetch(filehash, destination)
+        self.assertEqual(destination.read_bytes(), b"skip me")
+        # A failed delivery says nothing sure about the copy: it stays listed.
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+
+    async def test_no_good_copy(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await self.stored(grid, b"doomed")
+        for name in ("h0", "h1", "h2"):
+            grid.host(name).corrupt = True
+        destination = grid.base / "fetched"
+        with self.assertRaises(NoCopyAvailable):
+            await grid.sync.fetch(filehash, destination)
+        self.assertFalse(destination.exists())
+
+
+class RepairTests(TestCase):
+    async def replicated(self, grid: Grid, content: bytes) -> str:
+        filehash = await grid.add(content)
+        await grid.sync.run_once()
+        self.assertEqual(len(await grid.holders(filehash)), 3)
+        return filehash
+
+    async def test_deleted_copy_restored_from_the_cache(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await self.replicated(grid, b"keep me" * 100)
+        grid.copy_on("h1", filehash).unlink()
+        result = await grid.repair.run_once()
+        self.assertEqual(result.missing, ((filehash, "h1"),))
+        self.assertEqual(result.checked, 3)
+        await grid.sync.idle()  # repair kicked the queue
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(grid.copy_on("h1", filehash).read_bytes(), b"keep me" * 100)
+        self.assertEqual(await grid.queued(), [])
+
+    async def test_deleted_copy_restored_from_another_host(self) -> None:
+        """The blob left the cache long ago: a verified copy comes from another host."""
+        grid = await Grid.create(self)
+        content = os.urandom(10_000)
+        filehash = await self.replicated(grid, content)
+        grid.cache.discard(filehash)
+        grid.copy_on("h2", filehash).unlink()
+        grid.host("h0").corrupt = True  # the first source is bad: the next one is used
+        await grid.repair.run_once()
+        await grid.sync.idle()
+        self.assertEqual(grid.copy_on("h2", filehash).read_bytes(), content)
+        # h0's corrupt delivery was noticed on the way: it got a good copy back too.
+        self.assertEqual(grid.host("h0").calls.count("store"), 2)
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(await grid.queued(), [])
+        self.assertIn(filehash, grid.cache)
+
+    async def test_corrupt_cache_is_not_a_source(self) -> None:
+        grid = await Grid.create(self)
+        content = b"cached" * 1000
+        filehash = await self.replicated(grid, content)
+        grid.cache.path(filehash).write_bytes(b"bit rot" * 1000)
+        grid.copy_on("h0", filehash).unlink()
+        await grid.repair.run_once()
+        await grid.sync.idle()
+        self.assertEqual(grid.copy_on("h0", filehash).read_bytes(), content)
+
+    async def test_unreachable_host_keeps_its_copies(self) -> None:
+        """A host that cannot answer loses nothing: only 'gone' is acted on."""
+        grid = await Grid.create(self)
+        filehash = await self.replicated(grid, b"patience")
+        grid.host("h1").broken = True
+        result = await grid.repair.run_once()
+        self.assertEqual((result.missing, result.unknown), ((), 1))
+        self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(await grid.queued(), [])
+
+    async def test_sample_bounded_and_rotating(self) -> None:
+        grid = await Grid.create(self)
+        for i in range(5):
+            await grid.add(b"blob %d" % i)
+        await grid.sync.run_once()
+        grid.repair.sample = 4
+        seen: set[tuple[str, str]] = set()
+        for _ in range(4):
+            grid.clock.advance(1)
+            before = {name: len(grid.host(name).calls) for name in ("h0", "h1", "h2")}
+            result = await grid.repair.run_once()
+            self.assertEqual(result.checked, 4)
+            after = sum(len(grid.host(n).calls) - before[n] for n in before)
+            self.assertEqual(after, 4)
+            rows = await grid.db.query(
+                "SELECT filehash, host_name FROM uploads WHERE checked = ?", (grid.clock.seconds(),)
+            )
+            seen.update(rows)
+        self.assertEqual(len(seen), 15)  # every copy had its turn, none twice before that
+
+    async def test_skips_foreign_and_unhealthy_hosts(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await self.replicated(grid, b"mine")
+        await grid.catalog.add_upload(filehash, "elsewhere", "http://x.example/1", 0)
+        grid.host("h2").broken = True
+        for attempt in range(FAILURES_BEFORE_UNHEALTHY):
+            await grid.sync.replicate(await grid.add(b"other %d" % attempt), 0)
+        self.assertEqual(grid.sync.unhealthy(), ["h2"])
+        calls = len(grid.host("h2").calls)
+        result = await grid.repair.run_once()
+        self.assertEqual(len(grid.host("h2").calls), calls)
+        self.assertEqual(result.missing, ())
+        self.assertIn("elsewhere", await grid.holders(filehash))
+
+    async def test_service_runs_rounds_and_stops_a_hanging_one(self) -> None:
+        grid = await Grid.create(self)
+        await self.replicated(grid, b"loop")
+        h0 = grid.host("h0")
+        service = RepairService(grid.repair, 60, grid.clock)
+        service.startService()
+        grid.clock.advance(60)
+        await eventually(lambda: h0.calls.count("exists") == 1)
+        # A round that fails does not end the loop.
+        grid.repair._db = None
+        grid.clock.advance(60)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        grid.repair._db = grid.db
+        grid.clock.advance(60)
+        await eventually(lambda: h0.calls.count("exists") == 2)
+        await eventually(lambda: service._round.called)
+        # Stopping cancels a round in flight: its hanging check is not waited for.
+        grid.host("h1").hanging = True
+        grid.clock.advance(60)
+        await eventually(lambda: grid.host("h1").hung)
+        await service.stopService()
+        self.assertTrue(grid.host("h1").hung[0].called)
+        self.assertFalse(service.running)
+        self.assertEqual(grid.clock.getDelayedCalls(), [])
+
+
+class NodeOnRcloneTests(TestCase):
+    """A node on four real WebDAV remotes: upload, dead remote, corruption, loss, repair."""
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        require_tool("rclone")
+        base = Path(self.mktemp()).resolve()
+        self.servers = [WebDAVServer(base / f"remote{i}") for i in range(4)]
+        for server in self.servers:
+            await server.start()
+            self.addCleanup(server.stop)
+        hosts = tuple(
+            HostConfig(f"dav{i}", "rclone", server.remote())
+            for i, server in enumerate(self.servers)
+        )
+        config = evolve(test_config(base), hosts=hosts, accounts_enabled=False)
+        self.patch(os, "environ", {**os.environ, "RCLONE_CONFIG": os.devnull})
+        self.running = await start_node(self, config)
+
+    def copy(self, i: int, filehash: str) -> Path:
+        return self.servers[i].root / "blobs" / filehash
+
+    async def upload(self, data: bytes) -> tuple[str, str]:
+        content_type, body = multipart(("file", "f.bin", data))
+        response = await self.running.http.post(
+            self.running.url + "/api/upload", data=body, headers={b"Content-Type": [content_type]}
+        )
+        self.assertEqual(response.code, 201)
+        answer = await json_of(response)
+        return answer["filehash"], answer["key"]
+
+    async def hosts_of(self, filehash: str) -> list[str]:
+        record = await json_of(
+            await self.running.http.get(f"{self.running.url}/api/find/{filehash}")
+        )
+        return sorted(upload["host_name"] for upload in record["uploads"])
+
+    async def until_hosts(self, filehash: str, expected: list[str]) -> None:
+        for _ in range(600):  # 30 s at most
+            if await self.hosts_of(filehash) == expected:
+                return
+            waited: Deferred[None] = Deferred()
+            reactor.callLater(0.05, waited.callback, None)
+            await waited
+        self.assertEqual(await self.hosts_of(filehash), expected)
+
+    async def test_heals(self) -> None:
+        node = self.running.node
+        # One remote is dead: the upload still ends on three hosts.
+        await self.servers[3].stop()
+        data = os.urandom(200_000)
+        filehash, key = await self.upload(data)
+        await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
+        ciphertext = self.copy(0, filehash).read_bytes()
+        self.assertEqual(hashlib.sha256(ciphertext).hexdigest(), filehash)
+
+        # A copy corrupted on a remote's disk: detected, skipped, the file served intact.
+        self.copy(0, filehash).write_bytes(
+            bytes(b ^ 0x55 for b in ciphertext[:100]) + ciphertext[100:]
+        )
+        node.store.cache.discard(filehash)
+        response = await self.running.http.get(
+            f"{self.running.url}/api/download/{filehash}?key={key}"
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await response.content(), data)
+        # …and the corrupt copy is replaced by a good one (on a live host).
+        await eventually(lambda: self.copy(0, filehash).read_bytes() == ciphertext, timeout=30)
+        await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
+
+        # A copy deleted from a remote: repair finds it gone and puts it back.
+        self.copy(1, filehash).unlink()
+        result = await node.repair.run_once()
+        self.assertIn((filehash, "dav1"), result.missing)
+        await eventually(lambda: self.copy(1, filehash).exists(), timeout=30)
+        self.assertEqual(self.copy(1, filehash).read_bytes(), ciphertext)
+        await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
+
+    async def test_partial_success_finished_when_a_remote_returns(self) -> None:
+        await self.servers[2].stop()
+        await self.servers[3].stop()
+        filehash, _ = await self.upload(b"two of three, then three")
+        await self.until_hosts(filehash, ["dav0", "dav1"])
+        status = await json_of(await self.running.http.get(self.running.url + "/api/status"))
+        self.assertEqual(status["sync"]["cloud_queue"]["count"], 1)
+        await self.servers[2].start()  # back, at the same address
+        await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
+        status = await json_of(await self.running.http.get(self.running.url + "/api/status"))
+        self.assertEqual(status["sync"]["cloud_queue"], {"count": 0, "size": 0})

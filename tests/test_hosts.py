@@ -1,0 +1,409 @@
+"""
+One behaviour suite (L{FileHostTestsMixin}) for every kind of file host:
+a local directory, a real `rclone serve webdav`, and plowshare (the fake
+plowup/plowdown/plowprobe of tests/fakes, which behave and fail like the real ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface.verify import verifyObject
+
+from metadisk.config import HostConfig
+from metadisk.interfaces import IFileHost
+from metadisk.store.blocking import in_caller
+from metadisk.store.hosts import HostError, make_host
+from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.plowshare import PlowshareHost
+from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
+from metadisk.store.hosts.rclone import RcloneHost, object_url, public_location
+from tests.fakes import (
+    WebDAVServer,
+    eventually,
+    hung_pids,
+    is_gone,
+    plowshare_env,
+    require_tool,
+    set_plowshare_mode,
+)
+
+HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
+
+
+def make_blob(folder: Path, size: int, seed: bytes = b"") -> tuple[str, Path, bytes]:
+    """(filehash, path, content) of a blob of C{size} bytes."""
+    content = (hashlib.sha256(seed + size.to_bytes(8, "big")).digest() * (size // 32 + 1))[:size]
+    content = os.urandom(16) + content[16:] if size >= 16 else content
+    filehash = hashlib.sha256(content).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filehash
+    path.write_bytes(content)
+    return filehash, path, content
+
+
+class FileHostTestsMixin:
+    """
+    What every L{IFileHost} does. The test case sets C{self.host} and a
+    C{self.work} folder and implements C{lose}, C{break_host} and
+    C{hang_host} (the last two may skip where a host cannot be broken so).
+    """
+
+    host: Any
+    work: Path
+    timeout = 60
+
+    async def lose(self, filehash: str, url: str) -> None:
+        raise NotImplementedError
+
+    async def break_host(self) -> None:
+        raise NotImplementedError
+
+    async def hang_host(self) -> None:
+        raise NotImplementedError
+
+    def blob(self, size: int = 256 * 1024, seed: bytes = b"") -> tuple[str, Path, bytes]:
+        return make_blob(self.work / "blobs", size, seed)
+
+    def test_provides_interface(self) -> None:
+        verifyObject(IFileHost, self.host)
+        self.assertIsInstance(self.host.name, str)
+
+    async def test_round_trip(self) -> None:
+        """A stored blob exists and comes back byte for byte."""
+        filehash, path, content = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.assertIsInstance(url, str)
+        self.assertTrue(url)
+        self.assertIs(await self.host.exists(filehash, url), True)
+        destination = self.work / "fetched"
+        await self.host.fetch(filehash, url, str(destination))
+        self.assertEqual(destination.read_bytes(), content)
+
+    async def test_blobs_kept_apart(self) -> None:
+        first, first_path, first_content = self.blob(1000, b"a")
+        second, second_path, second_content = self.blob(3000, b"b")
+        first_url = await self.host.store(first, str(first_path))
+        second_url = await self.host.store(second, str(second_path))
+        await self.host.fetch(second, second_url, str(self.work / "2"))
+        await self.host.fetch(first, first_url, str(self.work / "1"))
+        self.assertEqual((self.work / "1").read_bytes(), first_content)
+        self.assertEqual((self.work / "2").read_bytes(), second_content)
+
+    async def test_store_again(self) -> None:
+        """Storing a blob twice (a retry, a repair) works and leaves a good copy."""
+        filehash, path, content = self.blob()
+        await self.host.store(filehash, str(path))
+        url = await self.host.store(filehash, str(path))
+        await self.host.fetch(filehash, url, str(self.work / "fetched"))
+        self.assertEqual((self.work / "fetched").read_bytes(), content)
+
+    async def test_fetch_replaces_destination(self) -> None:
+        filehash, path, content = self.blob()
+        url = await self.host.store(filehash, str(path))
+        destination = self.work / "fetched"
+        destination.write_bytes(b"left over from an earlier try" * 100000)
+        await self.host.fetch(filehash, url, str(destination))
+        self.assertEqual(destination.read_bytes(), content)
+
+    async def test_lost_copy(self) -> None:
+        """A copy deleted behind the host's back: exists says False, fetch fails cleanly."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        await self.lose(filehash, url)
+        self.assertIs(await self.host.exists(filehash, url), False)
+        folder = self.work / "down"
+        folder.mkdir()
+        with self.assertRaises(HostError):
+            await self.host.fetch(filehash, url, str(folder / "fetched"))
+        self.assertEqual(os.listdir(folder), [])  # no partial file, no temporary left
+
+    async def test_not_a_filehash(self) -> None:
+        """Only filehashes become object names: nothing else reaches a path or a command."""
+        _, path, _ = self.blob()
+        for bad in ("../../etc/passwd", "-rf", "A" * 64 + "/x", ""):
+            with self.assertRaises(HostError):
+                await self.host.store(bad, str(path))
+            with self.assertRaises(HostError):
+                await self.host.exists(bad, "http://example.net/1")
+            with self.assertRaises(HostError):
+                await self.host.fetch(bad, "http://example.net/1", str(self.work / "x"))
+
+    async def test_unreachable_is_an_error_not_a_missing_copy(self) -> None:
+        """A host that cannot be reached fails every call; exists never answers False."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        await self.break_host()
+        with self.assertRaises(HostError):
+            await self.host.exists(filehash, url)
+        with self.assertRaises(HostError):
+            await self.host.store(filehash, str(path))
+        folder = self.work / "down"
+        folder.mkdir()
+        with self.assertRaises(HostError):
+            await self.host.fetch(filehash, url, str(folder / "fetched"))
+        self.assertEqual(os.listdir(folder), [])
+
+    async def test_hanging_tool_killed(self) -> None:
+        """A host that never answers: the call fails at the runner's timeout."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        await self.hang_host()
+        started = reactor.seconds()
+        with self.assertRaises(ProcessTimedOut):
+            await self.host.exists(filehash, url)
+        self.assertLess(reactor.seconds() - started, HANG_TIMEOUT + 5)
+        # The killed tool is reaped and its slot given back.
+        await eventually(lambda: self.host._runner.running == 0)
+
+
+class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).resolve()
+        self.root = self.work / "host"
+        self.host = LocalDirectoryHost("local1", self.root, in_caller)
+
+    async def lose(self, filehash: str, url: str) -> None:
+        (self.root / filehash).unlink()
+
+    async def break_host(self) -> None:
+        raise SkipTest("a local directory is never unreachable (an unmounted disk reads as empty)")
+
+    async def hang_host(self) -> None:
+        raise SkipTest("a local directory runs no process")
+
+
+class RcloneHostTests(FileHostTestsMixin, TestCase):
+    """Against a real `rclone serve webdav` on loopback."""
+
+    async def setUp(self) -> None:
+        require_tool("rclone")
+        self.work = Path(self.mktemp()).resolve()
+        self.server = WebDAVServer(self.work / "served")
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        self.env = {**os.environ, "RCLONE_CONFIG": os.devnull}
+        self.host = self.rclone(self.server.remote())
+
+    def rclone(self, remote: str, timeout: float = 30.0) -> RcloneHost:
+        runner = ProcessRunner(reactor, reactor, timeout=timeout, env=self.env)
+        return RcloneHost("webdav1", remote, runner, in_caller)
+
+    async def lose(self, filehash: str, url: str) -> None:
+        (self.server.root / "blobs" / filehash).unlink()
+
+    async def break_host(self) -> None:
+        await self.server.stop()
+
+    async def hang_host(self) -> None:
+        # A server that accepts connections and never says a word.
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        silent = f":webdav,url='http://127.0.0.1:{port.getHost().port}':blobs"
+        self.host = self.rclone(silent, timeout=HANG_TIMEOUT)
+
+    async def test_published_url_reads_the_blob(self) -> None:
+        """A WebDAV remote's copy is published as its HTTP URL: other nodes can read it."""
+        filehash, path, content = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.assertEqual(url, f"{self.server.url}/blobs/{filehash}")
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = await http.get(url)
+        self.assertEqual((response.code, await response.content()), (200, content))
+
+    async def test_errors_hide_connection_parameters(self) -> None:
+        """Connection-string parameters (credentials) stay out of URLs and error messages."""
+        remote = f":webdav,url='{self.server.url}',user=alice,pass=c2VjcmV0:blobs"
+        host = self.rclone(remote)
+        filehash, path, _ = self.blob()
+        await self.server.stop()
+        with self.assertRaises(HostError) as caught:
+            await host.store(filehash, str(path))
+        self.assertNotIn("alice", str(caught.exception))
+        self.assertNotIn("c2VjcmV0", str(caught.exception))
+        self.assertIn(":webdav:blobs", str(caught.exception))
+
+    async def test_dead_remote_fails_fast(self) -> None:
+        filehash, path, _ = self.blob()
+        await self.server.stop()
+        started = reactor.seconds()
+        with self.assertRaises(ProcessFailed):
+            await self.host.store(filehash, str(path))
+        self.assertLess(reactor.seconds() - started, 10)
+
+    async def test_named_by_filehash(self) -> None:
+        """One object per blob, its name the filehash, its content the raw ciphertext."""
+        filehash, path, content = self.blob()
+        await self.host.store(filehash, str(path))
+        self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+        self.assertEqual(os.listdir(self.server.root / "blobs"), [filehash])
+
+    def test_public_location(self) -> None:
+        h = "ab" * 32
+        self.assertEqual(
+            public_location(":s3,access_key_id=AK,secret_access_key='S:K':bucket/p"), ":s3:bucket/p"
+        )
+        self.assertEqual(public_location("mys3:bucket/prefix"), "mys3:bucket/prefix")
+        self.assertEqual(public_location("/srv/blobs"), "/srv/blobs")
+        self.assertEqual(object_url(":s3,secret_access_key=SK:bucket", h), f":s3:bucket/{h}")
+        self.assertEqual(object_url("mys3:bucket/p", h), f"mys3:bucket/p/{h}")
+        self.assertEqual(
+            object_url(":webdav,url='https://u:pw@dav.example/dav/',pass=x:a/b", h),
+            f"https://dav.example/dav/a/b/{h}",
+        )
+
+
+class PlowshareHostTests(FileHostTestsMixin, TestCase):
+    """Against the fake plowshare tools: the same arguments, output and exit codes."""
+
+    def setUp(self) -> None:
+        require_tool("python3")  # the fakes' interpreter
+        self.work = Path(self.mktemp()).resolve()
+        self.sites = self.work / "sites"
+        self.env = plowshare_env(self.sites)
+        self.host = self.plowshare("rghost")
+        # plowdown's folders are temporary: none is left behind, whatever happened.
+        scratch = self.work / "tmp"
+        scratch.mkdir()
+        self.patch(tempfile, "tempdir", str(scratch))
+        self.addCleanup(lambda: self.assertEqual(os.listdir(scratch), []))
+
+    def plowshare(self, site: str, timeout: float = 30.0) -> PlowshareHost:
+        runner = ProcessRunner(reactor, reactor, timeout=timeout, kill_grace=2, env=self.env)
+        return PlowshareHost("plow1", site, runner, in_caller)
+
+    def mode(self, mode: str) -> None:
+        set_plowshare_mode(self.sites, "rghost", mode)
+
+    async def lose(self, filehash: str, url: str) -> None:
+        shutil.rmtree(self.sites / "rghost" / url.rsplit("/", 1)[1])
+
+    async def break_host(self) -> None:
+        self.mode("network")
+
+    async def hang_host(self) -> None:
+        self.mode("hang")
+        self.host = self.plowshare("rghost", timeout=HANG_TIMEOUT)
+
+    async def test_hanging_tool_killed(self) -> None:
+        await super().test_hanging_tool_killed()
+        # plowshare runs curl under bash: the tool and its child are both gone.
+        pids = hung_pids(self.sites)
+        self.assertEqual(len(pids), 2)
+        await eventually(lambda: all(is_gone(pid) for pid in pids))
+
+    async def test_url_from_last_token(self) -> None:
+        """plowup prints '#DEL <link>' first and the download link last."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.assertRegex(url, r"^http://rghost\.example\.net/[0-9a-f]+$")
+        # Stored under the filehash as its name: plowup was given FILE:filehash.
+        [stored] = (self.sites / "rghost" / url.rsplit("/", 1)[1]).iterdir()
+        self.assertEqual(stored.name, filehash)
+
+    async def test_garbage_output(self) -> None:
+        """A site answering an error page with exit 0: no link, so no copy."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.mode("garbage")
+        with self.assertRaises(HostError) as caught:
+            await self.host.store(filehash, str(path))
+        self.assertIn("no link", str(caught.exception))
+        with self.assertRaises(HostError):
+            await self.host.exists(filehash, url)  # an answer without the link is no answer
+        folder = self.work / "down"
+        folder.mkdir()
+        with self.assertRaises(HostError):
+            await self.host.fetch(filehash, url, str(folder / "fetched"))
+        self.assertEqual(os.listdir(folder), [])
+
+    async def test_partial_download(self) -> None:
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.mode("plowdown=partial")
+        folder = self.work / "down"
+        folder.mkdir()
+        with self.assertRaises(ProcessFailed) as caught:
+            await self.host.fetch(filehash, url, str(folder / "fetched"))
+        self.assertEqual(caught.exception.code, 3)
+        self.assertIn("exit 3 (network error)", str(caught.exception))
+        self.assertIn("transfer closed", str(caught.exception))
+        self.assertEqual(os.listdir(folder), [])
+
+    async def test_truncated_download_is_delivered_for_verification(self) -> None:
+        """A lying site (exit 0, half a file): the host hands it over, the hash check catches it."""
+        filehash, path, content = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.mode("plowdown=truncated")
+        await self.host.fetch(filehash, url, str(self.work / "fetched"))
+        self.assertEqual((self.work / "fetched").read_bytes(), content[: len(content) // 2])
+
+    async def test_exit_codes_explained(self) -> None:
+        filehash, path, _ = self.blob()
+        with self.assertRaises(ProcessFailed) as caught:
+            await self.plowshare("nosuchsite").store(filehash, str(path))
+        self.assertIn("exit 2 (no module for this site or link)", str(caught.exception))
+        self.assertIn("unsupported module (nosuchsite)", str(caught.exception))
+        self.mode("captcha")
+        with self.assertRaises(ProcessFailed) as caught:
+            await self.host.store(filehash, str(path))
+        self.assertIn("exit 7 (captcha not solved)", str(caught.exception))
+
+    async def test_empty_blob_refused(self) -> None:
+        """plowup skips an empty file and says nothing on stdout: that is no copy."""
+        filehash, path, _ = self.blob(0)
+        with self.assertRaises(HostError) as caught:
+            await self.host.store(filehash, str(path))
+        self.assertIn("filesize is null", str(caught.exception))
+
+    async def test_links_checked(self) -> None:
+        """A URL is handed to plowdown/plowprobe only if it is a plain link."""
+        filehash, _, _ = self.blob()
+        for bad in ("-o/etc", "/etc/passwd", "http://x y", "file:///etc/passwd"):
+            with self.assertRaises(HostError):
+                await self.host.exists(filehash, bad)
+            with self.assertRaises(HostError):
+                await self.host.fetch(filehash, bad, str(self.work / "x"))
+
+
+class MakeHostTests(TestCase):
+    def test_kinds(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        kinds = {
+            "local": (str(root), LocalDirectoryHost),
+            "rclone": (":webdav,url='http://127.0.0.1:1':b", RcloneHost),
+            "plowshare": ("rghost", PlowshareHost),
+        }
+        for kind, (setting, cls) in kinds.items():
+            host = make_host(HostConfig(f"h-{kind}", kind, setting), reactor, in_caller)
+            self.assertIsInstance(host, cls)
+            self.assertEqual(host.name, f"h-{kind}")
+            verifyObject(IFileHost, host)
+        with self.assertRaises(ValueError):
+            make_host(HostConfig("x", "ftp", "x"), reactor, in_caller)
+
+    def test_settings_never_become_options(self) -> None:
+        for kind, setting in (
+            ("plowshare", "-o/etc"),
+            ("plowshare", "rg host"),
+            ("rclone", "--config=x"),
+        ):
+            with self.assertRaises(ValueError):
+                make_host(HostConfig("x", kind, setting), reactor, in_caller)
