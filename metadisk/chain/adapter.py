@@ -73,3 +73,15 @@ def checked_block(block: Any, block_hash: str) -> tuple[int, str | None, list[An
     if not isinstance(txs, list):
         raise ChainUnavailable(f"getblock {block_hash}: no transaction list")
     return height, previous, txs
+
+
+class BlockHeights:
+    """How every chain's daemon answers for heights and block hashes (C{self._rpc})."""
+
+    _rpc: Any
+
+    async def block_count(self) -> int:
+        return checked_int(await self._rpc.call("getblockcount"), "getblockcount")
+
+    async def block_hash(self, height: int) -> str:
+        return checked_hash(await self._rpc.call("getblockhash", height), "getblockhash")

@@ -18,13 +18,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metadisk.chain.adapter import (
+    BlockHeights,
     ChainBlock,
     ChainBusy,
     EntryTooLong,
     Ticket,
     checked_block,
     checked_hash,
-    checked_int,
 )
 from metadisk.chain.codec import MAX_ENTRY
 from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
@@ -81,19 +81,13 @@ def _entry_of(tx: dict[str, Any]) -> bytes | None:
 
 @implementer(IChain)
 @define
-class BitcoinLike:
+class BitcoinLike(BlockHeights):
     _rpc: JSONRPCClient
     coin: str = "litecoin"
     _own_address: str | None = field(default=None, init=False)
 
     max_entry = MAX_ENTRY  # the same entries as on Florincoin: any metachains reader takes them
     log = Logger()
-
-    async def block_count(self) -> int:
-        return checked_int(await self._rpc.call("getblockcount"), "getblockcount")
-
-    async def block_hash(self, height: int) -> str:
-        return checked_hash(await self._rpc.call("getblockhash", height), "getblockhash")
 
     async def block(self, block_hash: str) -> ChainBlock:
         height, previous, txs = checked_block(

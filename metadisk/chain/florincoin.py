@@ -13,12 +13,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from metadisk.chain.adapter import (
+    BlockHeights,
     ChainBlock,
     EntryTooLong,
     Ticket,
     checked_block,
     checked_hash,
-    checked_int,
 )
 from metadisk.chain.codec import MAX_ENTRY
 from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
@@ -30,7 +30,7 @@ RECENT_SENDS = 1000  # wallet transactions searched when recovering a send
 
 @implementer(IChain)
 @define
-class Florincoin:
+class Florincoin(BlockHeights):
     _rpc: JSONRPCClient
     address: str = DEFAULT_ADDRESS  # where publishing transactions send `amount`
     amount: float = 0.05
@@ -39,12 +39,6 @@ class Florincoin:
     coin = "florincoin"
     max_entry = MAX_ENTRY  # florincoind cuts longer tx-comments short, silently
     log = Logger()
-
-    async def block_count(self) -> int:
-        return checked_int(await self._rpc.call("getblockcount"), "getblockcount")
-
-    async def block_hash(self, height: int) -> str:
-        return checked_hash(await self._rpc.call("getblockhash", height), "getblockhash")
 
     async def block(self, block_hash: str) -> ChainBlock:
         height, previous, txids = checked_block(
