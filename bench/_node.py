@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, what: str, seconds: float = 30) -> None:
+    """Wait until something listens on 127.0.0.1:C{port}, or fail if C{process} died first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start listening on port {port}") from None
+            time.sleep(0.05)
+
+
 def random_file(path: Path, size: int) -> None:
     """Fresh random data: convergent systems skip work on content they have seen."""
     with open(path, "wb") as f:
@@ -32,6 +47,25 @@ def random_file(path: Path, size: int) -> None:
             n = min(CHUNK, left)
             f.write(os.urandom(n))
             left -= n
+
+
+def refresh(path: Path) -> None:
+    """
+    Make a file new content again, cheaply: its first 32 bytes become random.
+    Its hash, hence a convergent key and every ciphertext byte, change.
+    """
+    with open(path, "r+b") as f:
+        f.write(os.urandom(min(32, path.stat().st_size)))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -54,10 +88,21 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def stop_process(process: subprocess.Popen, seconds: float = 30) -> None:
+    """SIGTERM a child we started, then SIGKILL it if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class Node:
     """A MetaDisk node run by twistd in a child process, on a free port."""
 
-    def __init__(self, workdir: Path, toml: str = "") -> None:
+    def __init__(self, workdir: Path, toml: str = "", listen_options: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = workdir / "node"
@@ -77,7 +122,7 @@ class Node:
                 "--config",
                 str(config),
                 "--listen",
-                f"tcp:{self.port}:interface=127.0.0.1",
+                f"tcp:{self.port}:interface=127.0.0.1{listen_options}",
                 "--data-dir",
                 str(self.data),
             ],
@@ -94,7 +139,12 @@ class Node:
                     self.stop()
                     raise RuntimeError(f"the node did not start; see {workdir}/node.log") from None
                 time.sleep(0.05)
-        self.secret = (self.data / "secret_key").read_text().strip()
+        secret = self.data / "secret_key"
+        self.secret = secret.read_text().strip() if secret.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
@@ -116,23 +166,60 @@ class Node:
         self.post(f"/accounts/token/deposit/{token}", {"bytes": amount}, secret=True)
         return token
 
+    def wait_replicated(self, seconds: float = 600) -> float:
+        """Wait until the cloud queue is empty (every blob on its hosts); return the wait."""
+        start = time.monotonic()
+        while self.get("/api/status")["sync"]["cloud_queue"]["count"]:
+            if time.monotonic() - start > seconds:
+                raise RuntimeError(f"replication did not finish in {seconds:.0f} s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
+
+
+def _need_curl() -> None:
+    if shutil.which("curl") is None:
+        raise SystemExit("these benchmarks use curl: apt-get install curl")
 
 
 def curl(*args: str) -> tuple[float, str]:
     """Run curl; return (seconds, its stdout)."""
-    if shutil.which("curl") is None:
-        raise SystemExit("these benchmarks use curl: apt-get install curl")
+    _need_curl()
     start = time.perf_counter()
     result = subprocess.run(["curl", "-sSf", *args], capture_output=True, text=True, check=True)
     return time.perf_counter() - start, result.stdout
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def curl_many(transfers: Iterable[Sequence[tuple[str, str]]], workdir: Path) -> tuple[float, str]:
+    """
+    Many transfers by one curl process, one after the other on one kept-alive
+    connection (a config file with C{next} between them), so that what is
+    measured is the server, not the start of a thousand processes. Each
+    transfer is a list of (curl long option, value); a newline follows
+    each answer on stdout. Return (seconds, stdout).
+    """
+    _need_curl()
+    config = workdir / "curl-batch.conf"
+    with open(config, "w") as f:
+        f.write("silent\nshow-error\n")
+        for i, options in enumerate(transfers):
+            # After "next" only the global options (silent, show-error) still hold.
+            f.write('next\nfail\nwrite-out = "\\n"\n' if i else 'fail\nwrite-out = "\\n"\n')
+            for name, value in options:
+                f.write(f"{name} = {_quoted(value)}\n")
+    start = time.perf_counter()
+    result = subprocess.run(["curl", "-K", str(config)], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    config.unlink()
+    if result.returncode:
+        raise RuntimeError(f"curl failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return seconds, result.stdout
 
 
 def token_hex() -> str:

@@ -11,14 +11,23 @@ The blocking file functions are meant to run in a thread pool.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Protocol
 
 from Crypto.Cipher import AES
+
+try:
+    # OpenSSL's AES-CTR (through `cryptography`, which Twisted's TLS already requires)
+    # runs about 2.5 times as fast as pycryptodome's here, and writes its output straight
+    # into the bytes it returns. Both give the same bytes; pycryptodome is the fallback.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+except ImportError:  # pragma: no cover - cryptography comes with twisted[tls]
+    Cipher = None
 
 DEFAULT_CONVERGENCE_SECRET = b"Something old, something new."
 
@@ -32,7 +41,33 @@ def convergent_key(secret: bytes, plaintext_sha256_hex: str) -> bytes:
     return hmac.new(secret, plaintext_sha256_hex.encode("ascii"), hashlib.sha256).digest()
 
 
-def ctr_cipher(key: bytes, offset: int = 0):
+class CtrCipher(Protocol):
+    def encrypt(self, data: Any, output: Any = None) -> bytes | None:
+        """The data, encrypted (which is decrypted too, in CTR); or into C{output}."""
+
+
+class _OpenSSLCtr:
+    """pycryptodome's C{encrypt(data, output=None)} on OpenSSL's AES-CTR."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, key: bytes, counter: int) -> None:
+        cipher = Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
+        self._context = cipher.encryptor()
+
+    def encrypt(self, data: Any, output: Any = None) -> bytes | None:
+        if output is None:
+            return self._context.update(data)
+        try:
+            # In place (output is data) or not; CTR needs no room beyond the data's length.
+            self._context.update_into(data, output)
+        except ValueError:
+            # Older `cryptography` wants a block more room than CTR writes: copy instead.
+            output[: len(data)] = self._context.update(data)
+        return None
+
+
+def ctr_cipher(key: bytes, offset: int = 0) -> CtrCipher:
     """
     An AES-CTR cipher positioned at byte C{offset} of the stream.
 
@@ -40,7 +75,11 @@ def ctr_cipher(key: bytes, offset: int = 0):
     bytes of a partial first block are consumed by encrypting zeros.
     """
     block, skip = divmod(offset, _BLOCK)
-    cipher = AES.new(key, AES.MODE_CTR, nonce=b"", initial_value=1 + block)
+    cipher: CtrCipher
+    if Cipher is not None:
+        cipher = _OpenSSLCtr(key, 1 + block)
+    else:
+        cipher = AES.new(key, AES.MODE_CTR, nonce=b"", initial_value=1 + block)
     if skip:
         cipher.encrypt(b"\x00" * skip)
     return cipher
@@ -81,6 +120,59 @@ def encrypt_file(source: str, destination: str, key: bytes) -> str:
         dst.flush()
         os.fsync(dst.fileno())
     return digest.hexdigest()
+
+
+def encrypt_in_place(path: str, key: bytes) -> str:
+    """
+    Encrypt the file at C{path} over itself (blocking) and return the
+    filehash. CTR keeps the length, so each chunk goes back where it was
+    read: one pass, no second file, and the pages already cached for the
+    plaintext are reused instead of allocating as many again for the blob.
+    Writeback is started as it goes, so the final fsync has little left to do.
+    """
+    cipher = ctr_cipher(key)
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        offset = 0
+        while n := os.preadv(fd, [buffer], offset):
+            chunk = view[:n]
+            cipher.encrypt(chunk, output=chunk)
+            digest.update(chunk)
+            written = 0
+            while written < n:
+                written += os.pwrite(fd, chunk[written:], offset + written)
+            _start_writeback(fd, offset, n)
+            offset += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int], None] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None  # not Linux: the fsync at the end does it all
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    write = 2  # SYNC_FILE_RANGE_WRITE: start writing these dirty pages out, do not wait
+
+    def start(fd: int, offset: int, length: int) -> None:
+        function(fd, offset, length, write)
+
+    return start
+
+
+_sync_file_range = _libc_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range out now (a hint: errors surface at fsync)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length)
 
 
 def sha256_file(path: str) -> str:

@@ -1,0 +1,617 @@
+"""
+Transfer speed side by side, in one run on loopback: the node (limits off,
+its three local-directory hosts) against `rclone serve webdav` (the baseline:
+a Go server that only writes and reads files) and, when it can be installed
+into its own virtualenv, a Tahoe-LAFS introducer + storage node (another
+Twisted system with convergent encryption, 1-of-1 shares: its fastest).
+
+Each system gets the same client, curl: one large file up and down (the node's
+with its key, then once more as the stored ciphertext), then many small files
+up and down, one after the other on one kept-alive connection (one curl process
+for the lot). The large download runs twice and the faster counts: the first
+also warms the client's page cache (on a VM, memory the guest has not touched
+lately makes writing a new file several times slower, whoever serves it).
+Every round uses fresh content (convergent systems skip work on content they
+have seen) and fresh servers, and the baseline and the node take turns at going
+first; what was downloaded is checked against what was uploaded. Printed: MB/s
+(10^6 bytes/s), files/s, each server's peak RSS, and the ratios node / baseline
+and node / Tahoe-LAFS.
+
+    python bench/transfer.py                  # 1 GiB, 1,000 x 10 KiB, Tahoe-LAFS if it installs
+    python bench/transfer.py --quick          # 64 MiB, 200 x 10 KiB
+    python bench/transfer.py --rounds 2       # best of 2 (a busy machine)
+    python bench/transfer.py --no-tahoe --size-mib 256 --files 300
+
+Tahoe-LAFS is installed once with pip into --tahoe-venv (default
+~/.cache/metadisk-bench/tahoe-venv); if that fails, the run says why and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _node import (
+    Node,
+    curl,
+    curl_many,
+    free_port,
+    peak_rss_mib,
+    random_file,
+    refresh,
+    reset_peak,
+    rss_mib,
+    sha256_of,
+    stop_process,
+    wait_for_port,
+)
+
+MB = 1e6
+MiB = 2**20
+
+# What the issue asks of the node (ratios from one run).
+GOAL_PUT_VS_BASELINE = 0.5
+GOAL_GET_VS_BASELINE = 0.7
+GOAL_VS_TAHOE = 2.0
+GOAL_RSS_MIB = 100
+
+
+@dataclass
+class Figures:
+    """One system's results; with several rounds, the best of each (the highest peak RSS)."""
+
+    put: float = 0.0  # MB/s
+    get: float = 0.0
+    get_ciphertext: float | None = None  # the node only: the blob as stored, no key
+    small_put: float = 0.0  # files/s
+    small_get: float = 0.0
+    rss_large: float = 0.0  # MiB
+    rss_small: float = 0.0
+    replication: float | None = None  # seconds until the large file was on all hosts
+    rounds: list[dict] = field(default_factory=list)
+
+    def merge(self, other: Figures) -> None:
+        for name in ("put", "get", "small_put", "small_get"):
+            setattr(self, name, max(getattr(self, name), getattr(other, name)))
+        if other.get_ciphertext is not None:
+            self.get_ciphertext = max(self.get_ciphertext or 0.0, other.get_ciphertext)
+        if other.replication is not None:
+            self.replication = min(self.replication or 1e9, other.replication)
+        self.rss_large = max(self.rss_large, other.rss_large)
+        self.rss_small = max(self.rss_small, other.rss_small)
+        self.rounds.append(
+            {k: v for k, v in other.__dict__.items() if k != "rounds" and v is not None}
+        )
+
+
+@dataclass
+class Workload:
+    large: Path
+    large_size: int
+    small: list[Path]
+    small_size: int
+    sink: str  # "file": downloads are written to disk and checked; "null": /dev/null
+    work: Path
+
+    def out(self, name: str) -> Path:
+        return Path(os.devnull) if self.sink == "null" else self.work / name
+
+
+class System:
+    """A server on loopback, driven by curl."""
+
+    name = ""
+    pid = 0
+
+    def start(self, work: Path) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def put(self, path: Path) -> str:
+        """Upload one file; return what L{get} needs to find it."""
+        raise NotImplementedError
+
+    def get_url(self, handle: str) -> str:
+        raise NotImplementedError
+
+    def put_many(self, paths: list[Path], work: Path) -> list[str]:
+        raise NotImplementedError
+
+    def settle(self) -> float | None:
+        """After uploads: wait for work the server does in the background; its seconds."""
+        return None
+
+
+class Rclone(System):
+    name = "rclone"
+
+    def start(self, work: Path) -> None:
+        self.root = work / "rclone"
+        self.root.mkdir()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            ["rclone", "serve", "webdav", str(self.root), "--addr", f"127.0.0.1:{port}"],
+            env={**os.environ, "RCLONE_CONFIG": str(work / "rclone.conf")},
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "rclone.log", "w"),
+        )
+        self.pid = self.process.pid
+        wait_for_port(port, self.process, "rclone serve webdav")
+
+    def stop(self) -> None:
+        if hasattr(self, "process"):
+            stop_process(self.process)
+
+    def put(self, path: Path) -> str:
+        curl("-T", str(path), f"{self.url}/{path.name}")
+        return path.name
+
+    def get_url(self, handle: str) -> str:
+        return f"{self.url}/{handle}"
+
+    def put_many(self, paths: list[Path], work: Path) -> list[str]:
+        curl_many(([("upload-file", str(p)), ("url", f"{self.url}/{p.name}")] for p in paths), work)
+        return [p.name for p in paths]
+
+
+class MetaDisk(System):
+    name = "node"
+
+    def __init__(self, accounts: bool, capacity: int, max_file_size: int) -> None:
+        self.accounts = accounts
+        self.capacity = capacity
+        self.max_file_size = max_file_size
+
+    def start(self, work: Path) -> None:
+        self.node = Node(
+            work,
+            f"""
+[storage]
+capacity = {self.capacity}
+max_file_size = {self.max_file_size}
+[accounts]
+enabled = {"true" if self.accounts else "false"}
+""",
+        )
+        self.pid = self.node.pid
+        self.idle_rss = rss_mib(self.pid)
+        self.query = ""
+        if self.accounts:
+            self.query = f"token={self.node.funded_token(2**53)}"
+        self.keys: dict[str, str] = {}
+
+    def stop(self) -> None:
+        if hasattr(self, "node"):
+            self.node.stop()
+            del self.node
+
+    def _remember(self, answer: str) -> str:
+        result = json.loads(answer)
+        self.keys[result["filehash"]] = result["key"]
+        return result["filehash"]
+
+    def put(self, path: Path) -> str:
+        _, out = curl("-F", f"file=@{path}", f"{self.node.url}/api/upload?{self.query}")
+        return self._remember(out)
+
+    def get_url(self, handle: str, key: bool = True) -> str:
+        query = "&".join(q for q in (self.query, key and f"key={self.keys[handle]}") if q)
+        return f"{self.node.url}/api/download/{handle}?{query}"
+
+    def put_many(self, paths: list[Path], work: Path) -> list[str]:
+        _, out = curl_many(
+            (
+                [("form", f"file=@{p}"), ("url", f"{self.node.url}/api/upload?{self.query}")]
+                for p in paths
+            ),
+            work,
+        )
+        return [self._remember(line) for line in out.splitlines() if line.strip()]
+
+    def settle(self) -> float:
+        return self.node.wait_replicated()
+
+
+class Tahoe(System):
+    name = "tahoe"
+
+    def __init__(self, venv: Path) -> None:
+        self.tahoe = str(venv / "bin" / "tahoe")
+        self.processes: list[subprocess.Popen] = []
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([self.tahoe, *args], check=True, capture_output=True, cwd=self.work)
+
+    def _daemon(self, directory: Path) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [self.tahoe, "run", "--allow-stdin-close", str(directory)],
+            cwd=self.work,
+            stdin=subprocess.DEVNULL,
+            stdout=open(directory.with_suffix(".log"), "w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def start(self, work: Path) -> None:
+        self.work = work
+        introducer, node = work / "tahoe-introducer", work / "tahoe-node"
+        p1, p2, p3 = free_port(), free_port(), free_port()
+        self._run(
+            "create-introducer",
+            f"--port=tcp:{p1}:interface=127.0.0.1",
+            f"--location=tcp:127.0.0.1:{p1}",
+            str(introducer),
+        )
+        intro = self._daemon(introducer)
+        furl = introducer / "private" / "introducer.furl"
+        deadline = time.monotonic() + 60
+        while not furl.exists():
+            if intro.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Tahoe-LAFS introducer did not start: {introducer}.log")
+            time.sleep(0.1)
+        self._run(
+            "create-node",
+            "--listen=tcp",
+            f"--port=tcp:{p2}:interface=127.0.0.1",
+            f"--location=tcp:127.0.0.1:{p2}",
+            f"--webport=tcp:{p3}:interface=127.0.0.1",
+            f"--introducer={furl.read_text().strip()}",
+            "--shares-needed=1",
+            "--shares-happy=1",
+            "--shares-total=1",
+            str(node),
+        )
+        process = self._daemon(node)
+        self.pid = process.pid
+        self.url = f"http://127.0.0.1:{p3}"
+        while not self._connected():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Tahoe-LAFS node did not connect: {node}.log")
+            time.sleep(0.2)
+
+    def _connected(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/?t=json", timeout=5) as response:
+                servers = json.load(response).get("servers", [])
+        except OSError:
+            return False
+        return any(s.get("connection_status", "").lower().startswith("connected") for s in servers)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        self.processes = []
+
+    def put(self, path: Path) -> str:
+        _, cap = curl("-T", str(path), f"{self.url}/uri")
+        return cap.strip()
+
+    def get_url(self, handle: str) -> str:
+        return f"{self.url}/uri/{handle}"
+
+    def put_many(self, paths: list[Path], work: Path) -> list[str]:
+        _, out = curl_many(
+            ([("upload-file", str(p)), ("url", f"{self.url}/uri")] for p in paths), work
+        )
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def tahoe_venv(venv: Path, log: Callable[[str], None]) -> tuple[Path | None, str]:
+    """Tahoe-LAFS in its own virtualenv, installed once: (venv, version), or (None, why not)."""
+    tahoe = venv / "bin" / "tahoe"
+    if not tahoe.exists():
+        log(f"installing Tahoe-LAFS into {venv} (once) ...")
+        step = f"python -m venv {venv}"
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(venv)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            step = "pip install tahoe-lafs"
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "-q", "tahoe-lafs"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+        except subprocess.CalledProcessError as e:
+            lines = [line for line in (e.stderr or e.stdout or "").splitlines() if line.strip()]
+            errors = [line for line in lines if "ERROR" in line] or lines
+            return None, f"{step} failed: {errors[-1] if errors else e}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"cannot install Tahoe-LAFS: {e}"
+    try:
+        version = (
+            subprocess.run([str(tahoe), "--version"], check=True, capture_output=True, text=True)
+            .stdout.split()[0]
+            .removeprefix("tahoe-lafs/")
+        )
+    except (OSError, subprocess.CalledProcessError, IndexError) as e:
+        return None, f"{tahoe} does not run: {e}"
+    return venv, version
+
+
+def measure(system: System, load: Workload, log: Callable[[str], None]) -> Figures:
+    figures = Figures()
+    refresh(load.large)
+    for path in load.small:
+        refresh(path)
+    try:
+        system.start(load.work)
+        pid = system.pid
+        # The large file: up, (the node's replication), down.
+        reset_peak(pid)
+        start = time.perf_counter()
+        handle = system.put(load.large)
+        figures.put = load.large_size / (time.perf_counter() - start) / MB
+        log(f"  {system.name}: PUT {figures.put:.1f} MB/s")
+        figures.replication = system.settle()
+        out = load.out("large.out")
+        expected = sha256_of(load.large)
+        # Twice, the best counts: the first GET also warms the client's page cache. (On a VM,
+        # a page the guest has not used lately costs the client many times an ordinary write.)
+        for _ in range(2):
+            seconds, _ = curl("-o", str(out), system.get_url(handle))
+            figures.get = max(figures.get, load.large_size / seconds / MB)
+            log(f"  {system.name}: GET {load.large_size / seconds / MB:.1f} MB/s")
+            if load.sink == "file":
+                if sha256_of(out) != expected:
+                    raise RuntimeError(f"{system.name}: the large file came back different")
+                out.unlink()
+        if isinstance(system, MetaDisk):
+            seconds, _ = curl("-o", str(out), system.get_url(handle, key=False))
+            figures.get_ciphertext = load.large_size / seconds / MB
+            log(f"  {system.name}: GET ciphertext {figures.get_ciphertext:.1f} MB/s")
+            if load.sink == "file":
+                if sha256_of(out) != handle:
+                    raise RuntimeError("node: the blob does not hash to its filehash")
+                out.unlink()
+        figures.rss_large = peak_rss_mib(pid)
+
+        # The small files: all up, then all down.
+        reset_peak(pid)
+        start = time.perf_counter()
+        handles = system.put_many(load.small, load.work)
+        figures.small_put = len(load.small) / (time.perf_counter() - start)
+        if len(handles) != len(load.small):
+            raise RuntimeError(f"{system.name}: {len(handles)} answers to {len(load.small)} PUTs")
+        system.settle()
+        outs = [load.out(f"small-{i:05d}.out") for i in range(len(handles))]
+        seconds, _ = curl_many(
+            (
+                [("url", system.get_url(h)), ("output", str(o))]
+                for h, o in zip(handles, outs, strict=True)
+            ),
+            load.work,
+        )
+        figures.small_get = len(handles) / seconds
+        figures.rss_small = peak_rss_mib(pid)
+        log(f"  {system.name}: small PUT {figures.small_put:.0f}/s, GET {figures.small_get:.0f}/s")
+        if load.sink == "file":
+            for source, copy in zip(load.small, outs, strict=True):
+                if source.read_bytes() != copy.read_bytes():
+                    raise RuntimeError(f"{system.name}: {source.name} came back different")
+                copy.unlink()
+    finally:
+        system.stop()
+    return figures
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def report(results: dict[str, Figures], args: argparse.Namespace, context: dict) -> int:
+    base, node, tahoe = results["rclone"], results["node"], results.get("tahoe")
+    size = f"{args.size_mib} MiB" if args.size_mib % 1024 else f"{args.size_mib // 1024} GiB"
+    print()
+    print(
+        f"Transfers on loopback with curl {context['curl']}; MB = 10^6 bytes; best of "
+        f"{args.rounds} round{'s' if args.rounds > 1 else ''}; downloads to "
+        f"{'disk and checked' if args.sink == 'file' else '/dev/null'}, best of 2 GETs"
+    )
+    print(
+        f"baseline: rclone serve webdav ({context['rclone']}); node: MetaDisk, limits off, "
+        f"3 local-directory hosts, accounts {'on' if args.accounts else 'off'}"
+    )
+    print(f"tahoe:    {context['tahoe']}")
+    print(f"machine:  {os.cpu_count()} cores, load average {context['load']} at start")
+    print()
+    columns = ["rclone", "node", "tahoe", "node/rclone", "node/tahoe"]
+    print(f"{'':32}" + "".join(f"{c:>12}" for c in columns))
+
+    def row(label: str, values: list[float | None], fmt: str, with_ratios: bool = True) -> None:
+        cells = [format(v, fmt) if v is not None else "-" for v in values]
+        if with_ratios:
+            cells += [ratio(values[1], values[0]), ratio(values[1], values[2])]
+        else:
+            cells += ["", ""]
+        print(f"{label:32}" + "".join(f"{c:>12}" for c in cells))
+
+    def of(f: Figures | None, name: str) -> float | None:
+        return getattr(f, name) if f is not None else None
+
+    row(f"{size} upload, MB/s", [base.put, node.put, of(tahoe, "put")], ".1f")
+    row(f"{size} download, MB/s", [base.get, node.get, of(tahoe, "get")], ".1f")
+    row(f"{size} download ciphertext, MB/s", [base.get, node.get_ciphertext, None], ".1f")
+    row(
+        f"{args.files} x {args.file_kib} KiB upload, files/s",
+        [base.small_put, node.small_put, of(tahoe, "small_put")],
+        ".0f",
+    )
+    row(
+        f"{args.files} x {args.file_kib} KiB download, files/s",
+        [base.small_get, node.small_get, of(tahoe, "small_get")],
+        ".0f",
+    )
+    row(
+        f"peak RSS, {size} phase, MiB",
+        [base.rss_large, node.rss_large, of(tahoe, "rss_large")],
+        ".1f",
+        False,
+    )
+    row(
+        "peak RSS, small files, MiB",
+        [base.rss_small, node.rss_small, of(tahoe, "rss_small")],
+        ".1f",
+        False,
+    )
+    print()
+    print(
+        f"node: idle RSS {context['idle_rss']:.1f} MiB; the {size} file was on its 3 hosts "
+        f"{node.replication:.1f} s after the upload's answer (waited for before the download)"
+    )
+    if args.rounds > 1:
+        for name, figures in results.items():
+            for i, r in enumerate(figures.rounds, 1):
+                shown = ", ".join(f"{k} {v:.1f}" for k, v in r.items() if isinstance(v, float))
+                print(f"  round {i} {name}: {shown}")
+
+    checks = [
+        (f"upload >= {GOAL_PUT_VS_BASELINE}x rclone", node.put / base.put >= GOAL_PUT_VS_BASELINE),
+        (
+            f"download >= {GOAL_GET_VS_BASELINE}x rclone",
+            node.get / base.get >= GOAL_GET_VS_BASELINE,
+        ),
+        (f"peak RSS <= {GOAL_RSS_MIB} MiB", node.rss_large <= GOAL_RSS_MIB),
+    ]
+    if tahoe is not None:
+        checks += [
+            (f"upload >= {GOAL_VS_TAHOE}x Tahoe-LAFS", node.put / tahoe.put >= GOAL_VS_TAHOE),
+            (f"download >= {GOAL_VS_TAHOE}x Tahoe-LAFS", node.get / tahoe.get >= GOAL_VS_TAHOE),
+        ]
+    if tahoe is None:
+        checks.append(("the goals against Tahoe-LAFS", None))
+    words = {True: "met", False: "MISSED", None: "not checked (no Tahoe-LAFS)"}
+    print("goals: " + "; ".join(f"{text}: {words[ok]}" for text, ok in checks))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, help="the large file (1024; --quick: 64)")
+    parser.add_argument("--files", type=int, help="how many small files (1000; --quick: 200)")
+    parser.add_argument("--file-kib", type=int, default=10, help="size of each small file (10)")
+    parser.add_argument("--quick", action="store_true", help="64 MiB and 200 small files")
+    parser.add_argument("--rounds", type=int, default=1, help="best of N rounds (1)")
+    parser.add_argument("--no-tahoe", dest="tahoe", action="store_false", help="skip Tahoe-LAFS")
+    parser.add_argument(
+        "--tahoe-venv",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "metadisk-bench"
+        / "tahoe-venv",
+        help="virtualenv of Tahoe-LAFS, made with pip on first use",
+    )
+    parser.add_argument(
+        "--no-accounts",
+        dest="accounts",
+        action="store_false",
+        help="run the node with accounts off (by default uploads and downloads carry a token)",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=["file", "null"],
+        default="file",
+        help="where curl writes downloads: a file, checked afterwards (default), or /dev/null",
+    )
+    parser.add_argument("--workdir", type=Path, help="where the files go (default: a temp dir)")
+    args = parser.parse_args()
+    args.size_mib = args.size_mib or (64 if args.quick else 1024)
+    args.files = args.files or (200 if args.quick else 1000)
+    for tool in ("curl", "rclone"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench/transfer.py needs {tool}: apt-get install {tool}")
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    context = {
+        "curl": subprocess.run(
+            ["curl", "--version"], capture_output=True, text=True
+        ).stdout.split()[1],
+        "rclone": subprocess.run(["rclone", "version"], capture_output=True, text=True)
+        .stdout.split("\n")[0]
+        .strip(),
+        "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+    systems: list[System] = [Rclone()]
+    size = args.size_mib * MiB
+    small_size = args.file_kib * 1024
+    node = MetaDisk(
+        args.accounts,
+        capacity=2 * (size + args.files * small_size) + 2**30,
+        max_file_size=max(size, small_size),
+    )
+    systems.append(node)
+    if args.tahoe:
+        venv, version = tahoe_venv(args.tahoe_venv, log)
+        if venv is None:
+            context["tahoe"] = f"skipped: {version}"
+        else:
+            context["tahoe"] = f"Tahoe-LAFS {version} (introducer + storage node, 1-of-1 shares)"
+            systems.append(Tahoe(venv))
+    else:
+        context["tahoe"] = "skipped (--no-tahoe)"
+
+    results = {s.name: Figures() for s in systems}
+    with tempfile.TemporaryDirectory(prefix="metadisk-transfer-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        log(f"writing {args.size_mib} MiB and {args.files} x {args.file_kib} KiB of random data")
+        large = work / "large.bin"
+        random_file(large, size)
+        small_dir = work / "small"
+        small_dir.mkdir()
+        small = [small_dir / f"f{i:05d}.bin" for i in range(args.files)]
+        for path in small:
+            path.write_bytes(os.urandom(small_size))
+        for round_number in range(1, args.rounds + 1):
+            # The baseline and the node take turns at going first: on a VM, who writes into
+            # memory that was just freed (and not newly handed over by the host) runs faster.
+            order = list(systems)
+            if round_number % 2 == 0:
+                order[0], order[1] = order[1], order[0]
+            for system in order:
+                log(f"round {round_number}: {system.name}")
+                run = work / f"{system.name}-{round_number}"
+                run.mkdir()
+                load = Workload(large, size, small, small_size, args.sink, run)
+                try:
+                    figures = measure(system, load, log)
+                except RuntimeError as e:
+                    if system.name != "tahoe":
+                        raise
+                    log(f"Tahoe-LAFS failed: {e}")
+                    context["tahoe"] = f"failed: {e}"
+                    systems.remove(system)
+                    del results["tahoe"]
+                    continue
+                finally:
+                    shutil.rmtree(run, ignore_errors=True)  # blobs, copies, downloads
+                if isinstance(system, MetaDisk):
+                    context["idle_rss"] = system.idle_rss
+                results[system.name].merge(figures)
+    return report(results, args, context)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
