@@ -6,6 +6,7 @@ L{ConfigError} naming the key, which the plugin prints as one line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -55,6 +56,10 @@ class ChainConfig:
     poll_interval: float = 30.0
     address: str = "F94Vd1E6Hx2uhntGRo8mn3aJvQLS4KXmSA"
     amount: float = 0.05
+    timeout: float = 30.0  # seconds, every RPC call
+    rescan_depth: int = 10  # last blocks re-checked for reorganisations
+    start_height: int = 0  # the first block a new node reads
+    publish_wait: float = 3600.0  # seconds before a record goes out with fewer than `copies` hosts
 
 
 @frozen
@@ -63,6 +68,7 @@ class Config:
     data_dir: Path = Path("metadisk-data")
     secret_key: str = ""  # empty: generated into the data dir on first start
     cors_origins: tuple[str, ...] = ()
+    private_listen: str = ""  # empty: the private API is served on `listen` too
     database_url: str = ""  # empty: SQLite in the data dir
     capacity: int = 10 * 2**30
     max_file_size: int = 2 * 2**30
@@ -79,6 +85,8 @@ class Config:
     hosts: tuple[HostConfig, ...] = field(default=())  # empty: three local hosts in the data dir
     copies: int = 3
     sync_interval: float = 1.0
+    repair_interval: float = 60.0  # seconds between repair rounds
+    repair_sample: int = 20  # stored copies checked per round; 0: no repair
     chain: ChainConfig = ChainConfig()
 
     @property
@@ -137,7 +145,7 @@ def _table(key: str, value: Any) -> dict[str, Any]:
 
 
 _KNOWN = {
-    "node": {"listen", "data_dir", "secret_key", "cors_origins"},
+    "node": {"listen", "data_dir", "secret_key", "cors_origins", "private_listen"},
     "database": {"url"},
     "storage": {"capacity", "max_file_size"},
     "bandwidth": {
@@ -150,8 +158,19 @@ _KNOWN = {
     },
     "accounts": {"enabled", "guess_limit", "guess_window"},
     "crypto": {"convergence_secret"},
-    "replication": {"copies", "interval"},
-    "chain": {"kind", "url", "min_confirmations", "poll_interval", "address", "amount"},
+    "replication": {"copies", "interval", "repair_interval", "repair_sample"},
+    "chain": {
+        "kind",
+        "url",
+        "min_confirmations",
+        "poll_interval",
+        "address",
+        "amount",
+        "timeout",
+        "rescan_depth",
+        "start_height",
+        "publish_wait",
+    },
 }
 _HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}
 
@@ -217,6 +236,10 @@ def config_from_dict(data: dict[str, Any], base: Config = Config()) -> Config:
         if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
             raise ConfigError("node.cors_origins", "expected a list of origins")
         changes["cors_origins"] = tuple(origins)
+    if "private_listen" in node:
+        changes["private_listen"] = local_endpoint(
+            "node.private_listen", _string("node.private_listen", node["private_listen"])
+        )
     if "url" in data.get("database", {}):
         url = _string("database.url", data["database"]["url"])
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -255,6 +278,16 @@ def config_from_dict(data: dict[str, Any], base: Config = Config()) -> Config:
         changes["sync_interval"] = _number(
             "replication.interval", replication["interval"], minimum=0.05
         )
+    if "repair_interval" in replication:
+        changes["repair_interval"] = _number(
+            "replication.repair_interval", replication["repair_interval"], minimum=1
+        )
+    if "repair_sample" in replication:
+        changes["repair_sample"] = _number(
+            "replication.repair_sample", replication["repair_sample"], minimum=0, integer=True
+        )
+        if changes["repair_sample"] > 10_000:
+            raise ConfigError("replication.repair_sample", "at most 10000")
     if "chain" in data:
         changes["chain"] = _chain(data["chain"], base.chain)
     config = evolve(base, **changes)
@@ -282,13 +315,52 @@ def _chain(data: dict[str, Any], base: ChainConfig) -> ChainConfig:
         )
     if "amount" in data:
         changes["amount"] = _number("chain.amount", data["amount"], minimum=0)
+    for key, minimum in (("timeout", 0.1), ("publish_wait", 0)):
+        if key in data:
+            changes[key] = _number(f"chain.{key}", data[key], minimum=minimum)
+    for key, minimum in (("rescan_depth", 1), ("start_height", 0)):
+        if key in data:
+            changes[key] = _number(f"chain.{key}", data[key], minimum=minimum, integer=True)
     chain = evolve(base, **changes)
+    if chain.start_height > 2**31:
+        raise ConfigError("chain.start_height", "out of range")
+    if chain.rescan_depth > 10_000:
+        raise ConfigError("chain.rescan_depth", "at most 10000")
     if chain.kind != "none" and not chain.url:
         raise ConfigError("chain.url", f"required for chain kind {chain.kind!r}")
+    if chain.url and not chain.url.startswith(("http://", "https://")):
+        raise ConfigError("chain.url", "expected http://[user:password@]host:port or https://…")
     return chain
 
 
+def local_endpoint(key: str, description: str) -> str:
+    """
+    A server endpoint string that only this machine can reach: C{unix:PATH},
+    or C{tcp:}/C{tcp6:}/C{ssl:} bound to a loopback C{interface}. Empty is
+    allowed (no such listener).
+    """
+    if not description:
+        return description
+    # Endpoint strings escape ':' with a backslash (an IPv6 interface, for one).
+    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
+    kind = fields[0]
+    if kind == "unix":
+        return description
+    interface = next(
+        (f.removeprefix("interface=") for f in fields[1:] if f.startswith("interface=")), None
+    )
+    if kind in ("tcp", "tcp6", "ssl") and interface is not None:
+        try:
+            if interface == "localhost" or ipaddress.ip_address(interface).is_loopback:
+                return description
+        except ValueError:
+            pass
+    raise ConfigError(key, "must be local only: unix:PATH or tcp:PORT:interface=127.0.0.1 (or ::1)")
+
+
 def _check_whole(config: Config) -> None:
+    if config.private_listen and config.private_listen == config.listen:
+        raise ConfigError("node.private_listen", "must differ from node.listen")
     if config.max_file_size > config.capacity:
         raise ConfigError("storage.max_file_size", "must not exceed storage.capacity")
     hosts = config.effective_hosts

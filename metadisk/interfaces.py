@@ -62,3 +62,50 @@ class IFileHost(Interface):
 
     def exists(filehash: str, url: str):
         """Fire with True when the blob stored at C{url} is still there."""
+
+
+class IChain(Interface):
+    """
+    A blockchain node reached by JSON-RPC, seen as the entries of DESIGN
+    section 4: one entry per transaction, published and read back block by
+    block. Calls fail with L{metadisk.chain.rpc.ChainError}: L{RPCError} when
+    the node refused (nothing happened), L{ChainUnavailable} when there was no
+    usable answer (it may or may not have happened).
+    """
+
+    coin = Attribute("The chain's name in /api/status, e.g. 'florincoin' or 'litecoin'.")
+    max_entry = Attribute("The most bytes one entry may take.")
+
+    def block_count():
+        """Fire with the height of the chain's tip."""
+
+    def block_hash(height: int):
+        """Fire with the hash of the block at C{height}."""
+
+    def block(block_hash: str):
+        """Fire with the L{metadisk.chain.adapter.ChainBlock} of that hash and its entries."""
+
+    def prepare(entry: str, tag: str):
+        """
+        Fire with a L{metadisk.chain.adapter.Ticket} for a transaction
+        carrying C{entry}; C{tag} is a wallet-local label unique to it.
+        """
+
+    def send(ticket):
+        """
+        Broadcast the ticket's transaction; fire with its txid. Fails with
+        L{metadisk.chain.adapter.ChainBusy} (nothing sent) while the node
+        takes no more unconfirmed transactions from this wallet.
+        """
+
+    def abandon(ticket):
+        """The ticket will not be sent: give back what it holds (locked coins)."""
+
+    def recover(ticket):
+        """
+        For a send whose outcome is unknown (no answer, or a crash): fire
+        with the txid if the transaction went out, None if it did not.
+        """
+
+    def wallet():
+        """Fire with (balance, address) of the node's wallet."""

@@ -11,29 +11,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import define
+from attrs import define, field
+from treq.client import HTTPClient
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
 
+from metadisk.chain.service import ChainService, chain_sync
+from metadisk.chain.urlhost import URLHost
 from metadisk.config import Config
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase
 from metadisk.ledger import Ledger
 from metadisk.meters import INCOMING, OUTGOING, Meters
+from metadisk.metrics import Metrics
 from metadisk.store.blocking import RunBlocking, in_thread_pool
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import make_host
+from metadisk.store.repair import Repair
+from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
 from metadisk.web.files import FilesAPI
 from metadisk.web.guard import TokenGuard
 from metadisk.web.root import NodeRoot
 from metadisk.web.site import CORS, MetaDiskSite
 from metadisk.web.upload import UploadPolicy
-
-DISABLED_CHAIN = {"balance": 0, "address": None, "coin": "none", "block": 0}
 
 
 def read_or_create(path: Path, make: Callable[[], str]) -> str:
@@ -68,6 +73,10 @@ class Node:
     guard: TokenGuard
     site: MetaDiskSite
     secret_key: str
+    metrics: Metrics = field(factory=Metrics)
+    chain: ChainService | None = None  # None: the chain is disabled
+    repair: Repair | None = None  # run by the node's service (tap.py)
+    private_site: MetaDiskSite | None = None  # for [node] private_listen; None: not set
 
     log = Logger()
 
@@ -85,9 +94,6 @@ class Node:
         await self.db.close()
 
 
-async def chain_disabled() -> dict[str, Any]:
-    return dict(DISABLED_CHAIN)
-
 
 async def build_node(
     config: Config,
@@ -98,9 +104,10 @@ async def build_node(
 ) -> Node:
     """Open the database, recover from any crash, and wire the parts together."""
     run_blocking = run_blocking or in_thread_pool(reactor)
+    metrics = Metrics()  # this node's own registry: several nodes may share a process
     node_id, secret_key = node_identity(config)
     db = await open_database(config.effective_database_url, reactor)
-    ledger = Ledger(db, reactor, node_id)
+    ledger = Ledger(db, reactor, node_id, metrics)
     refunded = await ledger.refund_abandoned()
     if refunded:
         Node.log.info("refunded {n} transfers cut short by the last stop", n=refunded)
@@ -117,8 +124,33 @@ async def build_node(
         config.capacity,
         lambda filehashes: catalog.replicated(filehashes, config.copies),
     )
-    hosts = [make_host(host, reactor, run_blocking) for host in config.effective_hosts]
-    sync = CloudSync(db, catalog, cache, hosts, reactor, run_blocking, node_id, config.copies)
+    bandwidth = Bandwidth.from_config(config, reactor)
+    # rclone limits its own transfers to a host; no other host tool can.
+    bwlimit = bandwidth.rclone_bwlimit()
+    hosts = [
+        make_host(host, reactor, run_blocking, bwlimit=bwlimit) for host in config.effective_hosts
+    ]
+    # Copies to a local directory cross no network: they do not count as bandwidth.
+    local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
+    sync = CloudSync(
+        db,
+        catalog,
+        cache,
+        hosts,
+        reactor,
+        run_blocking,
+        node_id,
+        config.copies,
+        meters=meters,
+        unmetered=local,
+    )
+    sync.metrics = metrics
+    # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
+    # verified); no idle connections kept, so a stopped node leaves none behind.
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    sync.url_fetcher = URLHost(http, config.capacity)
+    chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
+    metrics.watch(meters, sync, cache, [host.name for host in hosts])
     store = FileStore(
         db,
         catalog,
@@ -140,10 +172,15 @@ async def build_node(
         guard,
         cooperator or Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
         config.max_file_size,
-        chain_disabled,
+        chain_status,
+        outgoing=bandwidth.outgoing,
     )
-    accounts_api = AccountsAPI(ledger, guard, secret_key) if config.accounts_enabled else None
-    root = NodeRoot(files_api, accounts_api)
+    accounts_api = (
+        AccountsAPI(ledger, guard, secret_key, private_only=bool(config.private_listen))
+        if config.accounts_enabled
+        else None
+    )
+    root = NodeRoot(files_api, accounts_api, metrics=metrics)
     policy = UploadPolicy(
         ledger=ledger_if_enabled,
         cache=cache,
@@ -151,6 +188,7 @@ async def build_node(
         guard=guard,
         max_file_size=config.max_file_size,
         temporary=store.temporary,
+        incoming=bandwidth.incoming,
     )
     site = MetaDiskSite(
         root.resource(),
@@ -158,5 +196,34 @@ async def build_node(
         guard=guard,
         cors=CORS(config.cors_origins),
         reactor=reactor,
+        metrics=metrics,
     )
-    return Node(config, db, ledger, meters, store, guard, site, secret_key)
+    repair = Repair(db, sync, cache, hosts, reactor, run_blocking, sample=config.repair_sample)
+    # The local-only listener of the private API: the same resources, on a site marked private.
+    private_site = (
+        MetaDiskSite(
+            root.resource(),
+            upload_policy=policy,
+            guard=guard,
+            cors=site.cors,
+            reactor=reactor,
+            metrics=metrics,
+            private=True,
+        )
+        if config.private_listen
+        else None
+    )
+    return Node(
+        config,
+        db,
+        ledger,
+        meters,
+        store,
+        guard,
+        site,
+        secret_key,
+        metrics,
+        chain,
+        repair=repair,
+        private_site=private_site,
+    )

@@ -15,19 +15,26 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 
 from metadisk.config import Config, ConfigError, load_config
+from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
 from metadisk.node import Node, build_node
+from metadisk.store.repair import RepairService
 
 METERS_FLUSH_INTERVAL = 1.0
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR]"
+    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--log-format text|json]"
     longdesc = "Run a MetaDisk node. Command-line options override the config file."
     optParameters = [
         ["config", "c", None, "A TOML configuration file."],
         ["listen", "l", None, "Endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1."],
         ["data-dir", "d", None, "Directory of the cache, the SQLite database and the keys."],
+        ["log-format", None, "text", "text, or json: one JSON object a line on standard output."],
     ]
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
 
 
 def _logged(log: Logger, what: str, work: Any) -> Any:
@@ -48,6 +55,7 @@ class NodeService(service.MultiService):
     """
 
     log = Logger()
+    log_observer: Any = None  # an ILogObserver to offer twistd instead of its text log
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
@@ -56,7 +64,14 @@ class NodeService(service.MultiService):
         self.node: Node | None = None
         self.port: Any = None
         self._connections: WrappingFactory | None = None
+        self.private_port: Any = None  # [node] private_listen
+        self._private_connections: WrappingFactory | None = None
         self.started: Deferred[None] | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None:
+            offer_log_observer(parent, self.log_observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         super().startService()
@@ -72,10 +87,22 @@ class NodeService(service.MultiService):
         ):
             timer.clock = self._reactor
             timer.setServiceParent(self)
+        if node.chain is not None:
+            node.chain.setServiceParent(self)  # the chain's reader and publisher loops
+        if node.repair is not None and self.config.repair_sample > 0:
+            # Checks a sample of stored copies each round and restores lost ones.
+            RepairService(node.repair, self.config.repair_interval, self._reactor).setServiceParent(
+                self
+            )
         endpoint = serverFromString(self._reactor, self.config.listen)
         # Wrapped to know the open connections, so that stopping can close them.
         self._connections = WrappingFactory(node.site)
         self.port = await endpoint.listen(self._connections)
+        if node.private_site is not None:
+            self._private_connections = WrappingFactory(node.private_site)
+            private = serverFromString(self._reactor, self.config.private_listen)
+            self.private_port = await private.listen(self._private_connections)
+            self.log.info("private API listening on {listen}", listen=self.config.private_listen)
         self.log.info(
             "MetaDisk node listening on {listen}, data in {data_dir}",
             listen=self.config.listen,
@@ -89,11 +116,13 @@ class NodeService(service.MultiService):
             self._reactor.stop()
 
     async def _stop(self) -> None:
-        if self.port is not None:
-            await self.port.stopListening()
-        if self._connections is not None:
-            for connection in list(self._connections.protocols):
+        for port in (self.port, self.private_port):
+            if port is not None:
+                await port.stopListening()
+        for connections in (self._connections, self._private_connections):
+            for connection in list(connections.protocols if connections is not None else ()):
                 connection.transport.abortConnection()
+        if self._connections is not None:
             # Aborted connections are reported lost on the next turn of the reactor.
             await deferLater(self._reactor, 0, lambda: None)
         await super().stopService()
@@ -104,6 +133,15 @@ class NodeService(service.MultiService):
         return Deferred.fromCoroutine(self._stop())
 
 
+def _check_endpoint(reactor: Any, key: str, description: str) -> None:
+    """An endpoint Twisted cannot use (or an ssl: certificate it cannot load) is a config error."""
+    try:
+        serverFromString(reactor, description)
+    except Exception as e:  # ValueError; OSError for a certificate file; OpenSSL's Error
+        problem = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ConfigError(key, problem) from None
+
+
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -111,9 +149,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         config = load_config(
             options["config"], listen=options["listen"], data_dir=options["data-dir"]
         )
-        serverFromString(reactor, config.listen)
+        _check_endpoint(reactor, "node.listen", config.listen)
+        if config.private_listen:
+            _check_endpoint(reactor, "node.private_listen", config.private_listen)
     except ConfigError as e:
         raise SystemExit(f"metadisk: {e}") from None
-    except ValueError as e:
-        raise SystemExit(f"metadisk: config error: node.listen: {e}") from None
-    return NodeService(config, reactor)
+    node_service = NodeService(config, reactor)
+    node_service.log_observer = log_observer(options["log-format"])
+    return node_service

@@ -63,8 +63,11 @@ class CacheTests(TestCase):
         os.utime(self.cache.path(a), (10, 10))
         os.utime(self.cache.path(b), (5, 5))
         (self.root / "junk.partial").write_bytes(b"half")
+        (self.root / "tool-leftovers").mkdir()
+        (self.root / "tool-leftovers" / "x").write_bytes(b"x")
         again = BlobCache(self.root, 1000, self.evictable)
         again.load()
         self.assertEqual(again.filehashes(), [b, a])  # oldest first
         self.assertEqual(again.used, 300)
         self.assertFalse((self.root / "junk.partial").exists())
+        self.assertFalse((self.root / "tool-leftovers").exists())

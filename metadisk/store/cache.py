@@ -6,6 +6,7 @@ and eviction of the least recently used blobs that are safe on their hosts.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,14 @@ class Allocation:
 
     size: int
     released: bool = False
+
+
+def remove(path: str | Path) -> None:
+    """Remove a leftover file or folder (what a crash, or a tool, left behind)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 # Told a list of filehashes (least recently used first), answers those safe to delete.
@@ -51,7 +60,7 @@ class BlobCache:
                 stat = entry.stat()
                 found.append((stat.st_mtime, entry.name, stat.st_size))
             else:
-                os.unlink(entry.path)
+                remove(entry.path)
         self._entries = OrderedDict((name, size) for _, name, size in sorted(found))
 
     def path(self, filehash: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -43,6 +44,18 @@ class FileRecord:
             "version": self.version,
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> FileRecord:
+        """The inverse of L{to_json}, for records this node stored itself (already checked)."""
+        return cls(
+            data["filehash"],
+            data["filename"],
+            data["filesize"],
+            int(data["datetime"]),
+            data["version"],
+            tuple((u["host_name"], u["url"]) for u in data["uploads"]),
+        )
+
 
 @define
 class Catalog:
@@ -61,6 +74,16 @@ class Catalog:
         )
 
     async def find(self, filehash: str) -> FileRecord | None:
+        """The record on the chain, exactly as published, if there is one; else the current one."""
+        rows = await self._db.query(
+            "SELECT record FROM chain_records WHERE filehash = ?", (filehash,)
+        )
+        if rows:
+            return FileRecord.from_json(json.loads(rows[0][0]))
+        return await self.current(filehash)
+
+    async def current(self, filehash: str) -> FileRecord | None:
+        """The record as this node's tables have it now."""
         rows = await self._db.query(
             "SELECT filename, filesize, datetime, version FROM files WHERE filehash = ?",
             (filehash,),
@@ -92,12 +115,19 @@ class Catalog:
         )
 
     async def replicated(self, filehashes: list[str], copies: int) -> set[str]:
-        """Those of C{filehashes} held by at least C{copies} hosts."""
+        """
+        Those of C{filehashes} held by at least C{copies} hosts, or known from
+        the chain and not waiting for hosts here (their blob is on the hosts
+        the record names, whatever this node's C{copies}).
+        """
         return await self._matching(
             filehashes,
             "SELECT filehash FROM uploads WHERE filehash IN ({marks})"
-            " GROUP BY filehash HAVING COUNT(*) >= ?",
+            " GROUP BY filehash HAVING COUNT(*) >= ?"
+            " UNION SELECT r.filehash FROM chain_records r WHERE r.filehash IN ({marks})"
+            " AND NOT EXISTS (SELECT 1 FROM cloud_queue q WHERE q.filehash = r.filehash)",
             (copies,),
+            twice=True,
         )
 
     async def known(self, filehashes: list[str]) -> set[str]:
@@ -106,12 +136,13 @@ class Catalog:
             filehashes, "SELECT filehash FROM files WHERE filehash IN ({marks})"
         )
 
-    async def _matching(self, filehashes: list[str], sql: str, extra: tuple = ()) -> set[str]:
+    async def _matching(
+        self, filehashes: list[str], sql: str, extra: tuple = (), twice: bool = False
+    ) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(filehashes), 500):
             batch = filehashes[start : start + 500]
-            rows = await self._db.query(
-                sql.format(marks=", ".join("?" * len(batch))), (*batch, *extra)
-            )
+            params = (*batch, *extra, *batch) if twice else (*batch, *extra)
+            rows = await self._db.query(sql.format(marks=", ".join("?" * len(batch))), params)
             found.update(h for (h,) in rows)
         return found

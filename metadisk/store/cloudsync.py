@@ -16,6 +16,8 @@ from twisted.logger import Logger
 
 from metadisk.crypto import sha256_file
 from metadisk.interfaces import IDatabase, IFileHost
+from metadisk.meters import INCOMING, OUTGOING, Meters
+from metadisk.metrics import Metrics
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
@@ -65,6 +67,11 @@ class CloudSync:
     _health: dict[str, HostHealth] = field(factory=dict)
     _running: Deferred | None = None
     _again: bool = False
+    _meters: Meters | None = None  # host transfers count in the node's bandwidth…
+    _unmetered: frozenset[str] = frozenset()  # …but those of local directories cross no network
+    metrics: Metrics = field(factory=Metrics)
+    # Fetches from the URL of a host this node lacks (records learned from the chain).
+    url_fetcher: IFileHost | None = None
 
     log = Logger()
 
@@ -94,8 +101,10 @@ class CloudSync:
         if self._running is not None:
             self._again = True
             return self._running
-        self._running = Deferred.fromCoroutine(self._rounds())
-        return self._running
+        running = Deferred.fromCoroutine(self._rounds())
+        if not running.called:  # a round can end at once (e.g. the database refuses)
+            self._running = running
+        return running
 
     async def idle(self) -> None:
         """Wait for the round in progress, if any, to end."""
@@ -143,15 +152,25 @@ class CloudSync:
 
     async def replicate(self, filehash: str, attempts: int) -> None:
         """Copy the blob to hosts until C{copies} hold it; reschedule if that fails."""
+        errors: list[str] = []
+        if filehash not in self._cache:
+            # Repair found a copy lost and the cache has evicted the blob since:
+            # restore it from a host that still holds a good copy.
+            try:
+                await self._recache(filehash)
+            except Exception as e:
+                errors.append(f"no copy to restore from: {e!r}")
+        # Read after any fetch: a corrupt copy met on the way no longer counts.
         holding = {name for name, _ in await self._catalog.hosts_of(filehash)}
         need = self.copies - len(holding)
         now = self._clock.seconds()
         candidates = [
             host
             for host in self._hosts
-            if host.name not in holding and self._health[host.name].healthy(now)
+            if host.name not in holding
+            and self._health[host.name].healthy(now)
+            and filehash in self._cache
         ]
-        errors: list[str] = []
         path = str(self._cache.path(filehash))
         while need > 0 and candidates:
             batch, candidates = candidates[:need], candidates[need:]
@@ -183,6 +202,36 @@ class CloudSync:
             (attempts + 1, self._clock.seconds() + backoff(attempts + 1), error[:1000], filehash),
         )
 
+    async def _recache(self, filehash: str) -> None:
+        """Fetch a blob back into the cache (verified by L{fetch})."""
+        record = await self._catalog.find(filehash)
+        if record is None:
+            raise NoCopyAvailable(filehash)
+        allocation = await self._cache.allocate(record.filesize)
+        # Not a blob's name: the cache clears it at start if a crash leaves it.
+        partial = self._cache.root / f"{filehash}.restore"
+        try:
+            await self.fetch(filehash, partial)
+        except BaseException:
+            self._cache.release(allocation)
+            partial.unlink(missing_ok=True)
+            raise
+        self._cache.add(filehash, partial, allocation)
+
+    async def forget(self, filehash: str, host_name: str) -> None:
+        """
+        A host lost or spoiled its copy: drop it from C{uploads} and queue the
+        blob to be copied again, in one transaction.
+        """
+
+        async def forget(txn) -> None:
+            await txn.execute(
+                "DELETE FROM uploads WHERE filehash = ? AND host_name = ?", (filehash, host_name)
+            )
+            await self.enqueue(txn, filehash)
+
+        await self._db.transaction(forget)
+
     def _store(self, host: IFileHost, filehash: str, path: str) -> Deferred[str]:
         async def store() -> str:
             health = self._health[host.name]
@@ -190,12 +239,22 @@ class CloudSync:
                 url = await host.store(filehash, path).addTimeout(self.timeout, self._clock)
             except Exception as e:
                 health.failed(self._clock.seconds())
+                self.metrics.host_failed(host.name, "store")
                 self.log.warn("host {host} failed: {e}", host=host.name, e=e)
                 raise
             health.succeeded()
+            self._count(host, OUTGOING, path)
             return url
 
         return Deferred.fromCoroutine(store())
+
+    def _count(self, host: IFileHost, direction: str, path: str) -> None:
+        # Host tools report no progress: a host transfer counts when it is complete.
+        if self._meters is not None and host.name not in self._unmetered:
+            try:
+                self._meters.record(direction, os.path.getsize(path))
+            except OSError:
+                pass  # gone already (evicted, discarded): nothing to count it by
 
     async def fetch(self, filehash: str, destination: Path) -> None:
         """
@@ -203,26 +262,36 @@ class CloudSync:
         filehash, into C{destination}; raise L{NoCopyAvailable} if none does.
         """
         for name, url in await self._catalog.hosts_of(filehash):
-            host = self.host(name)
+            web = url.startswith(("http://", "https://"))
+            host = self.host(name) or (self.url_fetcher if web else None)
             if host is None:
                 continue
             try:
                 d = host.fetch(filehash, url, str(destination))
                 await d.addTimeout(self.timeout, self._clock)
+                self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
                 actual = await self._run_blocking(sha256_file, str(destination))
             except Exception as e:
+                self.metrics.host_failed(name, "fetch")
                 self.log.warn(
                     "{host} could not deliver {filehash}: {e}", host=name, filehash=filehash, e=e
                 )
                 continue
             if actual == filehash:
                 return
+            self.metrics.host_failed(name, "corrupt")
             self.log.error(
                 "{host} delivered a corrupt copy of {filehash} (SHA-256 {actual})",
                 host=name,
                 filehash=filehash,
                 actual=actual,
             )
+            if self.host(name) is not None:
+                # One of ours: replication puts a good copy back there.
+                try:
+                    await self.forget(filehash, name)
+                except Exception:
+                    self.log.failure("could not drop the corrupt copy on {host}", host=name)
         if destination.exists():
             os.unlink(destination)
         raise NoCopyAvailable(filehash)

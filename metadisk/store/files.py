@@ -15,10 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from metadisk.crypto import convergent_key, encrypt_file
+from metadisk.chain.queue import enqueue as enqueue_for_chain
+from metadisk.crypto import convergent_key, encrypt_in_place
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.cache import Allocation, BlobCache
+from metadisk.store.cache import Allocation, BlobCache, remove
 from metadisk.store.catalog import Catalog, FileRecord
 from metadisk.store.cloudsync import CloudSync
 
@@ -45,7 +46,7 @@ class FileStore:
         """After a restart: clear half-received files and blobs that no record names."""
         self.incoming.mkdir(parents=True, exist_ok=True)
         for leftover in self.incoming.iterdir():
-            leftover.unlink()
+            remove(leftover)
         self.cache.load()
         cached = self.cache.filehashes()
         known = await self.catalog.known(cached)
@@ -59,18 +60,17 @@ class FileStore:
     ) -> tuple[str, bytes]:
         """
         Encrypt a received file into the cache, record it and queue it for
-        the hosts. Return (filehash, key). The plaintext is removed.
+        the hosts. Return (filehash, key). The plaintext file is encrypted
+        over itself and becomes the blob (or is removed, if the cache has it).
         """
         key = convergent_key(self._convergence_secret, sha256_hex)
-        blob = self.temporary(".blob")
+        blob = plaintext
         try:
-            filehash = await self._run_blocking(encrypt_file, str(plaintext), str(blob), key)
+            filehash = await self._run_blocking(encrypt_in_place, str(blob), key)
         except BaseException:
             blob.unlink(missing_ok=True)
             self.cache.release(allocation)
             raise
-        finally:
-            plaintext.unlink(missing_ok=True)
         if filehash in self.cache:
             blob.unlink()
             self.cache.release(allocation)
@@ -80,6 +80,8 @@ class FileStore:
 
         async def record(txn: ITransaction) -> None:
             await self.catalog.add_file(txn, filehash, name, size, int(self._clock.seconds()))
+            # Published once the hosts hold it (metadisk.chain.queue); queued now, with the file.
+            await enqueue_for_chain(txn, filehash, self._clock.seconds())
             holders = await txn.query(
                 "SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,)
             )

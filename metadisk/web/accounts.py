@@ -25,6 +25,8 @@ class AccountsAPI:
     _ledger: Ledger
     _guard: TokenGuard
     _secret_key: str
+    # True when [node] private_listen is set: deposit and withdraw are served only there.
+    _private_only: bool = False
 
     app = Klein()
 
@@ -36,7 +38,12 @@ class AccountsAPI:
         return render_failure(request, failure)
 
     def _authenticate(self, request: IRequest) -> None:
-        given = request.getHeader(b"authentication") or b""
+        site = getattr(request, "site", None)
+        if self._private_only and not getattr(site, "private", False):
+            raise APIError(404, {"error": "not-found"})  # as if there were no such route here
+        headers = request.requestHeaders.getRawHeaders(b"authentication") or []
+        # Two of them are ambiguous (a proxy and the node could each read another): refused.
+        given = headers[0] if len(headers) == 1 else b""
         if not hmac.compare_digest(given, self._secret_key.encode("utf-8")):
             raise _status(401, "invalid-authentication")
 

@@ -18,8 +18,10 @@ from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, Unkn
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
+from metadisk.throttle import Throttle
 from metadisk.web.errors import error, render_failure, write_json
 from metadisk.web.guard import TokenGuard
+from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
 from metadisk.web.producers import BlobProducer
 from metadisk.web.upload import TOKEN_PATTERN, UPLOAD_COST, ReceivedUpload
@@ -38,17 +40,25 @@ def byte_range(header: bytes | None, size: int) -> tuple[int, int] | None:
     unsatisfiable = error(416, "invalid-range", Content_Range=f"bytes */{size}")
     if match is None or not (match.group(1) or match.group(2)):
         raise unsatisfiable
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if start >= size or (last and int(last) < start):
+    first, last = _position(match.group(1)), _position(match.group(2))
+    if first is not None:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
+        if start >= size or (last is not None and last < start):
             raise unsatisfiable
         return start, end
-    suffix = int(last)
+    suffix = last
     if suffix == 0 or size == 0:
         raise unsatisfiable
     return max(0, size - suffix), size - 1
+
+
+def _position(digits: bytes) -> int | None:
+    # Python will not parse more than 4300 digits (ValueError); anything past 2^53 is past the end.
+    if not digits:
+        return None
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 18 else 2**60
 
 
 def content_disposition(filename: str) -> str:
@@ -69,6 +79,7 @@ class FilesAPI:
     _cooperator: Cooperator
     _max_file_size: int
     _chain_status: ChainStatus
+    _outgoing: Throttle | None = None  # the download bandwidth limits
 
     app = Klein()
 
@@ -81,6 +92,8 @@ class FilesAPI:
 
     @app.route("/upload", methods=["POST"])
     async def upload(self, request: IRequest) -> bytes:
+        if getattr(request, "upload", None) is None:
+            raise error(400, "no-file")  # a path the request plumbing did not take for an upload
         received: ReceivedUpload = await request.upload.result()
         try:
             filehash, key = await self._store.ingest(
@@ -130,7 +143,8 @@ class FilesAPI:
             blob = await self._store.open_blob(record)
             self._download_headers(request, record, span)
             key = bytes.fromhex(key_hex) if key_hex is not None else None
-            producer = BlobProducer(blob, start, length, key, self._cooperator, count)
+            share = self._outgoing.share() if self._outgoing is not None else None
+            producer = BlobProducer(blob, start, length, key, self._cooperator, count, share)
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
         finally:
@@ -172,6 +186,11 @@ class FilesAPI:
     async def _settle(self, reservation: Reservation, cost: int) -> None:
         if self._ledger is not None:
             await self._ledger.settle(reservation, cost)
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """The OpenAPI document of the whole API (metadisk.web.openapi)."""
+        return write_json(request, 200, openapi_document())
 
     @app.route("/find/<filehash>", methods=["GET"])
     async def find(self, request: IRequest, filehash: str) -> bytes:

@@ -11,8 +11,12 @@ from twisted.internet.task import Cooperator, TaskDone, TaskStopped
 from zope.interface import implementer
 
 from metadisk.crypto import ctr_cipher
+from metadisk.throttle import Share
 
-CHUNK_SIZE = 256 * 1024
+# Per chunk: a read, a decryption, a write and a turn of the reactor or two. At 1 MiB a download
+# takes about a fifth less CPU than at 256 KiB; a client that reads slowly holds one chunk of the
+# node's memory (the transport pauses us as soon as it has more than 64 KiB to send).
+CHUNK_SIZE = 1 << 20
 
 
 @implementer(IPushProducer)
@@ -21,7 +25,8 @@ class BlobProducer:
     Writes C{length} bytes of a blob from C{offset} to a consumer, one chunk
     per turn of a L{Cooperator} task, decrypting with C{key} when given (AES
     CTR starts at any offset). Pausing pauses the task, so a slow reader
-    never makes the node buffer more than a chunk or two.
+    never makes the node buffer more than a chunk or two. With a C{share}
+    (a bandwidth limit) it writes only what the share grants.
     """
 
     def __init__(
@@ -32,6 +37,7 @@ class BlobProducer:
         key: bytes | None,
         cooperator: Cooperator,
         sent: Callable[[int], None],
+        share: Share | None = None,
     ) -> None:
         self._blob = blob
         self._offset = offset
@@ -39,24 +45,32 @@ class BlobProducer:
         self._key = key
         self._cooperator = cooperator
         self._sent = sent
+        self._share = share
         self._task: Any = None
         self._consumer: IConsumer | None = None
 
     def start(self, consumer: IConsumer) -> Deferred[None]:
         """Register with C{consumer} and write; fire when all was written."""
         self._consumer = consumer
-        consumer.registerProducer(self, True)
+        # The task first: registering may pause us at once (a transport already full).
         self._task = self._cooperator.cooperate(self._chunks())
+        consumer.registerProducer(self, True)
         d = self._task.whenDone()
         d.addBoth(self._done)
         return d.addCallback(lambda _: None)
 
-    def _chunks(self) -> Iterator[None]:
+    def _chunks(self) -> Iterator[Deferred[None] | None]:
         self._blob.seek(self._offset)
         cipher = ctr_cipher(self._key, self._offset) if self._key is not None else None
         remaining = self._length
         while remaining > 0:
-            data = self._blob.read(min(CHUNK_SIZE, remaining))
+            size = min(CHUNK_SIZE, remaining)
+            if self._share is not None:
+                size = self._share.take(size)
+                if not size:
+                    yield self._share.wait()  # the task sleeps until the next grant
+                    continue
+            data = self._blob.read(size)
             if not data:
                 raise OSError("the blob is shorter than its record says")
             remaining -= len(data)
@@ -68,15 +82,21 @@ class BlobProducer:
 
     def _done(self, result: Any) -> Any:
         self._blob.close()
+        if self._share is not None:
+            self._share.close()
         if self._consumer is not None:
             self._consumer.unregisterProducer()
         return result
 
     def pauseProducing(self) -> None:
         self._task.pause()
+        if self._share is not None:
+            self._share.pause()
 
     def resumeProducing(self) -> None:
         self._task.resume()
+        if self._share is not None:
+            self._share.resume()
 
     def stopProducing(self) -> None:
         try:

@@ -1,23 +1,30 @@
-"""The node's HTTP root: the files API under /api, the accounts API under /accounts."""
+"""
+The node's HTTP root: the files API under /api, the accounts API under
+/accounts, and the MetaDisk web page at / (its assets beside it).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from metadisk.metrics import Metrics
 from metadisk.web.accounts import AccountsAPI
 from metadisk.web.errors import error, render_failure
 from metadisk.web.files import FilesAPI
+from metadisk.web.page import WebPage
 
 
 @define(slots=False)  # Klein binds itself to the instance's __dict__
 class NodeRoot:
     _files: FilesAPI
     _accounts: AccountsAPI | None  # None: accounts disabled
+    _page: WebPage = field(factory=WebPage.from_package)
+    _metrics: Metrics | None = None  # None: no /metrics
 
     app = Klein()
 
@@ -38,6 +45,14 @@ class NodeRoot:
             raise error(404, "not-found")
         return self._accounts.resource()
 
+    @app.route("/metrics", methods=["GET"])
+    async def prometheus(self, request: IRequest) -> bytes:
+        if self._metrics is None:
+            raise error(404, "not-found")
+        return await self._metrics.render(request)
+
     @app.route("/", branch=True)
     def other(self, request: IRequest) -> Any:
+        if self._page.handles(request):
+            return self._page.render(request)
         raise error(404, "not-found")

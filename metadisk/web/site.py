@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 from attrs import define
+from twisted.python import log as twisted_log
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
-from metadisk.web.errors import APIError, error, write_json
+from metadisk.logs import RequestLog, Started
+from metadisk.metrics import Metrics
+from metadisk.web.errors import APIError, error, json_bytes, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 
@@ -30,11 +33,15 @@ class CORS:
     origins: tuple[str, ...]
 
     def headers(self, origin: bytes | None) -> dict[str, str]:
-        if origin is None or not self.origins:
+        if not self.origins:
             return {}
+        # The answer depends on the Origin (allowed or not): caches must keep answers apart.
+        vary = {"Vary": "Origin"}
+        if origin is None:
+            return vary
         text = origin.decode("latin-1")
         if "*" not in self.origins and text not in self.origins:
-            return {}
+            return vary
         return {
             "Access-Control-Allow-Origin": text,
             "Vary": "Origin",
@@ -45,7 +52,7 @@ class CORS:
 
     def preflight(self, origin: bytes | None) -> dict[str, str]:
         headers = self.headers(origin)
-        if headers:
+        if "Access-Control-Allow-Origin" in headers:
             headers.update(
                 {
                     "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
@@ -107,16 +114,23 @@ class MetaDiskRequest(server.Request):
     _early = False
     _body_size = 0
     _head: tuple[bytes, bytes, bytes] = (b"GET", b"/", b"HTTP/1.1")
+    started: Started | None = None  # for the request log, from the headers on
+    bytes_received = 0
 
     def gotLength(self, length: int | None) -> None:
         # The request line is parsed but not yet given to us: read it off the channel.
         channel = self.channel
         self._head = (channel._command, channel._path, channel._version)
         site: MetaDiskSite = channel.site
+        self.started = site.request_log.started(self._head[0], self._head[1])
         retry = site.guard.retry_after(self.getClientAddress())
         if retry is not None:
             self.content = _Discard()
             self.respond_early(error(429, "too-many-requests", Retry_After=str(retry)))
+        elif not _utf8_url(self._head[1], self.requestHeaders.getRawHeaders(b"host", [b""])[-1]):
+            # Klein would answer this in text/html (and log an error): answer it here, in JSON.
+            self.content = _Discard()
+            self.respond_early(error(400, "bad-request"))
         elif self._head[0] == b"POST" and self._head[1].split(b"?")[0] == UPLOAD_PATH:
             self.content = _Discard()
             self._begin_upload(site, length)
@@ -140,6 +154,7 @@ class MetaDiskRequest(server.Request):
             self.upload = UploadReceiver(policy, self, length, boundary, query.get("token"))
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         if self.upload is not None:
             self.upload.dataReceived(data)
         elif not self._early:
@@ -161,6 +176,8 @@ class MetaDiskRequest(server.Request):
     def connectionLost(self, reason: Any) -> None:
         if self.upload is not None:
             self.upload.connectionLost()
+        if self.started is not None:
+            self.channel.site.request_log.done(self, complete=False)
         super().connectionLost(reason)
 
     def respond_early(self, failure: APIError) -> None:
@@ -192,6 +209,37 @@ class MetaDiskRequest(server.Request):
             self.finish()
             return
         super().process()
+
+
+def _utf8_url(uri: bytes, host: bytes) -> bool:
+    """Whether the path (percent-decoded) and the Host header are UTF-8, as Klein needs."""
+    try:
+        unquote_to_bytes(uri.split(b"?")[0]).decode("utf-8")
+        host.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class MetaDiskChannel(http.HTTPChannel):
+    """
+    Twisted's HTTP/1.1 channel, except that a request its parser refuses (a
+    request line or header over 16 KiB, over 500 headers, a bad
+    Content-Length…) gets a JSON 400 like every other error, instead of a
+    bare status line or a silently closed connection.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own (private) hook for these refusals; tests/test_hostile.py pins it.
+        body = json_bytes({"error": "bad-request"})
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._respondToBadRequestAndDisconnect()
 
 
 class _Discard:
@@ -226,6 +274,8 @@ class MetaDiskSite(server.Site):
         guard: TokenGuard,
         cors: CORS,
         reactor: Any,
+        metrics: Metrics | None = None,
+        private: bool = False,
     ) -> None:
         super().__init__(
             resource,
@@ -237,3 +287,14 @@ class MetaDiskSite(server.Site):
         self.upload_policy = upload_policy
         self.guard = guard
         self.cors = cors
+        self.request_log = RequestLog(reactor, redact_uri, metrics)
+        self.private = private  # the local-only listener of the private API ([node] private_listen)
+
+    def protocol(self) -> Any:
+        # Twisted's wrapper (it would switch to HTTP/2 when TLS negotiates it) around our channel.
+        return http._GenericHTTPChannelProtocol(MetaDiskChannel())
+
+    def log(self, request: Any) -> None:
+        if getattr(self, "_logFile", None) is not twisted_log.logfile:
+            super().log(request)  # a combined-format file; the twistd log gets the line below
+        self.request_log.done(request, complete=True)

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
 from metadisk.meters import INCOMING, Meters
 from metadisk.store.cache import Allocation, BlobCache
+from metadisk.throttle import Throttle, throttled_reader
 from metadisk.web.errors import APIError, as_api_error, error
 from metadisk.web.guard import TokenGuard
 
@@ -54,6 +55,7 @@ class UploadPolicy:
     guard: TokenGuard
     max_file_size: int
     temporary: Callable[[str], Path]
+    incoming: Throttle | None = None  # the upload bandwidth limits
 
     def too_large(self, content_length: int) -> bool:
         return content_length > self.max_file_size + MULTIPART_ALLOWANCE
@@ -106,6 +108,11 @@ class UploadReceiver:
         self._failure: APIError | None = None
         self._body_complete = False
         self._lost = False
+        self._holds = 0  # admission steps and the bandwidth limit both pause the socket
+        self._throttle = throttled_reader(policy.incoming, self._pause, self._resume)
+        if self._throttle is not None:
+            # However the request ends (answered early, cut off), its share of bandwidth ends.
+            request.notifyFinish().addBoth(lambda _: self._end_throttle())
         self._result: Deferred[ReceivedUpload] = Deferred()
         self._admit(self._make_room)
         if query_token is not None:
@@ -169,21 +176,27 @@ class UploadReceiver:
         return getattr(getattr(self._request, "channel", None), "transport", None)
 
     def _pause(self) -> None:
-        if (transport := self._transport()) is not None:
+        self._holds += 1
+        if self._holds == 1 and (transport := self._transport()) is not None:
             transport.pauseProducing()
 
     def _resume(self) -> None:
-        if (transport := self._transport()) is not None:
+        self._holds -= 1
+        if self._holds == 0 and (transport := self._transport()) is not None:
             transport.resumeProducing()
 
     # The body.
 
     def dataReceived(self, data: bytes) -> None:
         self._policy.meters.record(INCOMING, len(data))
+        if self._throttle is not None:
+            self._throttle.received(len(data))
         if self._failure is not None:
             return
         try:
             for event in self._parser.parse(data):
+                if self._failure is not None:
+                    return  # refused mid-chunk (a bad token field): open no file after that
                 self._event(event)
         except MultipartError as e:
             self.log.info("malformed upload: {e}", e=e)
@@ -234,6 +247,7 @@ class UploadReceiver:
     def bodyReceived(self) -> None:
         """The whole body is in."""
         self._body_complete = True
+        self._end_throttle()
         if self._failure is None:
             try:
                 self._parser.close()
@@ -253,6 +267,10 @@ class UploadReceiver:
             self._fail(error(400, "connection-lost"))
 
     # Endings.
+
+    def _end_throttle(self) -> None:
+        if self._throttle is not None:
+            self._throttle.close()
 
     def _fail(self, failure: APIError) -> None:
         if self._failure is not None:

@@ -21,10 +21,24 @@ def check_filehash(filehash: str) -> None:
         raise HostError(f"not a filehash: {filehash!r}")
 
 
-def make_host(config: HostConfig, reactor: Any, run_blocking: RunBlocking) -> IFileHost:
-    """The host a C{[[hosts]]} entry describes."""
+def make_host(
+    config: HostConfig, reactor: Any, run_blocking: RunBlocking, *, bwlimit: str = ""
+) -> IFileHost:
+    """The host a C{[[hosts]]} entry describes; C{bwlimit}: rclone's rate limit."""
     if config.kind == "local":
         from metadisk.store.hosts.local import LocalDirectoryHost
 
         return LocalDirectoryHost(config.name, Path(config.setting), run_blocking)
-    raise ValueError(f"host kind {config.kind!r} is not available yet")
+    # One runner per host: its bound on concurrent processes is per host.
+    from metadisk.store.hosts.process import ProcessRunner
+
+    runner = ProcessRunner(reactor, reactor)
+    if config.kind == "rclone":
+        from metadisk.store.hosts.rclone import RcloneHost
+
+        return RcloneHost(config.name, config.setting, runner, run_blocking, bwlimit=bwlimit)
+    if config.kind == "plowshare":
+        from metadisk.store.hosts.plowshare import PlowshareHost
+
+        return PlowshareHost(config.name, config.setting, runner, run_blocking)
+    raise ValueError(f"unknown host kind {config.kind!r}")
