@@ -94,7 +94,6 @@ class Node:
         await self.db.close()
 
 
-
 async def build_node(
     config: Config,
     reactor: Any,
@@ -132,6 +131,9 @@ async def build_node(
     ]
     # Copies to a local directory cross no network: they do not count as bandwidth.
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
+    # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
+    # verified); no idle connections kept, so a stopped node leaves none behind.
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
     sync = CloudSync(
         db,
         catalog,
@@ -143,12 +145,9 @@ async def build_node(
         config.copies,
         meters=meters,
         unmetered=local,
+        metrics=metrics,
+        url_fetcher=URLHost(http, config.capacity),
     )
-    sync.metrics = metrics
-    # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
-    # verified); no idle connections kept, so a stopped node leaves none behind.
-    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-    sync.url_fetcher = URLHost(http, config.capacity)
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
     store = FileStore(

@@ -123,7 +123,9 @@ class EndToEndTests(TestCase):
         async def waiting() -> Any:
             status = await self.status(a)
             queued = status["sync"]["blockchain_queue"]["count"] == 1
-            return status if queued and status["datacoin"]["error"] else None
+            # While it shuts down the daemon may still answer 503; then it refuses connections.
+            refused = "refused" in (status["datacoin"]["error"] or "")
+            return status if queued and refused else None
 
         status = await within(30, waiting)
         self.assertEqual(status["sync"]["blockchain_queue"]["size"], len(data))
