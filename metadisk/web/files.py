@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
-from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
+from metadisk.ledger import FREE, Ledger, Reservation
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
@@ -24,7 +24,7 @@ from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
 from metadisk.web.producers import BlobProducer
-from metadisk.web.upload import TOKEN_PATTERN, UPLOAD_COST, ReceivedUpload
+from metadisk.web.upload import UPLOAD_COST, ReceivedUpload, reserve_credit
 
 FETCHED_COST = 2  # a download that must first be fetched from a host costs double
 _RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
@@ -173,15 +173,9 @@ class FilesAPI:
         token = query_argument(request, "token")
         if token is None:
             raise error(401, "token-required")
-        try:
-            if not TOKEN_PATTERN.fullmatch(token):
-                raise UnknownToken()
-            return await self._ledger.reserve(token, amount)
-        except UnknownToken:
-            self._guard.unknown_token(request.getClientAddress())
-            raise error(401, "invalid-token") from None
-        except BalanceInsufficient:
-            raise error(402, "balance-insufficient") from None
+        return await reserve_credit(
+            self._ledger, self._guard, request.getClientAddress(), token, amount
+        )
 
     async def _settle(self, reservation: Reservation, cost: int) -> None:
         if self._ledger is not None:

@@ -33,6 +33,25 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
 MULTIPART_ALLOWANCE = 64 * 1024
 
 
+async def reserve_credit(
+    ledger: Ledger, guard: TokenGuard, address: Any, token: str, amount: int
+) -> Reservation:
+    """
+    Take C{amount} of credit from C{token} for a transfer, or refuse it as the
+    API documents: an unknown token is 401 (and counts as a guess), too little
+    credit is 402.
+    """
+    try:
+        if not TOKEN_PATTERN.fullmatch(token):
+            raise UnknownToken()
+        return await ledger.reserve(token, amount)
+    except UnknownToken:
+        guard.unknown_token(address)
+        raise error(401, "invalid-token") from None
+    except BalanceInsufficient:
+        raise error(402, "balance-insufficient") from None
+
+
 @frozen
 class ReceivedUpload:
     """A completely received, admitted upload, handed to the route handler."""
@@ -153,13 +172,13 @@ class UploadReceiver:
         ledger = self._policy.ledger
         if ledger is None or self._token is None:
             return
-        try:
-            self._reservation = await ledger.reserve(self._token, UPLOAD_COST * self._length)
-        except UnknownToken:
-            self._policy.guard.unknown_token(self._request.getClientAddress())
-            raise error(401, "invalid-token") from None
-        except BalanceInsufficient:
-            raise error(402, "balance-insufficient") from None
+        self._reservation = await reserve_credit(
+            ledger,
+            self._policy.guard,
+            self._request.getClientAddress(),
+            self._token,
+            UPLOAD_COST * self._length,
+        )
 
     def _accept_token(self, token: str) -> None:
         if self._token is not None:
