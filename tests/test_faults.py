@@ -396,13 +396,18 @@ class CacheAtCapacityTests(TestCase):
         self.assertEqual(response.code, 201)
         self.assertLessEqual(node.node.store.cache.used, 100_000)
         self.assertNotIn(kept["filehash"], node.node.store.cache)  # the oldest went
+        await node.node.sync.idle()
+        self.assertEqual(await node.node.sync.pending(), (0, 0))
 
         # A fetch that needs room the cache cannot give: 507, refunded.
         for host in config.effective_hosts:
             Path(host.setting).rename(Path(host.setting + ".away"))
             Path(host.setting).write_bytes(b"down again")
-        await upload(node, os.urandom(45_000), token)  # fills the cache with an unreplicated blob
-        await node.node.sync.idle()
+        # Two blobs the hosts cannot take evict the two they hold and fill the cache.
+        for _ in range(2):
+            self.assertEqual((await upload(node, os.urandom(45_000), token)).code, 201)
+            await node.node.sync.idle()
+        self.assertEqual(await node.node.sync.pending(), (2, 90_000))
         before = await balance(token)
         response = await node.http.get(
             node.url + f"/api/download/{kept['filehash']}",
