@@ -264,6 +264,20 @@ class DownloadErrorTests(TestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(await json_of(response), {"error": "method-not-allowed"})
 
+    async def test_page_and_metrics_are_read_only(self) -> None:
+        """The page's files and /metrics refuse a write with 405, not 404."""
+        node = await start_node(self)
+        for method, path in [("POST", "/"), ("PUT", "/app.js"), ("DELETE", "/metrics")]:
+            response = await node.http.request(method, node.url + path)
+            self.assertEqual(
+                (response.code, await json_of(response)), (405, {"error": "method-not-allowed"})
+            )
+            self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, HEAD"])
+        answer = await raw_http(node.port, b"TRACE /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status_line(answer), 405)
+        response = await node.http.post(node.url + "/nowhere")
+        self.assertEqual(response.code, 404)
+
 
 class UploadErrorTests(TestCase):
     async def test_no_file(self) -> None:

@@ -79,7 +79,8 @@ class WebPage:
         return cls(assets)
 
     def handles(self, request: IRequest) -> bool:
-        return request.method in (b"GET", b"HEAD") and self._path(request) in self.assets
+        """Whether the request's path is one of the page's files (whatever its method)."""
+        return self._path(request) in self.assets
 
     @staticmethod
     def _path(request: IRequest) -> str:

@@ -45,14 +45,23 @@ class NodeRoot:
             raise error(404, "not-found")
         return self._accounts.resource()
 
-    @app.route("/metrics", methods=["GET"])
+    # Every method is routed here and refused below: a method the route did not
+    # list would fall through to the page's catch-all and answer 404, not 405.
+    @app.route("/metrics")
     async def prometheus(self, request: IRequest) -> bytes:
         if self._metrics is None:
             raise error(404, "not-found")
+        _read_only(request)
         return await self._metrics.render(request)
 
     @app.route("/", branch=True)
     def other(self, request: IRequest) -> Any:
         if self._page.handles(request):
+            _read_only(request)
             return self._page.render(request)
         raise error(404, "not-found")
+
+
+def _read_only(request: IRequest) -> None:
+    if request.method not in (b"GET", b"HEAD"):
+        raise error(405, "method-not-allowed", Allow="GET, HEAD")
