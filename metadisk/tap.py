@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from typing import Any
 
@@ -56,6 +58,9 @@ class NodeService(service.MultiService):
 
     log = Logger()
     log_observer: Any = None  # an ILogObserver to offer twistd instead of its text log
+    # Under twistd: a node that could not start makes the process exit with status 1,
+    # so that a supervisor (systemd's Restart=on-failure) sees the failure.
+    exit_on_failure = False
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
@@ -111,7 +116,8 @@ class NodeService(service.MultiService):
 
     def _failed(self, failure: Any) -> None:
         self.log.critical("the node could not start: {error}", error=failure.getErrorMessage())
-        print(f"metadisk: the node could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        if self.exit_on_failure:
+            atexit.register(_exit_failed)
         if self._reactor.running:
             self._reactor.stop()
 
@@ -131,6 +137,15 @@ class NodeService(service.MultiService):
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+def _exit_failed() -> None:
+    # twistd ends with status 0 whatever stopped its reactor; by the time this
+    # runs (the interpreter's exit) it has stopped the services and removed its
+    # pid file, so only the status is left to set.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _check_endpoint(reactor: Any, key: str, description: str) -> None:
@@ -156,4 +171,5 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise SystemExit(f"metadisk: {e}") from None
     node_service = NodeService(config, reactor)
     node_service.log_observer = log_observer(options["log-format"])
+    node_service.exit_on_failure = True
     return node_service

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -154,9 +155,9 @@ class ErrorTests(SynchronousTestCase):
 class TwistdTests(SynchronousTestCase):
     """The operator's view: a bad config stops the node with one line naming the key."""
 
-    def twistd(self, *args: str) -> subprocess.CompletedProcess:
+    def twistd(self, *args: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [*TWISTD, "-n", "metadisk", *args],
+            [*TWISTD, "-n", *options, "metadisk", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -181,3 +182,38 @@ class TwistdTests(SynchronousTestCase):
             result.stderr.strip(),
             "metadisk: config error: node.listen: Unknown endpoint type: 'nope'",
         )
+
+    def test_start_failure_exits_nonzero(self) -> None:
+        """
+        A node that cannot start after its config was accepted (here: its port
+        is taken) says why in one line and exits with status 1, its pid file
+        removed, so that a supervisor sees the failure.
+        """
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        pidfile = base / "twistd.pid"
+        result = self.twistd(
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            str(base / "data"),
+            options=("--pidfile", str(pidfile)),
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        # twistd sends standard error to its log: the one line is the log's.
+        said = [line for line in result.stdout.splitlines() if "could not start" in line]
+        self.assertEqual(len(said), 1, result.stdout)
+        self.assertTrue(
+            said[0].endswith(
+                "[metadisk.tap.NodeService#critical] the node could not start: Couldn't listen"
+                f" on 127.0.0.1:{port}: [Errno 98] Address already in use."
+            ),
+            said[0],
+        )
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assertFalse(pidfile.exists())
