@@ -45,17 +45,17 @@ class NodeRoot:
             raise error(404, "not-found")
         return self._accounts.resource()
 
-    # Every method is routed here and refused below: a method the route did not
-    # list would fall through to the page's catch-all and answer 404, not 405.
-    @app.route("/metrics")
+    @app.route("/metrics", methods=["GET"])
     async def prometheus(self, request: IRequest) -> bytes:
         if self._metrics is None:
             raise error(404, "not-found")
-        _read_only(request)
         return await self._metrics.render(request)
 
     @app.route("/", branch=True)
     def other(self, request: IRequest) -> Any:
+        # The router sends here any method that /metrics does not list.
+        if request.path == b"/metrics" and self._metrics is not None:
+            _read_only(request)
         if self._page.handles(request):
             _read_only(request)
             return self._page.render(request)
