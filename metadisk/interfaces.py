@@ -57,8 +57,12 @@ class IFileHost(Interface):
     def store(filehash: str, path: str):
         """Upload the blob at C{path}; fire with the URL where it now lives."""
 
-    def fetch(filehash: str, url: str, destination: str):
-        """Download the blob stored at C{url} into the file C{destination}."""
+    def fetch(filehash: str, url: str, destination: str, size: int):
+        """
+        Download the blob stored at C{url} into the file C{destination}.
+        C{size} is the blob's size by its record: what the download may take,
+        in bytes and in time.
+        """
 
     def exists(filehash: str, url: str):
         """Fire with True when the blob stored at C{url} is still there."""

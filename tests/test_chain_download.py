@@ -55,7 +55,7 @@ class URLHostTests(TestCase):
         server = BlobServer(self, {"blob": blob})
         target = Path(self.mktemp())
         host = URLHost(http_client(), max_size=200_000)
-        await host.fetch(filehash, server.url("blob"), str(target))
+        await host.fetch(filehash, server.url("blob"), str(target), len(blob))
         self.assertEqual(target.read_bytes(), blob)
         self.assertTrue(await host.exists(filehash, server.url("blob")))
 
@@ -65,9 +65,20 @@ class URLHostTests(TestCase):
         target = str(Path(self.mktemp()))
         for url in (server.url("blob"), server.url("missing"), "file:///etc/passwd", "ftp://x/y"):
             with self.assertRaises(HostError):
-                await host.fetch("ab" * 32, url, target)
+                await host.fetch("ab" * 32, url, target, 5000)
         with self.assertRaises(HostError):
             await host.store("ab" * 32, target)
+
+    async def test_no_more_than_the_record_says(self) -> None:
+        """A URL that serves more bytes than the record's size is refused, cache room or not."""
+        server = BlobServer(self, {"blob": b"x" * 5000})
+        host = URLHost(http_client(), max_size=1_000_000)
+        target = Path(self.mktemp())
+        with self.assertRaises(HostError) as caught:
+            await host.fetch("ab" * 32, server.url("blob"), str(target), 4999)
+        self.assertIn("larger than 4999 bytes", str(caught.exception))
+        await host.fetch("ab" * 32, server.url("blob"), str(target), 5000)
+        self.assertEqual(target.read_bytes(), b"x" * 5000)
 
 
 class DownloadFromChainTests(TestCase):

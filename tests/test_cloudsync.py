@@ -26,6 +26,7 @@ from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, CloudSync, NoCopyAvailable
+from metadisk.store.hosts import SLOWEST_RATE
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessRunner
@@ -164,10 +165,47 @@ class ReplicationTests(TestCase):
         done = Deferred.fromCoroutine(grid.sync.run_once())
         await eventually(lambda: grid.host("h1").hung)
         self.assertNoResult(done)
-        grid.clock.advance(grid.sync.timeout)
+        grid.clock.advance(grid.sync.timeout + 1)
         await done
         self.assertTrue(grid.host("h1").hung[0].called)  # cancelled, not left dangling
         self.assertEqual(await grid.holders(filehash), ["h0", "h2", "h3"])
+
+    async def test_big_blob_gets_time_by_its_size(self) -> None:
+        """
+        A transfer's timeout grows with the blob: a big blob on a slow host is
+        not cut off at the base timeout, a hung one still is, later.
+        """
+        grid = await Grid.create(self, hosts=3)
+        grid.host("h1").hanging = True
+        content = os.urandom(3 * SLOWEST_RATE)
+        filehash = await grid.add(content)
+        done = Deferred.fromCoroutine(grid.sync.run_once())
+        await eventually(lambda: grid.host("h1").hung)
+        grid.clock.advance(grid.sync.timeout)
+        self.assertNoResult(done)
+        self.assertFalse(grid.host("h1").hung[0].called)
+        grid.clock.advance(3)
+        await done
+        self.assertTrue(grid.host("h1").hung[0].called)
+        self.assertEqual(await grid.holders(filehash), ["h0", "h2"])
+
+        # A fetch the same: the record's size sets its timeout.
+        grid.cache.discard(filehash)
+        for name in ("h0", "h2"):
+            grid.host(name).hanging = True
+        destination = grid.base / "fetched"
+        fetched = Deferred.fromCoroutine(grid.sync.fetch(filehash, destination, len(content)))
+
+        def tried() -> int:
+            return len(grid.host("h0").hung) + len(grid.host("h2").hung)
+
+        await eventually(lambda: tried() == 1)
+        grid.clock.advance(grid.sync.timeout + 2.9)
+        self.assertEqual(tried(), 1)  # the first host still has time
+        grid.clock.advance(0.1)
+        await eventually(lambda: tried() == 2)
+        grid.clock.advance(grid.sync.timeout + 3)
+        await self.assertFailure(fetched, NoCopyAvailable)
 
     async def test_hanging_process_killed_at_its_timeout(self) -> None:
         """A plowup that hangs: its process group is killed at the runner's timeout."""
@@ -190,7 +228,7 @@ class ReplicationTests(TestCase):
         self.assertEqual(process.command[1:3], ["plowup", "rghost"])
         grid.clock.advance(29)
         self.assertNoResult(done)
-        grid.clock.advance(1)
+        grid.clock.advance(1.001)  # 30 s, and the microseconds that 6 bytes are allowed
         self.assertEqual(processes.killed, [(process.pid, signal.SIGTERM)])
         grid.clock.advance(runner.kill_grace)
         self.assertEqual(processes.killed[-1], (process.pid, signal.SIGKILL))
@@ -218,7 +256,7 @@ class FetchTests(TestCase):
         filehash = await self.stored(grid, content)
         grid.host("h0").corrupt = True
         destination = grid.base / "fetched"
-        await grid.sync.fetch(filehash, destination)
+        await grid.sync.fetch(filehash, destination, len(content))
         self.assertEqual(destination.read_bytes(), content)
         self.assertEqual(grid.host("h1").calls[-1], "fetch")
         # The bad copy is dropped and queued to be put back (from a good copy).
@@ -236,7 +274,7 @@ class FetchTests(TestCase):
         grid.copy_on("h0", filehash).unlink()
         grid.host("h1").broken = True
         destination = grid.base / "fetched"
-        await grid.sync.fetch(filehash, destination)
+        await grid.sync.fetch(filehash, destination, len(b"skip me"))
         self.assertEqual(destination.read_bytes(), b"skip me")
         # A failed delivery says nothing sure about the copy: it stays listed.
         self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
@@ -248,7 +286,7 @@ class FetchTests(TestCase):
             grid.host(name).corrupt = True
         destination = grid.base / "fetched"
         with self.assertRaises(NoCopyAvailable):
-            await grid.sync.fetch(filehash, destination)
+            await grid.sync.fetch(filehash, destination, len(b"doomed"))
         self.assertFalse(destination.exists())
 
 

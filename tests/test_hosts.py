@@ -15,6 +15,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -23,12 +24,13 @@ from zope.interface.verify import verifyObject
 from metadisk.config import HostConfig
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import in_caller
-from metadisk.store.hosts import HostError, make_host
+from metadisk.store.hosts import SLOWEST_RATE, HostError, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
 from metadisk.store.hosts.rclone import RcloneHost, object_url, public_location
 from tests.fakes import (
+    RecordingRunner,
     WebDAVServer,
     eventually,
     hung_pids,
@@ -39,6 +41,7 @@ from tests.fakes import (
 )
 
 HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
+BLOB_SIZE = 256 * 1024  # bytes of a test blob, unless a test says otherwise
 
 
 def make_blob(folder: Path, size: int, seed: bytes = b"") -> tuple[str, Path, bytes]:
@@ -72,7 +75,7 @@ class FileHostTestsMixin:
     async def hang_host(self) -> None:
         raise NotImplementedError
 
-    def blob(self, size: int = 256 * 1024, seed: bytes = b"") -> tuple[str, Path, bytes]:
+    def blob(self, size: int = BLOB_SIZE, seed: bytes = b"") -> tuple[str, Path, bytes]:
         return make_blob(self.work / "blobs", size, seed)
 
     def test_provides_interface(self) -> None:
@@ -87,7 +90,7 @@ class FileHostTestsMixin:
         self.assertTrue(url)
         self.assertIs(await self.host.exists(filehash, url), True)
         destination = self.work / "fetched"
-        await self.host.fetch(filehash, url, str(destination))
+        await self.host.fetch(filehash, url, str(destination), BLOB_SIZE)
         self.assertEqual(destination.read_bytes(), content)
 
     async def test_blobs_kept_apart(self) -> None:
@@ -95,8 +98,8 @@ class FileHostTestsMixin:
         second, second_path, second_content = self.blob(3000, b"b")
         first_url = await self.host.store(first, str(first_path))
         second_url = await self.host.store(second, str(second_path))
-        await self.host.fetch(second, second_url, str(self.work / "2"))
-        await self.host.fetch(first, first_url, str(self.work / "1"))
+        await self.host.fetch(second, second_url, str(self.work / "2"), 3000)
+        await self.host.fetch(first, first_url, str(self.work / "1"), 1000)
         self.assertEqual((self.work / "1").read_bytes(), first_content)
         self.assertEqual((self.work / "2").read_bytes(), second_content)
 
@@ -105,7 +108,7 @@ class FileHostTestsMixin:
         filehash, path, content = self.blob()
         await self.host.store(filehash, str(path))
         url = await self.host.store(filehash, str(path))
-        await self.host.fetch(filehash, url, str(self.work / "fetched"))
+        await self.host.fetch(filehash, url, str(self.work / "fetched"), BLOB_SIZE)
         self.assertEqual((self.work / "fetched").read_bytes(), content)
 
     async def test_fetch_replaces_destination(self) -> None:
@@ -113,7 +116,7 @@ class FileHostTestsMixin:
         url = await self.host.store(filehash, str(path))
         destination = self.work / "fetched"
         destination.write_bytes(b"left over from an earlier try" * 100000)
-        await self.host.fetch(filehash, url, str(destination))
+        await self.host.fetch(filehash, url, str(destination), BLOB_SIZE)
         self.assertEqual(destination.read_bytes(), content)
 
     async def test_lost_copy(self) -> None:
@@ -125,7 +128,7 @@ class FileHostTestsMixin:
         folder = self.work / "down"
         folder.mkdir()
         with self.assertRaises(HostError):
-            await self.host.fetch(filehash, url, str(folder / "fetched"))
+            await self.host.fetch(filehash, url, str(folder / "fetched"), BLOB_SIZE)
         self.assertEqual(os.listdir(folder), [])  # no partial file, no temporary left
 
     async def test_not_a_filehash(self) -> None:
@@ -137,7 +140,7 @@ class FileHostTestsMixin:
             with self.assertRaises(HostError):
                 await self.host.exists(bad, "http://example.net/1")
             with self.assertRaises(HostError):
-                await self.host.fetch(bad, "http://example.net/1", str(self.work / "x"))
+                await self.host.fetch(bad, "http://example.net/1", str(self.work / "x"), BLOB_SIZE)
 
     async def test_unreachable_is_an_error_not_a_missing_copy(self) -> None:
         """A host that cannot be reached fails every call; exists never answers False."""
@@ -151,7 +154,7 @@ class FileHostTestsMixin:
         folder = self.work / "down"
         folder.mkdir()
         with self.assertRaises(HostError):
-            await self.host.fetch(filehash, url, str(folder / "fetched"))
+            await self.host.fetch(filehash, url, str(folder / "fetched"), BLOB_SIZE)
         self.assertEqual(os.listdir(folder), [])
 
     async def test_hanging_tool_killed(self) -> None:
@@ -331,7 +334,7 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
         folder = self.work / "down"
         folder.mkdir()
         with self.assertRaises(HostError):
-            await self.host.fetch(filehash, url, str(folder / "fetched"))
+            await self.host.fetch(filehash, url, str(folder / "fetched"), BLOB_SIZE)
         self.assertEqual(os.listdir(folder), [])
 
     async def test_partial_download(self) -> None:
@@ -341,7 +344,7 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
         folder = self.work / "down"
         folder.mkdir()
         with self.assertRaises(ProcessFailed) as caught:
-            await self.host.fetch(filehash, url, str(folder / "fetched"))
+            await self.host.fetch(filehash, url, str(folder / "fetched"), BLOB_SIZE)
         self.assertEqual(caught.exception.code, 3)
         self.assertIn("exit 3 (network error)", str(caught.exception))
         self.assertIn("transfer closed", str(caught.exception))
@@ -352,7 +355,7 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
         filehash, path, content = self.blob()
         url = await self.host.store(filehash, str(path))
         self.mode("plowdown=truncated")
-        await self.host.fetch(filehash, url, str(self.work / "fetched"))
+        await self.host.fetch(filehash, url, str(self.work / "fetched"), BLOB_SIZE)
         self.assertEqual((self.work / "fetched").read_bytes(), content[: len(content) // 2])
 
     async def test_exit_codes_explained(self) -> None:
@@ -380,7 +383,7 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
             with self.assertRaises(HostError):
                 await self.host.exists(filehash, bad)
             with self.assertRaises(HostError):
-                await self.host.fetch(filehash, bad, str(self.work / "x"))
+                await self.host.fetch(filehash, bad, str(self.work / "x"), BLOB_SIZE)
 
 
 class MakeHostTests(TestCase):
@@ -407,3 +410,33 @@ class MakeHostTests(TestCase):
         ):
             with self.assertRaises(ValueError):
                 make_host(HostConfig("x", kind, setting), reactor, in_caller)
+
+
+class TransferTimeoutTests(TestCase):
+    """A tool gets the runner's timeout, and the time to move the blob at the slowest rate."""
+
+    async def check(self, host: Any, runner: RecordingRunner, actions: list[str]) -> None:
+        size = 5 * SLOWEST_RATE
+        filehash, path, _ = make_blob(Path(self.mktemp()).resolve(), size, b"")
+        for call in (
+            host.store(filehash, str(path)),
+            host.fetch(filehash, "https://example.net/x", str(path) + ".back", size),
+            host.exists(filehash, "https://example.net/x"),
+        ):
+            await self.assertFailure(call, HostError)
+        self.assertEqual(
+            [(action, timeout) for action, _, timeout in runner.calls],
+            [(actions[0], 305.0), (actions[1], 305.0), (actions[2], host.check_timeout)],
+        )
+        with self.assertRaises(HostError):  # a blob that is not there has no size
+            await host.store(filehash, str(path) + ".missing")
+
+    async def test_rclone(self) -> None:
+        runner = RecordingRunner(lambda: fail(HostError("recorded")))
+        host = RcloneHost("r", ":webdav,url='http://127.0.0.1:1':b", runner, in_caller)
+        await self.check(host, runner, ["rclone copyto", "rclone copyto", "rclone lsjson"])
+
+    async def test_plowshare(self) -> None:
+        runner = RecordingRunner(lambda: fail(HostError("recorded")))
+        host = PlowshareHost("p", "rghost", runner, in_caller)
+        await self.check(host, runner, ["plowup rghost", "plowdown rghost", "plowprobe rghost"])

@@ -25,7 +25,6 @@ from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.hosts import make_host
-from metadisk.store.hosts.process import ProcessResult
 from metadisk.throttle import (
     INTERVAL,
     Bandwidth,
@@ -39,6 +38,7 @@ from metadisk.throttle import (
 from metadisk.web.guard import TokenGuard
 from metadisk.web.producers import CHUNK_SIZE, BlobProducer
 from metadisk.web.upload import UploadPolicy, UploadReceiver
+from tests.fakes import RecordingRunner
 from tests.support import funded_token, json_of, multipart, start_node, test_config, upload
 
 STEP = 0.01  # simulated seconds per turn of the test's loop
@@ -597,17 +597,6 @@ class NodeTests(TestCase):
         self.assertGreaterEqual(status["bandwidth"]["total"]["outgoing"], len(data) + 5)
 
 
-class FakeRunner:
-    """Records the command lines a host would run."""
-
-    def __init__(self) -> None:
-        self.args: list[tuple[str, ...]] = []
-
-    def run(self, tool: Any, args: Any, **options: Any) -> Deferred[ProcessResult]:
-        self.args.append(tuple(args))
-        return succeed(ProcessResult(0, b"", ""))
-
-
 class FakeHost:
     def __init__(self, name: str, blob: bytes) -> None:
         self.name = name
@@ -616,7 +605,7 @@ class FakeHost:
     def store(self, filehash: str, path: str) -> Deferred[str]:
         return succeed(f"fake://{self.name}/{filehash}")
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         Path(destination).write_bytes(self.blob)
         return succeed(None)
 
@@ -642,17 +631,17 @@ class HostTransferTests(Case):
         )
 
     def test_rclone_gets_the_limit(self) -> None:
-        runner = FakeRunner()
+        runner = RecordingRunner()
         host = make_host(
             HostConfig("r", "rclone", "remote:dir"), Clock(), in_caller, bwlimit="9B:off"
         )
         host._runner = runner  # what the process runner is asked to run
         self.successResultOf(host.store("a" * 64, "/dev/null"))
-        self.assertIn("--bwlimit=9B:off", runner.args[0])
+        self.assertIn("--bwlimit=9B:off", runner.calls[0][1])
         unlimited = make_host(HostConfig("r", "rclone", "remote:dir"), Clock(), in_caller)
         unlimited._runner = runner
         self.successResultOf(unlimited.store("a" * 64, "/dev/null"))
-        self.assertFalse(any(arg.startswith("--bwlimit") for arg in runner.args[1]))
+        self.assertFalse(any(arg.startswith("--bwlimit") for arg in runner.calls[1][1]))
 
     def sync(self, clock: Clock, hosts: list[FakeHost], meters: Meters) -> CloudSync:
         return CloudSync(
@@ -682,5 +671,5 @@ class HostTransferTests(Case):
         self.assertEqual(meters.total(OUTGOING), 5000)
         fetched = Path(self.mktemp())
         filehash = hashlib.sha256(blob).hexdigest()
-        self.successResultOf(Deferred.fromCoroutine(sync.fetch(filehash, fetched)))
+        self.successResultOf(Deferred.fromCoroutine(sync.fetch(filehash, fetched, len(blob))))
         self.assertEqual(meters.total(INCOMING), 5000)

@@ -215,7 +215,7 @@ class CountingHost:
         self.stored[filehash] += 1
         return succeed(f"memory://{self.name}/{filehash}")
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         raise NotImplementedError
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:

@@ -29,10 +29,10 @@ class URLHost:
     def store(self, filehash: str, path: str) -> Deferred[str]:
         raise HostError("a URL host cannot store")
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._fetch(filehash, url, destination))
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._fetch(filehash, url, destination, size))
 
-    async def _fetch(self, filehash: str, url: str, destination: str) -> None:
+    async def _fetch(self, filehash: str, url: str, destination: str, size: int) -> None:
         check_filehash(filehash)
         if not url.startswith(("http://", "https://")):
             raise HostError(f"not an http(s) URL: {url[:100]!r}")
@@ -40,14 +40,16 @@ class URLHost:
         if response.code != 200:
             await response.collect(lambda _: None)
             raise HostError(f"{url[:100]}: HTTP {response.code}")
-        size = 0
+        # The record's size, which the chain could overstate: never more than the cache holds.
+        limit = min(size, self.max_size)
+        received = 0
         with open(destination, "wb") as f:
 
             def write(data: bytes) -> None:
-                nonlocal size
-                size += len(data)
-                if size > self.max_size:
-                    raise HostError(f"{url[:100]}: larger than {self.max_size} bytes")
+                nonlocal received
+                received += len(data)
+                if received > limit:
+                    raise HostError(f"{url[:100]}: larger than {limit} bytes")
                 f.write(data)
 
             await response.collect(write)

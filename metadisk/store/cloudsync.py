@@ -21,6 +21,7 @@ from metadisk.metrics import Metrics
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
+from metadisk.store.hosts import blob_size, transfer_timeout
 
 BATCH = 8  # blobs replicated per round
 FAILURES_BEFORE_UNHEALTHY = 3
@@ -211,7 +212,7 @@ class CloudSync:
         # Not a blob's name: the cache clears it at start if a crash leaves it.
         partial = self._cache.root / f"{filehash}.restore"
         try:
-            await self.fetch(filehash, partial)
+            await self.fetch(filehash, partial, record.filesize)
         except BaseException:
             self._cache.release(allocation)
             partial.unlink(missing_ok=True)
@@ -236,7 +237,8 @@ class CloudSync:
         async def store() -> str:
             health = self._health[host.name]
             try:
-                url = await host.store(filehash, path).addTimeout(self.timeout, self._clock)
+                timeout = transfer_timeout(self.timeout, blob_size(path))
+                url = await host.store(filehash, path).addTimeout(timeout, self._clock)
             except Exception as e:
                 health.failed(self._clock.seconds())
                 self.metrics.host_failed(host.name, "store")
@@ -256,10 +258,11 @@ class CloudSync:
             except OSError:
                 pass  # gone already (evicted, discarded): nothing to count it by
 
-    async def fetch(self, filehash: str, destination: Path) -> None:
+    async def fetch(self, filehash: str, destination: Path, size: int) -> None:
         """
-        Download the blob from the first host whose copy hashes to the
-        filehash, into C{destination}; raise L{NoCopyAvailable} if none does.
+        Download the blob of C{size} bytes from the first host whose copy
+        hashes to the filehash, into C{destination}; raise L{NoCopyAvailable}
+        if none does.
         """
         for name, url in await self._catalog.hosts_of(filehash):
             web = url.startswith(("http://", "https://"))
@@ -267,8 +270,8 @@ class CloudSync:
             if host is None:
                 continue
             try:
-                d = host.fetch(filehash, url, str(destination))
-                await d.addTimeout(self.timeout, self._clock)
+                d = host.fetch(filehash, url, str(destination), size)
+                await d.addTimeout(transfer_timeout(self.timeout, size), self._clock)
                 self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
                 actual = await self._run_blocking(sha256_file, str(destination))
             except Exception as e:

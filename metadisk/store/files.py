@@ -123,7 +123,7 @@ class FileStore:
             allocation = await self.cache.allocate(record.filesize)
             destination = self.temporary(".fetch")
             try:
-                await self.sync.fetch(filehash, destination)
+                await self.sync.fetch(filehash, destination, record.filesize)
             except BaseException:
                 destination.unlink(missing_ok=True)
                 self.cache.release(allocation)

@@ -10,12 +10,13 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from attrs import define, field
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
@@ -26,6 +27,7 @@ from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.hosts import HostError
+from metadisk.store.hosts.process import ProcessResult
 
 FAKES = Path(__file__).resolve().parent
 
@@ -241,6 +243,34 @@ class FakeProcessReactor:
         return [p for p in self.processes if not p.ended]
 
 
+class RecordingRunner:
+    """
+    A host's process runner that runs nothing: it records each call (action,
+    arguments, timeout) and answers it with what C{answer} gives.
+    """
+
+    timeout = 300.0  # the base the hosts scale their transfer timeouts from
+
+    def __init__(
+        self,
+        answer: Callable[[], Deferred[ProcessResult]] = lambda: succeed(ProcessResult(0, b"", "")),
+    ) -> None:
+        self._answer = answer
+        self.calls: list[tuple[str | None, tuple[str, ...], float | None]] = []
+
+    def run(
+        self,
+        tool: Any,
+        args: Any,
+        *,
+        action: str | None = None,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> Deferred[ProcessResult]:
+        self.calls.append((action, tuple(args), timeout))
+        return self._answer()
+
+
 @implementer(IFileHost)
 @define
 class FaultyHost:
@@ -274,8 +304,8 @@ class FaultyHost:
     def store(self, filehash: str, path: str) -> Deferred[str]:
         return self._misbehave("store") or self.inner.store(filehash, path)
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
-        d = self._misbehave("fetch") or self.inner.fetch(filehash, url, destination)
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
+        d = self._misbehave("fetch") or self.inner.fetch(filehash, url, destination, size)
         if self.corrupt:
 
             def flip(result: None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,26 @@ from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
 
+# The slowest a host may move a blob, on average, before its transfer is taken for
+# hung: transfer timeouts grow with the blob, so a big one on a slow host can finish.
+SLOWEST_RATE = 256 * 1024  # bytes/s
+
+
+def transfer_timeout(base: float, size: int) -> float:
+    """C{base} seconds to start and finish, and time to move C{size} bytes at L{SLOWEST_RATE}."""
+    return base + size / SLOWEST_RATE
+
 
 class HostError(Exception):
     """A host could not do what was asked; the message says why."""
+
+
+def blob_size(path: str | Path) -> int:
+    """The size of the blob to store at C{path}, or a L{HostError} if it cannot be read."""
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise HostError(f"{e.strerror}: {e.filename}") from None
 
 
 def check_filehash(filehash: str) -> None:

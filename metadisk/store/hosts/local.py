@@ -80,7 +80,7 @@ class LocalDirectoryHost:
 
         return self._run_blocking(store)
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         # The object is found by its filehash, never by a URL that came from elsewhere.
         source = self._object(filehash)
         return self._run_blocking(_copy, source, Path(destination))

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, check_filehash
+from metadisk.store.hosts import HostError, blob_size, check_filehash, transfer_timeout
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
 
 # plowshare's core.sh: the same codes for every plow* command.
@@ -84,6 +84,7 @@ class PlowshareHost:
                 PLOWUP,
                 (self.site, f"{source.name}:{filehash}"),
                 action=f"plowup {self.site}",
+                timeout=transfer_timeout(self._runner.timeout, blob_size(source)),
                 cwd=str(source.parent),
             )
             tokens = result.text.split()
@@ -98,7 +99,7 @@ class PlowshareHost:
 
         return Deferred.fromCoroutine(store())
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         target = Path(destination)
 
         async def fetch() -> None:
@@ -109,7 +110,11 @@ class PlowshareHost:
             folder = await self._run_blocking(tempfile.mkdtemp, "", "metadisk-plowdown-")
             try:
                 result = await self._runner.run(
-                    PLOWDOWN, ("-o", folder, url), action=f"plowdown {self.site}", cwd=folder
+                    PLOWDOWN,
+                    ("-o", folder, url),
+                    action=f"plowdown {self.site}",
+                    timeout=transfer_timeout(self._runner.timeout, size),
+                    cwd=folder,
                 )
                 lines = [line for line in result.text.splitlines() if line.strip()]
                 saved = await self._run_blocking(_saved_file, folder, lines[-1] if lines else "")

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, check_filehash
+from metadisk.store.hosts import HostError, blob_size, check_filehash, transfer_timeout
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
 
 RCLONE = Tool(
@@ -141,12 +141,18 @@ class RcloneHost:
             # --ignore-times: always upload; a same-size object there may be a corrupt copy.
             # An absolute path: rclone would read "dir:name" as a remote.
             source = os.path.abspath(path)
-            await self._rclone("copyto", "--ignore-times", source, self._object(filehash))
+            await self._rclone(
+                "copyto",
+                "--ignore-times",
+                source,
+                self._object(filehash),
+                timeout=transfer_timeout(self._runner.timeout, blob_size(source)),
+            )
             return object_url(self.remote, filehash)
 
         return Deferred.fromCoroutine(store())
 
-    def fetch(self, filehash: str, url: str, destination: str) -> Deferred[None]:
+    def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         target = Path(os.path.abspath(destination))
         # A private name: a killed rclone that still writes cannot touch the destination.
         partial = target.with_name(f".{target.name}.rclone-{secrets.token_hex(4)}")
@@ -155,7 +161,13 @@ class RcloneHost:
             # The object is found by its filehash, never by a URL that came from elsewhere.
             source = self._object(filehash)
             try:
-                await self._rclone("copyto", "--ignore-times", source, str(partial))
+                await self._rclone(
+                    "copyto",
+                    "--ignore-times",
+                    source,
+                    str(partial),
+                    timeout=transfer_timeout(self._runner.timeout, size),
+                )
                 await self._run_blocking(os.replace, partial, target)
             finally:
                 await self._run_blocking(partial.unlink, True)
