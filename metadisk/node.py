@@ -31,6 +31,7 @@ from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import make_host
+from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
@@ -129,6 +130,10 @@ async def build_node(
     hosts = [
         make_host(host, reactor, run_blocking, bwlimit=bwlimit) for host in config.effective_hosts
     ]
+    for host in hosts:
+        if isinstance(host, LocalDirectoryHost):
+            # A folder that holds none of its recorded copies may be an unmounted disk.
+            await host.claim(await catalog.holds_copies(host.name))
     # Copies to a local directory cross no network: they do not count as bandwidth.
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
     # One HTTP client for the chain's RPC and the blobs of records from the chain (https is

@@ -25,7 +25,7 @@ from metadisk.config import HostConfig
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import in_caller
 from metadisk.store.hosts import SLOWEST_RATE, HostError, make_host
-from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
 from metadisk.store.hosts.rclone import RcloneHost, object_url, public_location
@@ -180,10 +180,58 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         (self.root / filehash).unlink()
 
     async def break_host(self) -> None:
-        raise SkipTest("a local directory is never unreachable (an unmounted disk reads as empty)")
+        # Its disk unmounted: what is left is the mount point, an empty folder.
+        self.root.rename(self.work / "disk")
+        self.root.mkdir()
 
     async def hang_host(self) -> None:
         raise SkipTest("a local directory runs no process")
+
+    async def test_claim(self) -> None:
+        """
+        At start a folder becomes the host's (its marker written) unless it
+        holds none of the copies the records put there: an unmounted disk.
+        """
+        self.assertTrue(await self.host.claim(holds_copies=False))  # new: made and marked
+        self.assertTrue((self.root / MARKER).is_file())
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.assertTrue(await self.host.claim(holds_copies=True))
+
+        await self.break_host()
+        self.assertFalse(await self.host.claim(holds_copies=True))
+        self.assertEqual(os.listdir(self.root), [])  # nothing written on the mount point
+        with self.assertRaises(HostError):
+            await self.host.store(filehash, str(path))
+        self.assertEqual(os.listdir(self.root), [])
+
+        # Mounted again: the copies are there as they were.
+        self.root.rmdir()
+        (self.work / "disk").rename(self.root)
+        self.assertTrue(await self.host.claim(holds_copies=True))
+        self.assertIs(await self.host.exists(filehash, url), True)
+
+        # A folder of blobs from before markers is taken as it is.
+        (self.root / MARKER).unlink()
+        self.assertTrue(await self.host.claim(holds_copies=True))
+        self.assertTrue((self.root / MARKER).is_file())
+
+        # A folder that is gone lost its copies (a mount point would be there): made again.
+        shutil.rmtree(self.root)
+        self.assertTrue(await self.host.claim(holds_copies=True))
+        self.assertIs(await self.host.exists(filehash, url), False)
+
+    async def test_unusable_folder(self) -> None:
+        """A path that cannot be the folder (a file there) is refused, and taken once fixed."""
+        self.work.mkdir(parents=True)
+        self.root.write_bytes(b"not a folder")
+        self.assertFalse(await self.host.claim(holds_copies=False))
+        filehash, path, _ = self.blob()
+        with self.assertRaises(HostError):
+            await self.host.store(filehash, str(path))
+        self.root.unlink()
+        url = await self.host.store(filehash, str(path))
+        self.assertIs(await self.host.exists(filehash, url), True)
 
 
 class RcloneHostTests(FileHostTestsMixin, TestCase):

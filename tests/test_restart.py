@@ -48,3 +48,36 @@ class RestartTests(TestCase):
             params={"key": result["key"], "token": token},
         )
         self.assertEqual(await download.content(), data)
+
+    async def test_unmounted_disk_is_not_a_lost_host(self) -> None:
+        """
+        A local host whose disk is not mounted when the node starts (its mount
+        point an empty folder) is unreachable: repair keeps its copies listed
+        and nothing is written there. Mounted again, its copies count.
+        """
+        base = Path(self.mktemp()).resolve()
+        config = test_config(base)
+        node = await start_node(self, config)
+        token = await funded_token(node)
+        result = await json_of(await upload(node, os.urandom(10_000), token))
+        await node.node.sync.idle()
+        await node.stop()
+
+        disk = Path(config.effective_hosts[0].setting)
+        disk.rename(base / "disk")
+        disk.mkdir()  # the mount point, without its disk
+        again = await start_node(self, config)
+        self.assertEqual(os.listdir(disk), [])
+        repair = await again.node.repair.run_once()
+        self.assertEqual((repair.checked, repair.missing, repair.unknown), (3, (), 1))
+        record = await again.node.store.find(result["filehash"])
+        self.assertEqual(len(record.uploads), 3)
+        self.assertEqual(await again.node.sync.pending(), (0, 0))
+        self.assertEqual(os.listdir(disk), [])
+        await again.stop()
+
+        disk.rmdir()
+        (base / "disk").rename(disk)
+        mounted = await start_node(self, config)
+        repair = await mounted.node.repair.run_once()
+        self.assertEqual((repair.checked, repair.missing, repair.unknown), (3, (), 0))

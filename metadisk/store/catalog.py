@@ -109,6 +109,13 @@ class Catalog:
             (filehash, host_name, url, when),
         )
 
+    async def holds_copies(self, host_name: str) -> bool:
+        """Whether the records say C{host_name} holds any copy."""
+        rows = await self._db.query(
+            "SELECT 1 FROM uploads WHERE host_name = ? LIMIT 1", (host_name,)
+        )
+        return bool(rows)
+
     async def remove_upload(self, filehash: str, host_name: str) -> None:
         await self._db.execute(
             "DELETE FROM uploads WHERE filehash = ? AND host_name = ?", (filehash, host_name)
