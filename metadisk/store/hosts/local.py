@@ -135,7 +135,7 @@ class LocalDirectoryHost:
             if not self.root.exists():
                 # Made here, so it is ours; a folder there unmarked may be an empty mount point.
                 try:
-                    self.root.mkdir(parents=True)
+                    self.root.mkdir(parents=True, exist_ok=True)  # a concurrent store may too
                     self._mark()
                 except OSError as e:
                     raise HostError(f"{e.strerror}: {e.filename}") from None
