@@ -83,13 +83,17 @@ class EndToEndTests(TestCase):
         uploaded = await json_of(response)
         filehash, key = uploaded["filehash"], uploaded["key"]
 
-        # A copies it to both its hosts, then publishes its record: a transaction waits.
+        # A copies it to both its hosts, then publishes its record: its transactions wait.
         async def published() -> bool:
-            queue = (await self.status(a))["sync"]["blockchain_queue"]
-            mempool = await self.litecoind.rpc().call("getrawmempool")
-            return queue["count"] == 0 and len(mempool) > 0
+            # Marked once every transaction of the batch is sent (a long record takes several).
+            rows = await a.node.db.query(
+                "SELECT state FROM chain_queue WHERE filehash = ?", (filehash,)
+            )
+            return rows == [("published",)]
 
         await within(60, published)
+        self.assertEqual((await self.status(a))["sync"]["blockchain_queue"]["count"], 0)
+        self.assertGreater(len(await self.litecoind.rpc().call("getrawmempool")), 0)
         record = await self.find(a, filehash)
         self.assertEqual({u["host_name"] for u in record["uploads"]}, {"shared", "a-disk"})
         self.assertIsNone(await self.find(b, filehash))

@@ -75,12 +75,19 @@ class Catalog:
 
     async def find(self, filehash: str) -> FileRecord | None:
         """The record on the chain, exactly as published, if there is one; else the current one."""
+        # One statement: the chain's reader adds a file and its chain record in one
+        # transaction, and two reads could see the file without its record.
         rows = await self._db.query(
-            "SELECT record FROM chain_records WHERE filehash = ?", (filehash,)
+            "SELECT r.record, f.filename, f.filesize, f.datetime, f.version FROM files f"
+            " LEFT JOIN chain_records r ON r.filehash = f.filehash WHERE f.filehash = ?",
+            (filehash,),
         )
-        if rows:
-            return FileRecord.from_json(json.loads(rows[0][0]))
-        return await self.current(filehash)
+        if not rows:
+            return None
+        published, *fields = rows[0]
+        if published is not None:
+            return FileRecord.from_json(json.loads(published))
+        return await self._with_hosts(filehash, *fields)
 
     async def current(self, filehash: str) -> FileRecord | None:
         """The record as this node's tables have it now."""
@@ -88,9 +95,11 @@ class Catalog:
             "SELECT filename, filesize, datetime, version FROM files WHERE filehash = ?",
             (filehash,),
         )
-        if not rows:
-            return None
-        filename, filesize, when, version = rows[0]
+        return await self._with_hosts(filehash, *rows[0]) if rows else None
+
+    async def _with_hosts(
+        self, filehash: str, filename: str, filesize: int, when: int, version: str
+    ) -> FileRecord:
         return FileRecord(
             filehash, filename, filesize, when, version, await self.hosts_of(filehash)
         )
