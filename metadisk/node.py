@@ -87,7 +87,7 @@ class Node:
 
     async def close(self) -> None:
         """Finish what is in flight, write the meters, close the database."""
-        await self.sync.idle()
+        await self.sync.stop()
         try:
             await self.meters.flush()
         except Exception:

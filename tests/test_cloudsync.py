@@ -170,6 +170,29 @@ class ReplicationTests(TestCase):
         self.assertTrue(grid.host("h1").hung[0].called)  # cancelled, not left dangling
         self.assertEqual(await grid.holders(filehash), ["h0", "h2", "h3"])
 
+    async def test_idle_waits_for_rounds_asked_for_meanwhile(self) -> None:
+        """
+        An upload during a round asks for another; idle() waits for it too,
+        and once stopped, the sync runs no more rounds.
+        """
+        grid = await Grid.create(self)
+        grid.host("h0").hanging = True  # holds the first round
+        first = await grid.add(b"first")
+        grid.sync.kick()
+        await eventually(lambda: grid.host("h0").hung)
+        second = await grid.add(b"second")  # after the round read the queue
+        grid.sync.kick()
+        grid.host("h0").hanging = False
+        grid.clock.advance(grid.sync.timeout + 1)  # the first round's store on h0 fails
+        await grid.sync.idle()
+        self.assertEqual(await grid.holders(first), ["h1", "h2"])
+        self.assertEqual(await grid.holders(second), ["h0", "h1", "h2"])
+
+        await grid.sync.stop()
+        third = await grid.add(b"third")
+        await grid.sync.kick()
+        self.assertEqual(await grid.holders(third), [])
+
     async def test_big_blob_gets_time_by_its_size(self) -> None:
         """
         A transfer's timeout grows with the blob: a big blob on a slow host is
@@ -388,6 +411,7 @@ class RepairTests(TestCase):
         service.startService()
         grid.clock.advance(60)
         await eventually(lambda: h0.calls.count("exists") == 1)
+        await eventually(lambda: service._round.called)  # the next is timed from its end
         # A round that fails does not end the loop.
         grid.repair._db = None
         grid.clock.advance(60)
@@ -481,9 +505,9 @@ class NodeOnRcloneTests(TestCase):
         self.copy(1, filehash).unlink()
         result = await node.repair.run_once()
         self.assertIn((filehash, "dav1"), result.missing)
-        await eventually(lambda: self.copy(1, filehash).exists(), timeout=30)
-        self.assertEqual(self.copy(1, filehash).read_bytes(), ciphertext)
+        # Listed once rclone is done (the WebDAV server writes the file as it comes in).
         await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
+        self.assertEqual(self.copy(1, filehash).read_bytes(), ciphertext)
 
     async def test_partial_success_finished_when_a_remote_returns(self) -> None:
         await self.servers[2].stop()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -68,6 +68,7 @@ class CloudSync:
     _health: dict[str, HostHealth] = field(factory=dict)
     _running: Deferred | None = None
     _again: bool = False
+    _stopping: bool = False
     _meters: Meters | None = None  # host transfers count in the node's bandwidth…
     _unmetered: frozenset[str] = frozenset()  # …but those of local directories cross no network
     metrics: Metrics = field(factory=Metrics)
@@ -99,6 +100,8 @@ class CloudSync:
 
     def kick(self) -> Deferred[None]:
         """Run a round now; if one is running, run another right after it."""
+        if self._stopping:
+            return succeed(None)
         if self._running is not None:
             self._again = True
             return self._running
@@ -108,10 +111,15 @@ class CloudSync:
         return running
 
     async def idle(self) -> None:
-        """Wait for the round in progress, if any, to end."""
+        """Wait for the round in progress, if any, and those asked for meanwhile, to end."""
         while self._running is not None:
-            self._again = False
             await self._running
+
+    async def stop(self) -> None:
+        """The node stops: finish the round in progress, start no other."""
+        self._stopping = True
+        self._again = False
+        await self.idle()
 
     async def _rounds(self) -> None:
         try:
