@@ -328,6 +328,7 @@ class PageInBrowserTests(BrowserCase):
         self.assertEqual(await balance_of(node, token), 105_242_880 - 4 * len(data))
         record = await json_of(await node.http.get(node.url + f"/api/find/{filehash}"))
         self.assertEqual(record["filesize"], len(data))
+        await node.node.sync.idle()  # on its hosts: the page reads them once, as it opens
 
         # The download link carries both; it opens the page on the file, which downloads it.
         def download() -> tuple[str, bytes]:
