@@ -60,8 +60,8 @@ class IFileHost(Interface):
     def fetch(filehash: str, url: str, destination: str, size: int):
         """
         Download the blob stored at C{url} into the file C{destination}.
-        C{size} is the blob's size by its record: what the download may take,
-        in bytes and in time.
+        C{size} is the blob's size by its record, by which a host bounds the
+        download (its time, or its bytes where it can count them).
         """
 
     def exists(filehash: str, url: str):

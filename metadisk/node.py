@@ -13,6 +13,7 @@ from typing import Any
 
 from attrs import define, field
 from treq.client import HTTPClient
+from twisted.internet import defer
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -30,7 +31,7 @@ from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore
-from metadisk.store.hosts import make_host
+from metadisk.store.hosts import SLOWEST_RATE, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
@@ -40,6 +41,8 @@ from metadisk.web.guard import TokenGuard
 from metadisk.web.root import NodeRoot
 from metadisk.web.site import CORS, MetaDiskSite
 from metadisk.web.upload import UploadPolicy
+
+CLAIM_TIMEOUT = 30.0  # seconds for a local host's folder to answer at start
 
 
 def read_or_create(path: Path, make: Callable[[], str]) -> str:
@@ -125,15 +128,23 @@ async def build_node(
         lambda filehashes: catalog.replicated(filehashes, config.copies),
     )
     bandwidth = Bandwidth.from_config(config, reactor)
-    # rclone limits its own transfers to a host; no other host tool can.
+    # rclone limits its own transfers to a host; no other host tool can. Host
+    # transfers are timed by the slowest rate they may run at.
     bwlimit = bandwidth.rclone_bwlimit()
+    slowest = min([SLOWEST_RATE, *(rate for rate in bandwidth.one_transfer() if rate)])
     hosts = [
-        make_host(host, reactor, run_blocking, bwlimit=bwlimit) for host in config.effective_hosts
+        make_host(host, reactor, run_blocking, bwlimit=bwlimit, slowest_rate=slowest)
+        for host in config.effective_hosts
     ]
     for host in hosts:
         if isinstance(host, LocalDirectoryHost):
             # A folder that holds none of its recorded copies may be an unmounted disk.
-            await host.claim(await catalog.holds_copies(host.name))
+            holds_copies = await catalog.holds_copies(host.name)
+            try:
+                await host.claim(holds_copies).addTimeout(CLAIM_TIMEOUT, reactor)
+            except defer.TimeoutError:
+                # A hung mount: the node starts all the same, the host answers as it can.
+                Node.log.error("host {host}: its folder did not answer", host=host.name)
     # Copies to a local directory cross no network: they do not count as bandwidth.
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
     # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
@@ -152,6 +163,7 @@ async def build_node(
         unmetered=local,
         metrics=metrics,
         url_fetcher=URLHost(http, config.capacity),
+        slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
     metrics.watch(meters, sync, cache, [host.name for host in hosts])

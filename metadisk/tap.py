@@ -120,8 +120,13 @@ class NodeService(service.MultiService):
             atexit.register(_exit_failed)
         if self._reactor.running:
             self._reactor.stop()
+        else:  # it failed before the reactor ran: stop it as soon as it does
+            self._reactor.callWhenRunning(self._reactor.stop)
 
     async def _stop(self) -> None:
+        if self.node is not None:
+            # First: the cloud sync timer's stop would wait for every blob of its round.
+            await self.node.sync.stop()
         for port in (self.port, self.private_port):
             if port is not None:
                 await port.stopListening()

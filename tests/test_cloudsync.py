@@ -193,6 +193,21 @@ class ReplicationTests(TestCase):
         await grid.sync.kick()
         self.assertEqual(await grid.holders(third), [])
 
+    async def test_stop_finishes_the_blob_in_progress_only(self) -> None:
+        grid = await Grid.create(self)
+        grid.host("h0").hanging = True
+        first = await grid.add(b"first")
+        second = await grid.add(b"second")
+        grid.sync.kick()
+        await eventually(lambda: grid.host("h0").hung)
+        stopped = Deferred.fromCoroutine(grid.sync.stop())
+        self.assertNoResult(stopped)
+        grid.clock.advance(grid.sync.timeout + 1)
+        await stopped
+        self.assertEqual(await grid.holders(first), ["h1", "h2"])
+        self.assertEqual(await grid.holders(second), [])  # left in the queue for the next start
+        self.assertEqual(len(await grid.queued()), 2)
+
     async def test_big_blob_gets_time_by_its_size(self) -> None:
         """
         A transfer's timeout grows with the blob: a big blob on a slow host is
@@ -225,7 +240,7 @@ class ReplicationTests(TestCase):
         await eventually(lambda: tried() == 1)
         grid.clock.advance(grid.sync.timeout + 2.9)
         self.assertEqual(tried(), 1)  # the first host still has time
-        grid.clock.advance(0.1)
+        grid.clock.advance(0.2)
         await eventually(lambda: tried() == 2)
         grid.clock.advance(grid.sync.timeout + 3)
         await self.assertFailure(fetched, NoCopyAvailable)

@@ -217,3 +217,16 @@ class TwistdTests(SynchronousTestCase):
         )
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         self.assertFalse(pidfile.exists())
+
+    def test_failure_before_the_reactor_runs_exits_too(self) -> None:
+        """A data directory that cannot be made fails the start at once: status 1, no hang."""
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        (base / "file").write_text("a file, not a folder")
+        result = self.twistd(
+            "--data-dir", str(base / "file" / "data"), options=("--pidfile", str(base / "pid"))
+        )
+        self.assertEqual(result.returncode, 1, result.stdout)
+        said = [line for line in result.stdout.splitlines() if "could not start" in line]
+        self.assertEqual(len(said), 1, result.stdout)
+        self.assertIn("Not a directory", said[0])

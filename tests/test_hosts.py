@@ -200,10 +200,9 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
 
         await self.break_host()
         self.assertFalse(await self.host.claim(holds_copies=True))
-        self.assertEqual(os.listdir(self.root), [])  # nothing written on the mount point
         with self.assertRaises(HostError):
             await self.host.store(filehash, str(path))
-        self.assertEqual(os.listdir(self.root), [])
+        self.assertEqual(os.listdir(self.root), [])  # nothing written on the mount point
 
         # Mounted again: the copies are there as they were.
         self.root.rmdir()
@@ -216,10 +215,41 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         self.assertTrue(await self.host.claim(holds_copies=True))
         self.assertTrue((self.root / MARKER).is_file())
 
-        # A folder that is gone lost its copies (a mount point would be there): made again.
-        shutil.rmtree(self.root)
-        self.assertTrue(await self.host.claim(holds_copies=True))
-        self.assertIs(await self.host.exists(filehash, url), False)
+    async def test_folder_inside_an_unmounted_disk(self) -> None:
+        """A host folder below the mount point is gone with the disk: not made again."""
+        mount = self.work / "mnt"
+        host = LocalDirectoryHost("local2", mount / "metadisk", in_caller)
+        self.assertTrue(await host.claim(holds_copies=False))
+        filehash, path, _ = self.blob()
+        url = await host.store(filehash, str(path))
+        mount.rename(self.work / "disk")
+        mount.mkdir()  # unmounted
+        self.assertFalse(await host.claim(holds_copies=True))
+        self.assertEqual(os.listdir(mount), [])
+        with self.assertRaises(HostError):
+            await host.exists(filehash, url)
+        with self.assertRaises(HostError):
+            await host.store(filehash, str(path))
+        self.assertEqual(os.listdir(mount), [])
+
+    async def test_unmarked_folder_still_serves_its_copies(self) -> None:
+        """
+        A folder of blobs the node cannot mark (read-only, say) serves and
+        confirms the copies it has; it never says one is gone.
+        """
+        filehash, path, content = self.blob()
+        url = await self.host.store(filehash, str(path))
+        (self.root / MARKER).unlink()
+        (self.root / MARKER).mkdir()  # a marker that cannot be written
+        self.assertFalse(await self.host.claim(holds_copies=True))
+        self.assertIs(await self.host.exists(filehash, url), True)
+        await self.host.fetch(filehash, url, str(self.work / "back"), len(content))
+        self.assertEqual((self.work / "back").read_bytes(), content)
+        other, _, _ = self.blob(seed=b"other")
+        with self.assertRaises(HostError):
+            await self.host.exists(other, url)
+        with self.assertRaises(HostError):
+            await self.host.store(filehash, str(path))
 
     async def test_unusable_folder(self) -> None:
         """A path that cannot be the folder (a file there) is refused, and taken once fixed."""

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock, Cooperator
@@ -673,3 +674,27 @@ class HostTransferTests(Case):
         filehash = hashlib.sha256(blob).hexdigest()
         self.successResultOf(Deferred.fromCoroutine(sync.fetch(filehash, fetched, len(blob))))
         self.assertEqual(meters.total(INCOMING), 5000)
+
+
+class HostTimeoutTests(TestCase):
+    async def test_host_transfers_timed_by_the_limit(self) -> None:
+        """
+        Under a limit slower than hosts are otherwise allowed, host transfers
+        get the time their blob takes at that limit (else a big blob would be
+        killed on every try).
+        """
+        base = Path(self.mktemp()).resolve()
+        config = evolve(
+            test_config(base),
+            per_transfer_outgoing=50_000,
+            hosts=(HostConfig("cloud", "rclone", ":webdav,url='http://127.0.0.1:1':b"),),
+            copies=1,
+        )
+        node = await start_node(self, config)
+        [host] = node.node.sync._hosts
+        self.assertEqual((host.slowest_rate, node.node.sync.slowest_rate), (50_000, 50_000))
+        host._runner = runner = RecordingRunner()
+        blob = base / "blob"
+        blob.write_bytes(b"x" * 1_000_000)
+        await host.store("a" * 64, str(blob))
+        self.assertEqual(runner.calls[0][2], runner.timeout + 20)

@@ -75,8 +75,8 @@ class Catalog:
 
     async def find(self, filehash: str) -> FileRecord | None:
         """The record on the chain, exactly as published, if there is one; else the current one."""
-        # One statement: the chain's reader adds a file and its chain record in one
-        # transaction, and two reads could see the file without its record.
+        # The file and its chain record in one statement: the chain's reader adds both
+        # in one transaction, and two reads could see the file without its record.
         rows = await self._db.query(
             "SELECT r.record, f.filename, f.filesize, f.datetime, f.version FROM files f"
             " LEFT JOIN chain_records r ON r.filehash = f.filehash WHERE f.filehash = ?",

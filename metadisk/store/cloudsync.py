@@ -21,7 +21,7 @@ from metadisk.metrics import Metrics
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
-from metadisk.store.hosts import blob_size, transfer_timeout
+from metadisk.store.hosts import SLOWEST_RATE, blob_size, transfer_timeout
 
 BATCH = 8  # blobs replicated per round
 FAILURES_BEFORE_UNHEALTHY = 3
@@ -64,7 +64,8 @@ class CloudSync:
     _run_blocking: RunBlocking
     _node_id: str
     copies: int
-    timeout: float = 600.0
+    timeout: float = 600.0  # for a host call, and the time its blob takes at slowest_rate
+    slowest_rate: float = SLOWEST_RATE
     _health: dict[str, HostHealth] = field(factory=dict)
     _running: Deferred | None = None
     _again: bool = False
@@ -116,7 +117,7 @@ class CloudSync:
             await self._running
 
     async def stop(self) -> None:
-        """The node stops: finish the round in progress, start no other."""
+        """The node stops: finish the blob in progress, start no other (the queue keeps them)."""
         self._stopping = True
         self._again = False
         await self.idle()
@@ -142,6 +143,8 @@ class CloudSync:
             (self._node_id, self._clock.seconds(), BATCH),
         )
         for filehash, attempts in rows:
+            if self._stopping:
+                break
             await self.replicate(filehash, attempts)
         return len(rows)
 
@@ -245,7 +248,7 @@ class CloudSync:
         async def store() -> str:
             health = self._health[host.name]
             try:
-                timeout = transfer_timeout(self.timeout, blob_size(path))
+                timeout = transfer_timeout(self.timeout, blob_size(path), self.slowest_rate)
                 url = await host.store(filehash, path).addTimeout(timeout, self._clock)
             except Exception as e:
                 health.failed(self._clock.seconds())
@@ -279,7 +282,9 @@ class CloudSync:
                 continue
             try:
                 d = host.fetch(filehash, url, str(destination), size)
-                await d.addTimeout(transfer_timeout(self.timeout, size), self._clock)
+                await d.addTimeout(
+                    transfer_timeout(self.timeout, size, self.slowest_rate), self._clock
+                )
                 self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
                 actual = await self._run_blocking(sha256_file, str(destination))
             except Exception as e:

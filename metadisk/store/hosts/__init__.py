@@ -16,9 +16,9 @@ from metadisk.store.blocking import RunBlocking
 SLOWEST_RATE = 256 * 1024  # bytes/s
 
 
-def transfer_timeout(base: float, size: int) -> float:
-    """C{base} seconds to start and finish, and time to move C{size} bytes at L{SLOWEST_RATE}."""
-    return base + size / SLOWEST_RATE
+def transfer_timeout(base: float, size: int, rate: float = SLOWEST_RATE) -> float:
+    """C{base} seconds to start and finish, and the time to move C{size} bytes at C{rate}."""
+    return base + size / rate
 
 
 class HostError(Exception):
@@ -40,9 +40,17 @@ def check_filehash(filehash: str) -> None:
 
 
 def make_host(
-    config: HostConfig, reactor: Any, run_blocking: RunBlocking, *, bwlimit: str = ""
+    config: HostConfig,
+    reactor: Any,
+    run_blocking: RunBlocking,
+    *,
+    bwlimit: str = "",
+    slowest_rate: float = SLOWEST_RATE,
 ) -> IFileHost:
-    """The host a C{[[hosts]]} entry describes; C{bwlimit}: rclone's rate limit."""
+    """
+    The host a C{[[hosts]]} entry describes. C{bwlimit}: rclone's rate limit;
+    C{slowest_rate}: the slowest its transfers may then run (bytes/s).
+    """
     if config.kind == "local":
         from metadisk.store.hosts.local import LocalDirectoryHost
 
@@ -54,7 +62,14 @@ def make_host(
     if config.kind == "rclone":
         from metadisk.store.hosts.rclone import RcloneHost
 
-        return RcloneHost(config.name, config.setting, runner, run_blocking, bwlimit=bwlimit)
+        return RcloneHost(
+            config.name,
+            config.setting,
+            runner,
+            run_blocking,
+            bwlimit=bwlimit,
+            slowest_rate=slowest_rate,
+        )
     if config.kind == "plowshare":
         from metadisk.store.hosts.plowshare import PlowshareHost
 

@@ -2,15 +2,17 @@
 A host that is a directory on this machine (a disk, an NFS or FUSE mount…).
 
 The folder carries a marker file, so that a disk that is not mounted is told
-apart from a host that lost its copies: an unmounted mount point is an empty
-folder without the marker, and every call there fails as unreachable, where
-answering "no such copy" would have repair copy every blob again.
+apart from a host that lost its copies: without the marker the host never
+answers that a copy is gone (repair would copy every blob again) and stores
+nothing (it would fill the disk under the mount point).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,17 +57,27 @@ def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
             done += dst.write(view[done:n])
 
 
+@contextmanager
+def _as_host_error() -> Iterator[None]:
+    """What the filesystem refuses (gone, unmounted, read-only, I/O error) is the host's error."""
+    try:
+        yield
+    except OSError as e:
+        raise HostError(f"{e.strerror}: {e.filename}") from None
+
+
 def _copy(source: Path, destination: Path) -> None:
     partial = destination.with_name(destination.name + ".partial")
-    try:
-        # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
-        with open(source, "rb", buffering=0) as src, open(partial, "wb", buffering=0) as dst:
-            _copy_contents(src, dst)
-            os.fsync(dst.fileno())
-        os.replace(partial, destination)
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise HostError(f"{e.strerror}: {e.filename}") from None
+    with _as_host_error():
+        try:
+            # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
+            with open(source, "rb", buffering=0) as src, open(partial, "wb", buffering=0) as dst:
+                _copy_contents(src, dst)
+                os.fsync(dst.fileno())
+            os.replace(partial, destination)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
 
 
 MARKER = ".metadisk-host"
@@ -77,6 +89,9 @@ class LocalDirectoryHost:
     name: str
     root: Path
     _run_blocking: RunBlocking
+    # A host that holds no copy yet may make its folder (and mark it) when it is not
+    # there. Set at start from the node's records; false once a copy is stored.
+    _new: bool = True
 
     log = Logger()
 
@@ -86,33 +101,36 @@ class LocalDirectoryHost:
 
     def claim(self, holds_copies: bool) -> Deferred[bool]:
         """
-        At start: make the folder this host's, unless it looks like a disk
-        that is not mounted (C{holds_copies}, by the node's records, and not
-        one blob there). Fire with whether the folder is the host's now.
+        At start: make the folder this host's (marked), unless the node's
+        records put copies there and not one is there, folder or not: a disk
+        that is not mounted. Fire with whether the folder is marked now.
         """
+        self._new = not holds_copies
         return self._run_blocking(self._claim, holds_copies)
 
     def _claim(self, holds_copies: bool) -> bool:
         try:
             if self.marker.is_file():
                 return True
-            # A mount point is there when its disk is not: a folder that is gone is no disk
-            # missing but copies lost, which repair restores.
-            if holds_copies and self.root.is_dir() and not _holds_a_blob(self.root):
+            if holds_copies and not _holds_a_blob(self.root):
                 self.log.error(
-                    "host {host}: {root} holds none of the copies recorded there and has no"
-                    " {marker}: is its disk mounted? The host is unreachable until it is (or"
-                    " until that file is created, to use the folder as it is).",
+                    "host {host}: {root} has no {marker} and none of the copies recorded"
+                    " there: is its disk mounted? Until the marker is there the host answers as"
+                    " unreachable; create the file to take the folder as it is.",
                     host=self.name,
                     root=str(self.root),
                     marker=MARKER,
                 )
                 return False
+            # New, or a folder of blobs from before markers.
             self.root.mkdir(parents=True, exist_ok=True)
             self._mark()
         except OSError as e:
             self.log.warn(
-                "host {host}: cannot use {root}: {e}", host=self.name, root=str(self.root), e=e
+                "host {host}: cannot mark {root} as its folder: {e}",
+                host=self.name,
+                root=str(self.root),
+                e=e,
             )
             return False
         return True
@@ -132,39 +150,38 @@ class LocalDirectoryHost:
         target = self._object(filehash)
 
         def store() -> str:
-            if not self.root.exists():
-                # Made here, so it is ours; a folder there unmarked may be an empty mount point.
-                try:
+            with _as_host_error():
+                if self._new and not self.marker.is_file():
                     self.root.mkdir(parents=True, exist_ok=True)  # a concurrent store may too
                     self._mark()
-                except OSError as e:
-                    raise HostError(f"{e.strerror}: {e.filename}") from None
-            self._check_marked()
-            _copy(Path(path), target)
-            return target.resolve().as_uri()
+                self._check_marked()
+                _copy(Path(path), target)
+                self._new = False
+                return target.resolve().as_uri()
 
         return self._run_blocking(store)
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         # The object is found by its filehash, never by a URL that came from elsewhere.
-        source = self._object(filehash)
-
-        def fetch() -> None:
-            self._check_marked()
-            _copy(source, Path(destination))
-
-        return self._run_blocking(fetch)
+        # Without its disk the copy is not there to read: an error, which loses nothing.
+        return self._run_blocking(_copy, self._object(filehash), Path(destination))
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:
         target = self._object(filehash)
 
         def exists() -> bool:
-            self._check_marked()
-            return target.is_file()
+            with _as_host_error():
+                if target.is_file():
+                    return True
+                self._check_marked()  # only the host's own folder may say a copy is gone
+                return False
 
         return self._run_blocking(exists)
 
 
 def _holds_a_blob(root: Path) -> bool:
-    with os.scandir(root) as entries:
-        return any(is_hex64(entry.name) for entry in entries)
+    try:
+        with os.scandir(root) as entries:
+            return any(is_hex64(entry.name) for entry in entries)
+    except FileNotFoundError:
+        return False

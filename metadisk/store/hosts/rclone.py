@@ -18,7 +18,13 @@ from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, blob_size, check_filehash, transfer_timeout
+from metadisk.store.hosts import (
+    SLOWEST_RATE,
+    HostError,
+    blob_size,
+    check_filehash,
+    transfer_timeout,
+)
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
 
 RCLONE = Tool(
@@ -105,6 +111,7 @@ class RcloneHost:
     _run_blocking: RunBlocking
     check_timeout: float = CHECK_TIMEOUT  # an existence check: short, whatever the transfers get
     bwlimit: str = ""  # rclone's --bwlimit (UP:DOWN) from the node's bandwidth limits; "": none
+    slowest_rate: float = SLOWEST_RATE  # what a transfer is timed by: below any --bwlimit
 
     def _object(self, filehash: str) -> str:
         check_filehash(filehash)
@@ -122,6 +129,9 @@ class RcloneHost:
             self._redact(e)
             raise
         return result.text
+
+    def _transfer_timeout(self, size: int) -> float:
+        return transfer_timeout(self._runner.timeout, size, self.slowest_rate)
 
     def _limit(self) -> tuple[str, ...]:
         return (f"--bwlimit={self.bwlimit}",) if self.bwlimit else ()
@@ -146,7 +156,7 @@ class RcloneHost:
                 "--ignore-times",
                 source,
                 self._object(filehash),
-                timeout=transfer_timeout(self._runner.timeout, blob_size(source)),
+                timeout=self._transfer_timeout(blob_size(source)),
             )
             return object_url(self.remote, filehash)
 
@@ -166,7 +176,7 @@ class RcloneHost:
                     "--ignore-times",
                     source,
                     str(partial),
-                    timeout=transfer_timeout(self._runner.timeout, size),
+                    timeout=self._transfer_timeout(size),
                 )
                 await self._run_blocking(os.replace, partial, target)
             finally:
