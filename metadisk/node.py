@@ -162,7 +162,7 @@ async def build_node(
         meters=meters,
         unmetered=local,
         metrics=metrics,
-        url_fetcher=URLHost(http, config.capacity),
+        url_fetcher=URLHost(http, config.capacity, reactor),
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)

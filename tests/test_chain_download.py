@@ -6,15 +6,19 @@ fetched from the record's http(s) URL, and verified by its SHA-256.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -23,9 +27,9 @@ from metadisk.chain import codec
 from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient
-from metadisk.chain.urlhost import URLHost
+from metadisk.chain.urlhost import PROGRESS_WINDOW, BlobReceiver, URLHost
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
-from metadisk.store.hosts import HostError
+from metadisk.store.hosts import SLOWEST_RATE, HostError
 from tests.fake_florincoind import FakeFlorincoind
 from tests.support import json_of, start_node, test_config
 
@@ -54,14 +58,14 @@ class URLHostTests(TestCase):
         filehash = hashlib.sha256(blob).hexdigest()
         server = BlobServer(self, {"blob": blob})
         target = Path(self.mktemp())
-        host = URLHost(http_client(), max_size=200_000)
+        host = URLHost(http_client(), 200_000, reactor)
         await host.fetch(filehash, server.url("blob"), str(target), len(blob))
         self.assertEqual(target.read_bytes(), blob)
         self.assertTrue(await host.exists(filehash, server.url("blob")))
 
     async def test_refusals(self) -> None:
         server = BlobServer(self, {"blob": b"x" * 5000})
-        host = URLHost(http_client(), max_size=1000)
+        host = URLHost(http_client(), 1000, reactor)
         target = str(Path(self.mktemp()))
         for url in (server.url("blob"), server.url("missing"), "file:///etc/passwd", "ftp://x/y"):
             with self.assertRaises(HostError):
@@ -72,7 +76,7 @@ class URLHostTests(TestCase):
     async def test_no_more_than_the_record_says(self) -> None:
         """A URL that serves more bytes than the record's size is refused, cache room or not."""
         server = BlobServer(self, {"blob": b"x" * 5000})
-        host = URLHost(http_client(), max_size=1_000_000)
+        host = URLHost(http_client(), 1_000_000, reactor)
         target = Path(self.mktemp())
         with self.assertRaises(HostError) as caught:
             await host.fetch("ab" * 32, server.url("blob"), str(target), 4999)
@@ -124,3 +128,51 @@ class DownloadFromChainTests(TestCase):
             response.headers.getRawHeaders("content-disposition"),
             [f'attachment; filename="{filehash[:7]}_from elsewhere.bin"'],
         )
+
+
+class BlobReceiverTests(SynchronousTestCase):
+    """
+    A URL's bytes must keep coming: a server that stalls or trickles is cut
+    off within a window, so it cannot hold the cache room set aside for it.
+    """
+
+    def receiver(self) -> tuple[BlobReceiver, io.BytesIO, StringTransport, Clock]:
+        file, transport, clock = io.BytesIO(), StringTransport(), Clock()
+        receiver = BlobReceiver(file, 10**9, "http://example.net/blob", clock)
+        receiver.makeConnection(transport)
+        return receiver, file, transport, clock
+
+    def test_a_steady_body_is_written(self) -> None:
+        receiver, file, _, clock = self.receiver()
+        for _ in range(3):
+            receiver.dataReceived(b"x" * int(SLOWEST_RATE * PROGRESS_WINDOW))
+            clock.advance(PROGRESS_WINDOW)
+        receiver.connectionLost(Failure(ResponseDone()))
+        self.successResultOf(receiver.done)
+        self.assertEqual(len(file.getvalue()), 3 * SLOWEST_RATE * PROGRESS_WINDOW)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_trickle_is_cut_off(self) -> None:
+        receiver, _, transport, clock = self.receiver()
+        receiver.dataReceived(b"x" * int(SLOWEST_RATE * PROGRESS_WINDOW))
+        clock.advance(PROGRESS_WINDOW)
+        self.assertNoResult(receiver.done)
+        receiver.dataReceived(b"x" * 1000)
+        clock.advance(PROGRESS_WINDOW)
+        failure = self.failureResultOf(receiver.done, HostError)
+        self.assertIn("slower than", failure.getErrorMessage())
+        self.assertEqual(transport.producerState, "stopped")
+        receiver.connectionLost(Failure(ConnectionLost()))  # what the dropped connection says
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_stall_is_cut_off(self) -> None:
+        receiver, _, transport, clock = self.receiver()
+        clock.advance(PROGRESS_WINDOW)
+        self.failureResultOf(receiver.done, HostError)
+        self.assertEqual(transport.producerState, "stopped")
+
+    def test_a_cut_body_is_an_error(self) -> None:
+        receiver, _, _, _ = self.receiver()
+        receiver.dataReceived(b"x" * 10)
+        receiver.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(receiver.done, HostError)

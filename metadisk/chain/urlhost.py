@@ -2,19 +2,26 @@
 Blobs named by a record from the chain on a host this node has not
 configured: fetched from the record's http(s) URL with treq. The caller
 (L{metadisk.store.cloudsync.CloudSync.fetch}) checks the SHA-256, so a URL
-can waste a download but never serve wrong bytes.
+can waste a download but never serve wrong bytes; and it cannot hold the
+cache room set aside for it for long: the bytes must keep coming.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, BinaryIO
 
 from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
-from metadisk.store.hosts import HostError, check_filehash
+from metadisk.store.hosts import SLOWEST_RATE, HostError, check_filehash
+
+PROGRESS_WINDOW = 30.0  # seconds: in each, at least SLOWEST_RATE bytes a second must arrive
 
 
 @implementer(IFileHost)
@@ -24,6 +31,7 @@ class URLHost:
 
     _http: Any  # a treq HTTPClient: https is verified by its agent
     max_size: int  # bytes: no blob is larger than the cache that is to hold it
+    _clock: IReactorTime
     name: str = "url"
 
     def store(self, filehash: str, path: str) -> Deferred[str]:
@@ -42,17 +50,10 @@ class URLHost:
             raise HostError(f"{url[:100]}: HTTP {response.code}")
         # The record's size, which the chain could overstate: never more than the cache holds.
         limit = min(size, self.max_size)
-        received = 0
         with open(destination, "wb") as f:
-
-            def write(data: bytes) -> None:
-                nonlocal received
-                received += len(data)
-                if received > limit:
-                    raise HostError(f"{url[:100]}: larger than {limit} bytes")
-                f.write(data)
-
-            await response.collect(write)
+            receiver = BlobReceiver(f, limit, url[:100], self._clock)
+            response.deliverBody(receiver)
+            await receiver.done
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:
         async def exists() -> bool:
@@ -60,3 +61,55 @@ class URLHost:
             return bool(response.code == 200)
 
         return Deferred.fromCoroutine(exists())
+
+
+class BlobReceiver(Protocol):
+    """
+    Writes a response body to a file: no more than C{limit} bytes, and at
+    least L{SLOWEST_RATE} bytes a second in every L{PROGRESS_WINDOW}, or the
+    connection is dropped.
+    """
+
+    def __init__(self, file: BinaryIO, limit: int, url: str, clock: IReactorTime) -> None:
+        self._file = file
+        self._limit = limit
+        self._url = url
+        self._clock = clock
+        self._received = 0
+        self._checked = 0  # bytes received at the last progress check
+        self._check: IDelayedCall | None = None
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self._check = self._clock.callLater(PROGRESS_WINDOW, self._check_progress)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._abort(f"larger than {self._limit} bytes")
+            return
+        self._file.write(data)
+
+    def _check_progress(self) -> None:
+        if self._received - self._checked < SLOWEST_RATE * PROGRESS_WINDOW:
+            self._check = None
+            self._abort(f"slower than {SLOWEST_RATE} bytes/s")
+            return
+        self._checked = self._received
+        self._check = self._clock.callLater(PROGRESS_WINDOW, self._check_progress)
+
+    def _abort(self, why: str) -> None:
+        self.done.errback(HostError(f"{self._url}: {why}"))
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._check is not None and self._check.active():
+            self._check.cancel()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(HostError(f"{self._url}: {reason.getErrorMessage()}"))
