@@ -147,7 +147,8 @@ class NodeService(service.MultiService):
 def _exit_failed() -> None:
     # twistd ends with status 0 whatever stopped its reactor; by the time this
     # runs (the interpreter's exit) it has stopped the services and removed its
-    # pid file, so only the status is left to set.
+    # pid file, so only the status is left to set. Registered last, it runs first
+    # and skips the other exit handlers: the logs are written as they go.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
