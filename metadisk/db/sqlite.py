@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,8 +19,21 @@ from metadisk.interfaces import IDatabase, ITransaction
 T = TypeVar("T")
 
 
+WAL_ATTEMPTS = 100  # …a tenth of a second apart
+
+
 def _prepare(connection: sqlite3.Connection) -> None:
-    connection.execute("PRAGMA journal_mode=WAL")
+    """On the pool thread, for each new connection."""
+    # Turning a new file to WAL takes a lock that SQLite refuses at once, without its
+    # busy timeout, when another process is doing the same: try again for a while.
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1)
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
 
