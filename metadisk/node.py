@@ -89,7 +89,7 @@ class Node:
         return self.store.sync
 
     async def close(self) -> None:
-        """Finish what is in flight, write the meters, close the database."""
+        """Stop the cloud sync (copies in flight cancelled), write the meters, close the db."""
         await self.sync.stop()
         try:
             await self.meters.flush()

@@ -125,7 +125,7 @@ class NodeService(service.MultiService):
 
     async def _stop(self) -> None:
         if self.node is not None:
-            # First: the cloud sync timer's stop would wait for every blob of its round.
+            # First: the cloud sync timer's stop would wait for its round, copies and all.
             await self.node.sync.stop()
         for port in (self.port, self.private_port):
             if port is not None:

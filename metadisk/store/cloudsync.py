@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -70,6 +70,7 @@ class CloudSync:
     _running: Deferred | None = None
     _again: bool = False
     _stopping: bool = False
+    _stores: set[Deferred[str]] = field(factory=set)  # copies to hosts in flight
     _meters: Meters | None = None  # host transfers count in the node's bandwidth…
     _unmetered: frozenset[str] = frozenset()  # …but those of local directories cross no network
     metrics: Metrics = field(factory=Metrics)
@@ -117,9 +118,11 @@ class CloudSync:
             await self._running
 
     async def stop(self) -> None:
-        """The node stops: finish the blob in progress, start no other (the queue keeps them)."""
+        """The node stops: cancel the copies to hosts in flight, start no other."""
         self._stopping = True
         self._again = False
+        for store in list(self._stores):
+            store.cancel()  # the queue keeps their blobs for the next start
         await self.idle()
 
     async def _rounds(self) -> None:
@@ -184,7 +187,7 @@ class CloudSync:
             and filehash in self._cache
         ]
         path = str(self._cache.path(filehash))
-        while need > 0 and candidates:
+        while need > 0 and candidates and not self._stopping:
             batch, candidates = candidates[:need], candidates[need:]
             results = await DeferredList(
                 [self._store(host, filehash, path) for host in batch], consumeErrors=True
@@ -201,6 +204,8 @@ class CloudSync:
             await self._db.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
             self.log.info("{filehash} is on {copies} hosts", filehash=filehash, copies=self.copies)
             return
+        if self._stopping:
+            return  # cut short, not failed: due again at the next start, as it was
         error = "; ".join(errors) or "not enough healthy hosts"
         self.log.warn(
             "{filehash}: {need} copies still missing ({error})",
@@ -249,7 +254,14 @@ class CloudSync:
             health = self._health[host.name]
             try:
                 timeout = transfer_timeout(self.timeout, blob_size(path), self.slowest_rate)
-                url = await host.store(filehash, path).addTimeout(timeout, self._clock)
+                store = host.store(filehash, path).addTimeout(timeout, self._clock)
+                self._stores.add(store)
+                try:
+                    url = await store
+                finally:
+                    self._stores.discard(store)
+            except CancelledError:
+                raise  # the node stops: no fault of the host's
             except Exception as e:
                 health.failed(self._clock.seconds())
                 self.metrics.host_failed(host.name, "store")
