@@ -89,8 +89,9 @@ class Node:
         return self.store.sync
 
     async def close(self) -> None:
-        """Stop the cloud sync (copies in flight cancelled), write the meters, close the db."""
+        """Cancel the host transfers in flight, write the meters, close the database."""
         await self.sync.stop()
+        await self.store.stop()
         try:
             await self.meters.flush()
         except Exception:

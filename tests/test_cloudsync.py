@@ -15,7 +15,7 @@ from typing import Any
 
 from attrs import evolve
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -26,6 +26,7 @@ from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, CloudSync, NoCopyAvailable
+from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
@@ -296,6 +297,54 @@ class FetchTests(TestCase):
         await grid.sync.run_once()
         grid.cache.discard(filehash)  # evicted: downloads must come from the hosts
         return filehash
+
+    def file_store(self, grid: Grid) -> FileStore:
+        incoming = grid.base / "incoming-files"
+        incoming.mkdir()
+        return FileStore(
+            grid.db, grid.catalog, grid.cache, grid.sync, grid.clock, in_caller, b"s", incoming
+        )
+
+    async def test_a_reader_leaving_does_not_cancel_a_shared_fetch(self) -> None:
+        grid = await Grid.create(self)
+        content = os.urandom(5000)
+        filehash = await self.stored(grid, content)
+        record = await grid.catalog.find(filehash)
+        store = self.file_store(grid)
+        first_host = grid.host(record.uploads[0][0])
+        first_host.hanging = True
+        leaving = Deferred.fromCoroutine(store.open_blob(record))
+        staying = Deferred.fromCoroutine(store.open_blob(record))
+        await eventually(lambda: first_host.hung)
+        leaving.cancel()
+        self.failureResultOf(leaving, CancelledError)
+        self.assertFalse(first_host.hung[0].called)  # the fetch goes on for the other reader
+        grid.clock.advance(grid.sync.timeout + 1)  # the first host never answers: the next one
+        with await staying as blob:
+            self.assertEqual(blob.read(), content)
+        self.assertIn(filehash, grid.cache)
+
+    async def test_stop_cancels_the_fetches_in_flight(self) -> None:
+        grid = await Grid.create(self)
+        filehash = await self.stored(grid, b"never mind")
+        record = await grid.catalog.find(filehash)
+        store = self.file_store(grid)
+        for name in ("h0", "h1", "h2"):
+            grid.host(name).hanging = True
+        reading = Deferred.fromCoroutine(store.open_blob(record))
+        await eventually(lambda: grid.host(record.uploads[0][0]).hung)
+        await store.stop()  # no clock advance: nothing waits for a timeout
+        self.failureResultOf(reading, CancelledError)
+        self.assertEqual(sum(len(grid.host(n).hung) for n in ("h0", "h1", "h2")), 1)  # no next
+        self.assertEqual(os.listdir(store.incoming), [])
+        self.assertIsNone(
+            grid.sync.metrics.registry.get_sample_value(
+                "metadisk_host_failures_total",
+                {"host": record.uploads[0][0], "operation": "fetch"},
+            )
+        )
+        # The room set aside for it is given back: the whole cache can be allocated.
+        grid.cache.release(await grid.cache.allocate(grid.cache.capacity))
 
     async def test_corrupted_copy_detected_and_file_served_intact(self) -> None:
         grid = await Grid.create(self)

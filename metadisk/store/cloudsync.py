@@ -299,6 +299,8 @@ class CloudSync:
                 )
                 self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
                 actual = await self._run_blocking(sha256_file, str(destination))
+            except CancelledError:
+                raise  # the node stops: no fault of the host's, and no next host
             except Exception as e:
                 self.metrics.host_failed(name, "fetch")
                 self.log.warn(

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metadisk.chain.queue import enqueue as enqueue_for_chain
 from metadisk.crypto import convergent_key, encrypt_in_place
@@ -34,7 +35,8 @@ class FileStore:
     _run_blocking: RunBlocking
     _convergence_secret: bytes
     incoming: Path
-    _fetching: dict[str, list[Deferred[None]]] = field(factory=dict)
+    # Blobs being fetched into the cache: the fetch, and the readers waiting for it.
+    _fetching: dict[str, tuple[Deferred[None], list[Deferred[None]]]] = field(factory=dict)
 
     log = Logger()
 
@@ -110,28 +112,47 @@ class FileStore:
         # Opened at once: an eviction after this point cannot take it away from the reader.
         return open(self.cache.path(filehash), "rb")
 
-    async def _fetch_once(self, record: FileRecord) -> None:
-        """Fetch a blob into the cache; concurrent callers share one fetch."""
+    def _fetch_once(self, record: FileRecord) -> Deferred[None]:
+        """
+        Fetch a blob into the cache; concurrent readers share one fetch. A
+        reader that leaves (cancels) stops waiting, but not the fetch: others
+        may wait for it, and the blob is worth caching all the same.
+        """
         filehash = record.filehash
+        waiter: Deferred[None] = Deferred()
         if filehash in self._fetching:
-            waiter: Deferred[None] = Deferred()
-            self._fetching[filehash].append(waiter)
-            await waiter
-            return
-        self._fetching[filehash] = []
+            self._fetching[filehash][1].append(waiter)
+            return waiter
+
+        def fetched(result: object) -> None:
+            _, waiters = self._fetching.pop(filehash)
+            for each in waiters:
+                if each.called:
+                    continue  # a reader that left, answered with CancelledError
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(None)
+
+        fetch = Deferred.fromCoroutine(self._fetch(record))
+        self._fetching[filehash] = (fetch, [waiter])
+        fetch.addBoth(fetched)
+        return waiter
+
+    async def _fetch(self, record: FileRecord) -> None:
+        allocation = await self.cache.allocate(record.filesize)
+        destination = self.temporary(".fetch")
         try:
-            allocation = await self.cache.allocate(record.filesize)
-            destination = self.temporary(".fetch")
-            try:
-                await self.sync.fetch(filehash, destination, record.filesize)
-            except BaseException:
-                destination.unlink(missing_ok=True)
-                self.cache.release(allocation)
-                raise
-            self.cache.add(filehash, destination, allocation)
-        except BaseException as e:
-            for waiter in self._fetching.pop(filehash):
-                waiter.errback(e)
+            await self.sync.fetch(record.filehash, destination, record.filesize)
+        except BaseException:
+            destination.unlink(missing_ok=True)
+            self.cache.release(allocation)
             raise
-        for waiter in self._fetching.pop(filehash):
-            waiter.callback(None)
+        self.cache.add(record.filehash, destination, allocation)
+
+    async def stop(self) -> None:
+        """The node stops: cancel the fetches in flight (their readers are gone)."""
+        fetches = [fetch for fetch, _ in self._fetching.values()]
+        for fetch in fetches:
+            fetch.cancel()
+        await DeferredList(fetches)
