@@ -90,8 +90,13 @@ class Node:
 
     async def close(self) -> None:
         """Cancel the host transfers in flight, write the meters, close the database."""
-        await self.sync.stop()
-        await self.store.stop()
+        # Both cancel what they have in flight, and then wait for it to end.
+        await defer.gatherResults(
+            [
+                defer.Deferred.fromCoroutine(self.sync.stop()),
+                defer.Deferred.fromCoroutine(self.store.stop()),
+            ]
+        )
         try:
             await self.meters.flush()
         except Exception:

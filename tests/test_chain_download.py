@@ -9,16 +9,19 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -170,6 +173,34 @@ class BlobReceiverTests(SynchronousTestCase):
         clock.advance(PROGRESS_WINDOW)
         self.failureResultOf(receiver.done, HostError)
         self.assertEqual(transport.producerState, "stopped")
+
+    def test_a_body_ended_by_its_connection_is_taken(self) -> None:
+        """No length given: the end of the connection ends the body (the hash check judges)."""
+        receiver, file, _, clock = self.receiver()
+        receiver.dataReceived(b"x" * 10)
+        receiver.connectionLost(Failure(PotentialDataLoss()))
+        self.successResultOf(receiver.done)
+        self.assertEqual(file.getvalue(), b"x" * 10)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancel_hangs_up(self) -> None:
+        receiver, _, transport, clock = self.receiver()
+        receiver.done.cancel()
+        self.failureResultOf(receiver.done, CancelledError)
+        self.assertEqual(transport.producerState, "stopped")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        receiver.dataReceived(b"late")  # ignored
+
+    def test_headers_must_come_too(self) -> None:
+        class Silent:
+            def get(self, url: str, **options: Any) -> Deferred[Any]:
+                return Deferred()
+
+        clock = Clock()
+        host = URLHost(Silent(), 10**9, clock)
+        fetched = host.fetch("ab" * 32, "http://example.net/blob", self.mktemp(), 100)
+        clock.advance(PROGRESS_WINDOW)
+        self.failureResultOf(fetched, defer.TimeoutError)
 
     def test_a_cut_body_is_an_error(self) -> None:
         receiver, _, _, _ = self.receiver()

@@ -171,6 +171,28 @@ class ReplicationTests(TestCase):
         self.assertTrue(grid.host("h1").hung[0].called)  # cancelled, not left dangling
         self.assertEqual(await grid.holders(filehash), ["h0", "h2", "h3"])
 
+    async def test_stop_cancels_a_restore_in_flight(self) -> None:
+        """A round fetching a lost copy's blob back from a host is cut short the same."""
+        grid = await Grid.create(self)
+        filehash = await grid.add(b"restore me")
+        await grid.sync.run_once()
+        grid.cache.discard(filehash)
+        await grid.sync.forget(filehash, "h0")  # repair found h0's copy gone
+        for name in ("h1", "h2"):
+            grid.host(name).hanging = True
+        grid.sync.kick()
+        await eventually(lambda: grid.host("h1").hung or grid.host("h2").hung)
+        stopped = Deferred.fromCoroutine(grid.sync.stop())
+        await eventually(lambda: stopped.called)
+        self.assertEqual(await grid.queued(), [(filehash, 0)])
+        self.assertEqual(os.listdir(grid.cache.root), [])  # no partial restore left
+        for name in ("h1", "h2"):
+            self.assertIsNone(
+                grid.sync.metrics.registry.get_sample_value(
+                    "metadisk_host_failures_total", {"host": name, "operation": "fetch"}
+                )
+            )
+
     async def test_idle_waits_for_rounds_asked_for_meanwhile(self) -> None:
         """
         An upload during a round asks for another; idle() waits for it too,
@@ -206,7 +228,8 @@ class ReplicationTests(TestCase):
         second = await grid.add(b"second")
         grid.sync.kick()
         await eventually(lambda: grid.host("h0").hung)
-        await grid.sync.stop()  # no clock advance: nothing waits for a timeout
+        stopped = Deferred.fromCoroutine(grid.sync.stop())
+        await eventually(lambda: stopped.called)  # no clock advance: no timeout waited for
         self.assertTrue(grid.host("h0").hung[0].called)
         self.assertEqual(await grid.holders(first), ["h1", "h2"])
         self.assertEqual(await grid.holders(second), [])

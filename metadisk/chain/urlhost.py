@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
@@ -44,9 +45,12 @@ class URLHost:
         check_filehash(filehash)
         if not url.startswith(("http://", "https://")):
             raise HostError(f"not an http(s) URL: {url[:100]!r}")
-        response = await self._http.get(url, unbuffered=True)
+        # The headers come within a window too; a refusal's body is not worth reading.
+        response = await self._http.get(url, unbuffered=True).addTimeout(
+            PROGRESS_WINDOW, self._clock
+        )
         if response.code != 200:
-            await response.collect(lambda _: None)
+            response.deliverBody(_Hangup())
             raise HostError(f"{url[:100]}: HTTP {response.code}")
         # The record's size, which the chain could overstate: never more than the cache holds.
         limit = min(size, self.max_size)
@@ -78,7 +82,8 @@ class BlobReceiver(Protocol):
         self._received = 0
         self._checked = 0  # bytes received at the last progress check
         self._check: IDelayedCall | None = None
-        self.done: Deferred[None] = Deferred()
+        # Cancelled (a timeout, the node stopping): the connection is dropped.
+        self.done: Deferred[None] = Deferred(lambda _: self._hang_up())
 
     def connectionMade(self) -> None:
         self._check = self._clock.callLater(PROGRESS_WINDOW, self._check_progress)
@@ -93,23 +98,39 @@ class BlobReceiver(Protocol):
         self._file.write(data)
 
     def _check_progress(self) -> None:
+        self._check = None
         if self._received - self._checked < SLOWEST_RATE * PROGRESS_WINDOW:
-            self._check = None
             self._abort(f"slower than {SLOWEST_RATE} bytes/s")
             return
         self._checked = self._received
         self._check = self._clock.callLater(PROGRESS_WINDOW, self._check_progress)
 
-    def _abort(self, why: str) -> None:
-        self.done.errback(HostError(f"{self._url}: {why}"))
+    def _hang_up(self) -> None:
+        if self._check is not None and self._check.active():
+            self._check.cancel()
+        self._check = None
         self.transport.stopProducing()
+
+    def _abort(self, why: str) -> None:
+        self._hang_up()  # first: the errback may go on to another host at once
+        self.done.errback(HostError(f"{self._url}: {why}"))
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._check is not None and self._check.active():
             self._check.cancel()
         if self.done.called:
             return
-        if reason.check(ResponseDone):
+        # A body that ends with the connection (no length given) may be whole: the
+        # SHA-256 check tells.
+        if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
-            self.done.errback(HostError(f"{self._url}: {reason.getErrorMessage()}"))
+            why = reason.getErrorMessage() or reason.type.__name__
+            self.done.errback(HostError(f"{self._url}: {why}"))
+
+
+class _Hangup(Protocol):
+    """Takes a response body by dropping its connection."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()

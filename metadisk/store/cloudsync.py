@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -22,6 +23,8 @@ from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.hosts import SLOWEST_RATE, blob_size, transfer_timeout
+
+T = TypeVar("T")
 
 BATCH = 8  # blobs replicated per round
 FAILURES_BEFORE_UNHEALTHY = 3
@@ -70,7 +73,7 @@ class CloudSync:
     _running: Deferred | None = None
     _again: bool = False
     _stopping: bool = False
-    _stores: set[Deferred[str]] = field(factory=set)  # copies to hosts in flight
+    _transfers: set[Deferred[Any]] = field(factory=set)  # the rounds' host transfers in flight
     _meters: Meters | None = None  # host transfers count in the node's bandwidth…
     _unmetered: frozenset[str] = frozenset()  # …but those of local directories cross no network
     metrics: Metrics = field(factory=Metrics)
@@ -118,12 +121,20 @@ class CloudSync:
             await self._running
 
     async def stop(self) -> None:
-        """The node stops: cancel the copies to hosts in flight, start no other."""
+        """The node stops: cancel the rounds' host transfers in flight, start no other."""
         self._stopping = True
         self._again = False
-        for store in list(self._stores):
-            store.cancel()  # the queue keeps their blobs for the next start
+        for transfer in list(self._transfers):
+            transfer.cancel()  # the queue keeps their blobs for the next start
         await self.idle()
+
+    async def _transfer(self, transfer: Deferred[T]) -> T:
+        """Wait for a round's host transfer, which L{stop} may cancel."""
+        self._transfers.add(transfer)
+        try:
+            return await transfer
+        finally:
+            self._transfers.discard(transfer)
 
     async def _rounds(self) -> None:
         try:
@@ -173,6 +184,8 @@ class CloudSync:
             # restore it from a host that still holds a good copy.
             try:
                 await self._recache(filehash)
+            except CancelledError:
+                return  # the node stops: the blob stays queued as it was
             except Exception as e:
                 errors.append(f"no copy to restore from: {e!r}")
         # Read after any fetch: a corrupt copy met on the way no longer counts.
@@ -228,7 +241,9 @@ class CloudSync:
         # Not a blob's name: the cache clears it at start if a crash leaves it.
         partial = self._cache.root / f"{filehash}.restore"
         try:
-            await self.fetch(filehash, partial, record.filesize)
+            await self._transfer(
+                Deferred.fromCoroutine(self.fetch(filehash, partial, record.filesize))
+            )
         except BaseException:
             self._cache.release(allocation)
             partial.unlink(missing_ok=True)
@@ -254,12 +269,9 @@ class CloudSync:
             health = self._health[host.name]
             try:
                 timeout = transfer_timeout(self.timeout, blob_size(path), self.slowest_rate)
-                store = host.store(filehash, path).addTimeout(timeout, self._clock)
-                self._stores.add(store)
-                try:
-                    url = await store
-                finally:
-                    self._stores.discard(store)
+                url = await self._transfer(
+                    host.store(filehash, path).addTimeout(timeout, self._clock)
+                )
             except CancelledError:
                 raise  # the node stops: no fault of the host's
             except Exception as e:
@@ -320,6 +332,8 @@ class CloudSync:
                 # One of ours: replication puts a good copy back there.
                 try:
                     await self.forget(filehash, name)
+                except CancelledError:
+                    raise
                 except Exception:
                     self.log.failure("could not drop the corrupt copy on {host}", host=name)
         if destination.exists():

@@ -126,6 +126,9 @@ class FileStore:
 
         def fetched(result: object) -> None:
             _, waiters = self._fetching.pop(filehash)
+            if isinstance(result, Failure) and all(each.called for each in waiters):
+                # Its readers have left: no one else would hear of it.
+                self.log.warn("fetching {filehash} failed: {e}", filehash=filehash, e=result.value)
             for each in waiters:
                 if each.called:
                     continue  # a reader that left, answered with CancelledError
