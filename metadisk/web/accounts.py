@@ -6,12 +6,10 @@ import hmac
 from typing import Any
 
 from attrs import define
-from klein import Klein
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metadisk.ledger import BalanceFull, BalanceInsufficient, Ledger, UnknownToken
-from metadisk.web.errors import APIError, render_failure, write_json
+from metadisk.web.errors import APIError, json_app, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.params import byte_count, parameter
 
@@ -28,14 +26,10 @@ class AccountsAPI:
     # True when [node] private_listen is set: deposit and withdraw are served only there.
     _private_only: bool = False
 
-    app = Klein()
+    app = json_app()
 
     def resource(self) -> Any:
         return self.app.resource()
-
-    @app.handle_errors(Exception)
-    def _error(self, request: IRequest, failure: Failure) -> bytes:
-        return render_failure(request, failure)
 
     def _authenticate(self, request: IRequest) -> None:
         site = getattr(request, "site", None)

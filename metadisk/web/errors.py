@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -79,6 +80,14 @@ def as_api_error(failure: Failure) -> APIError:
 
 
 def render_failure(request: IRequest, failure: Failure) -> bytes:
-    """For Klein's C{handle_errors}: the failure as the API's JSON answer."""
+    """The failure as the API's JSON answer."""
     e = as_api_error(failure)
     return write_json(request, e.status, e.body, e.headers)
+
+
+def json_app() -> Klein:
+    """A Klein app for a class of routes: whatever they raise is answered as JSON."""
+    app = Klein()
+    # Bound to an instance, Klein hands it the instance first.
+    app.handle_errors(Exception)(lambda _, request, failure: render_failure(request, failure))
+    return app

@@ -8,9 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from attrs import define
-from klein import Klein
 from twisted.internet.task import Cooperator
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
@@ -19,7 +17,7 @@ from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
 from metadisk.throttle import Throttle
-from metadisk.web.errors import error, render_failure, write_json
+from metadisk.web.errors import error, json_app, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
@@ -81,14 +79,10 @@ class FilesAPI:
     _chain_status: ChainStatus
     _outgoing: Throttle | None = None  # the download bandwidth limits
 
-    app = Klein()
+    app = json_app()
 
     def resource(self) -> Any:
         return self.app.resource()
-
-    @app.handle_errors(Exception)
-    def _error(self, request: IRequest, failure: Failure) -> bytes:
-        return render_failure(request, failure)
 
     @app.route("/upload", methods=["POST"])
     async def upload(self, request: IRequest) -> bytes:

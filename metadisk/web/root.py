@@ -8,13 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import define, field
-from klein import Klein
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metadisk.metrics import Metrics
 from metadisk.web.accounts import AccountsAPI
-from metadisk.web.errors import error, render_failure
+from metadisk.web.errors import error, json_app
 from metadisk.web.files import FilesAPI
 from metadisk.web.page import WebPage
 
@@ -26,14 +24,10 @@ class NodeRoot:
     _page: WebPage = field(factory=WebPage.from_package)
     _metrics: Metrics | None = None  # None: no /metrics
 
-    app = Klein()
+    app = json_app()
 
     def resource(self) -> Any:
         return self.app.resource()
-
-    @app.handle_errors(Exception)
-    def _error(self, request: IRequest, failure: Failure) -> bytes:
-        return render_failure(request, failure)
 
     @app.route("/api/", branch=True)
     def api(self, request: IRequest) -> Any:
