@@ -268,7 +268,7 @@ class CloudSync:
         async def store() -> str:
             health = self._health[host.name]
             try:
-                timeout = transfer_timeout(self.timeout, blob_size(path), self.slowest_rate)
+                timeout = self._transfer_timeout(blob_size(path))
                 url = await self._transfer(
                     host.store(filehash, path).addTimeout(timeout, self._clock)
                 )
@@ -284,6 +284,9 @@ class CloudSync:
             return url
 
         return Deferred.fromCoroutine(store())
+
+    def _transfer_timeout(self, size: int) -> float:
+        return transfer_timeout(self.timeout, size, self.slowest_rate)
 
     def _count(self, host: IFileHost, direction: str, path: str) -> None:
         # Host tools report no progress: a host transfer counts when it is complete.
@@ -306,9 +309,7 @@ class CloudSync:
                 continue
             try:
                 d = host.fetch(filehash, url, str(destination), size)
-                await d.addTimeout(
-                    transfer_timeout(self.timeout, size, self.slowest_rate), self._clock
-                )
+                await d.addTimeout(self._transfer_timeout(size), self._clock)
                 self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
                 actual = await self._run_blocking(sha256_file, str(destination))
             except CancelledError:

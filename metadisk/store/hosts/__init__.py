@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,19 @@ class HostError(Exception):
     """A host could not do what was asked; the message says why."""
 
 
-def blob_size(path: str | Path) -> int:
-    """The size of the blob to store at C{path}, or a L{HostError} if it cannot be read."""
+@contextmanager
+def host_errors() -> Iterator[None]:
+    """What the filesystem refuses (gone, unmounted, read-only, I/O error) is the host's error."""
     try:
-        return os.stat(path).st_size
+        yield
     except OSError as e:
         raise HostError(f"{e.strerror}: {e.filename}") from None
+
+
+def blob_size(path: str | Path) -> int:
+    """The size of the blob to store at C{path}, or a L{HostError} if it cannot be read."""
+    with host_errors():
+        return os.stat(path).st_size
 
 
 def check_filehash(filehash: str) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +22,7 @@ from zope.interface import implementer
 from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, check_filehash
+from metadisk.store.hosts import HostError, check_filehash, host_errors
 
 # copy_file_range cannot do this copy (another filesystem, an old kernel, a special file…).
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -57,18 +55,9 @@ def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
             done += dst.write(view[done:n])
 
 
-@contextmanager
-def _as_host_error() -> Iterator[None]:
-    """What the filesystem refuses (gone, unmounted, read-only, I/O error) is the host's error."""
-    try:
-        yield
-    except OSError as e:
-        raise HostError(f"{e.strerror}: {e.filename}") from None
-
-
 def _copy(source: Path, destination: Path) -> None:
     partial = destination.with_name(destination.name + ".partial")
-    with _as_host_error():
+    with host_errors():
         try:
             # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
             with open(source, "rb", buffering=0) as src, open(partial, "wb", buffering=0) as dst:
@@ -150,7 +139,7 @@ class LocalDirectoryHost:
         target = self._object(filehash)
 
         def store() -> str:
-            with _as_host_error():
+            with host_errors():
                 if self._new and not self.marker.is_file():
                     self.root.mkdir(parents=True, exist_ok=True)  # a concurrent store may too
                     self._mark()
@@ -170,7 +159,7 @@ class LocalDirectoryHost:
         target = self._object(filehash)
 
         def exists() -> bool:
-            with _as_host_error():
+            with host_errors():
                 if target.is_file():
                     return True
                 self._check_marked()  # only the host's own folder may say a copy is gone
