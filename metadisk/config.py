@@ -1,7 +1,12 @@
 """
 The node's configuration: embedded defaults, a TOML file, then command-line
-overrides. Everything is validated when the node starts; a bad value raises
-L{ConfigError} naming the key, which the plugin prints as one line.
+overrides, validated when the node starts.
+
+Each TOML section is one frozen attrs class below, its fields named as the
+TOML keys, each with the converter and validators its values need; a new key
+is one field. L{config_from_dict} loads any section the same way. A bad value
+raises L{ConfigError} naming the key (C{section.key}), which the plugin
+prints as one line.
 """
 
 from __future__ import annotations
@@ -9,10 +14,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve, field, frozen
+from attrs import Attribute, evolve, field, fields, fields_dict, frozen
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
 
@@ -31,6 +37,7 @@ _UNITS = {
     "tib": 2**40,
 }
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -41,101 +48,275 @@ class ConfigError(Exception):
         self.key = key
 
 
-@frozen
-class HostConfig:
-    name: str
-    kind: str  # "local" | "rclone" | "plowshare"
-    setting: str  # path, remote or site, according to kind
+class Invalid(ValueError):
+    """What is wrong with a value, said without its key: the loader names the key."""
 
 
-@frozen
-class ChainConfig:
-    kind: str = "none"  # "none" | "florincoin" | "litecoin"
-    url: str = ""
-    min_confirmations: int = 1
-    poll_interval: float = 30.0
-    address: str = "F94Vd1E6Hx2uhntGRo8mn3aJvQLS4KXmSA"
-    amount: float = 0.05
-    timeout: float = 30.0  # seconds, every RPC call
-    rescan_depth: int = 10  # last blocks re-checked for reorganisations
-    start_height: int = 0  # the first block a new node reads
-    publish_wait: float = 3600.0  # seconds before a record goes out with fewer than `copies` hosts
+# Converters and validators. A converter turns the TOML value into the field's type and must
+# accept what it returns (attrs runs it again on evolve); a validator checks the result.
+
+Validator = Callable[[Any, Attribute, Any], None]
 
 
-@frozen
-class Config:
-    listen: str = "tcp:8080:interface=127.0.0.1"
-    data_dir: Path = Path("metadisk-data")
-    secret_key: str = ""  # empty: generated into the data dir on first start
-    cors_origins: tuple[str, ...] = ()
-    private_listen: str = ""  # empty: the private API is served on `listen` too
-    database_url: str = ""  # empty: SQLite in the data dir
-    capacity: int = 10 * 2**30
-    max_file_size: int = 2 * 2**30
-    rate_incoming: int = 0
-    rate_outgoing: int = 0
-    per_transfer_incoming: int = 0
-    per_transfer_outgoing: int = 0
-    monthly_incoming: int = 0
-    monthly_outgoing: int = 0
-    accounts_enabled: bool = True
-    guess_limit: int = 20  # unknown tokens one address may present per window
-    guess_window: int = 60  # seconds
-    convergence_secret: bytes = DEFAULT_CONVERGENCE_SECRET
-    hosts: tuple[HostConfig, ...] = field(default=())  # empty: three local hosts in the data dir
-    copies: int = 3
-    sync_interval: float = 1.0
-    repair_interval: float = 60.0  # seconds between repair rounds
-    repair_sample: int = 20  # stored copies checked per round; 0: no repair
-    chain: ChainConfig = ChainConfig()
-
-    @property
-    def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'metadisk.sqlite').resolve()}"
-
-    @property
-    def effective_hosts(self) -> tuple[HostConfig, ...]:
-        if self.hosts:
-            return self.hosts
-        root = self.data_dir / "hosts"
-        return tuple(
-            HostConfig(name=f"local{i}", kind="local", setting=str((root / f"local{i}").resolve()))
-            for i in (1, 2, 3)
-        )
-
-
-def parse_size(key: str, value: Any, *, allow_zero: bool = True) -> int:
+def size(value: Any) -> int:
     """A byte count: a whole number, or a string such as C{"10 GiB"}."""
     if isinstance(value, bool):
-        raise ConfigError(key, f"expected a size in bytes, got {value!r}")
+        raise Invalid(f"expected a size in bytes, got {value!r}")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
         unit = _UNITS.get(m.group(2).lower())
         if unit is None:
-            raise ConfigError(
-                key, f"unknown unit {m.group(2)!r} (use B, KB, MB, GB, KiB, MiB, GiB…)"
-            )
+            raise Invalid(f"unknown unit {m.group(2)!r} (use B, KB, MB, GB, KiB, MiB, GiB…)")
         number = int(float(m.group(1)) * unit)
     else:
-        raise ConfigError(key, f"expected a size in bytes, got {value!r}")
-    if number < 0 or number > MAX_BYTES or (number == 0 and not allow_zero):
-        raise ConfigError(key, f"out of range: {value!r}")
+        raise Invalid(f"expected a size in bytes, got {value!r}")
+    if number < 0 or number > MAX_BYTES:
+        raise Invalid(f"out of range: {value!r}")
     return number
 
 
-def _number(key: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < minimum:
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(key, f"expected {kind} >= {minimum}, got {value!r}")
-    return value
+def _not_zero(_: Any, __: Attribute, value: int) -> None:
+    if value == 0:
+        raise Invalid("out of range: 0")
 
 
-def _string(key: str, value: Any) -> str:
+def whole(minimum: int, maximum: int | None = None) -> Validator:
+    """A whole number from C{minimum} (to C{maximum})."""
+
+    def check(_: Any, __: Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise Invalid(f"expected a whole number >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise Invalid(f"at most {maximum}")
+
+    return check
+
+
+def number(minimum: float) -> Validator:
+    """A number (whole or not) from C{minimum}."""
+
+    def check(_: Any, __: Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise Invalid(f"expected a number >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _string(_: Any, __: Attribute, value: Any) -> None:
     if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {value!r}")
-    return value
+        raise Invalid(f"expected a string, got {value!r}")
+
+
+def _not_empty(_: Any, __: Attribute, value: str) -> None:
+    if not value:
+        raise Invalid("must not be empty")
+
+
+def _boolean(_: Any, __: Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise Invalid("expected true or false")
+
+
+def one_of(*choices: str) -> Validator:
+    def check(_: Any, __: Attribute, value: Any) -> None:
+        if value not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"expected a path, got {value!r}")
+    return Path(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise Invalid("expected a list of strings")
+    return tuple(value)
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    """A list of CIDR networks (C{"10.0.0.0/8"}, C{"::1/128"}), each checked."""
+    networks = _strings(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise Invalid(f"not a network (CIDR): {network!r}") from None
+    return networks
+
+
+def _secret(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str) or not value:
+        raise Invalid("must not be empty")
+    return value.encode("utf-8")
+
+
+def _secret_key(_: Any, __: Attribute, value: str) -> None:
+    if value and len(value) < 16:
+        raise Invalid("use at least 16 characters")
+
+
+def _database_url(_: Any, __: Attribute, value: str) -> None:
+    if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise Invalid("expected sqlite:///PATH or postgresql://…")
+
+
+def _local_endpoint(_: Any, __: Attribute, value: str) -> None:
+    """
+    A server endpoint string that only this machine can reach: C{unix:PATH},
+    or C{tcp:}/C{tcp6:}/C{ssl:} bound to a loopback C{interface}. Empty is
+    allowed (no such listener).
+    """
+    if not value:
+        return
+    # Endpoint strings escape ':' with a backslash (an IPv6 interface, for one).
+    parts = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", value)]
+    if parts[0] == "unix":
+        return
+    interface = next(
+        (f.removeprefix("interface=") for f in parts[1:] if f.startswith("interface=")), None
+    )
+    if parts[0] in ("tcp", "tcp6", "ssl") and interface is not None:
+        try:
+            if interface == "localhost" or ipaddress.ip_address(interface).is_loopback:
+                return
+        except ValueError:
+            pass
+    raise Invalid("must be local only: unix:PATH or tcp:PORT:interface=127.0.0.1 (or ::1)")
+
+
+def _chain_url(_: Any, __: Attribute, value: str) -> None:
+    if value and not value.startswith(("http://", "https://")):
+        raise Invalid("expected http://[user:password@]host:port or https://…")
+
+
+# The sections.
+
+
+@frozen
+class NodeConfig:
+    listen: str = field(default="tcp:8080:interface=127.0.0.1", validator=_string)
+    data_dir: Path = field(default=Path("metadisk-data"), converter=_path)
+    secret_key: str = field(default="", validator=[_string, _secret_key])  # "": generated
+    cors_origins: tuple[str, ...] = field(default=(), converter=_strings)
+    # The private API's own local-only listener; "": served on `listen` too.
+    private_listen: str = field(default="", validator=[_string, _local_endpoint])
+
+
+@frozen
+class DatabaseConfig:
+    url: str = field(default="", validator=[_string, _database_url])  # "": SQLite in data_dir
+
+
+@frozen
+class StorageConfig:
+    capacity: int = field(default=10 * 2**30, converter=size, validator=_not_zero)
+    max_file_size: int = field(default=2 * 2**30, converter=size, validator=_not_zero)
+
+
+@frozen
+class BandwidthConfig:
+    """Bytes per second, and bytes per calendar month; 0: no limit."""
+
+    rate_incoming: int = field(default=0, converter=size)
+    rate_outgoing: int = field(default=0, converter=size)
+    per_transfer_incoming: int = field(default=0, converter=size)
+    per_transfer_outgoing: int = field(default=0, converter=size)
+    monthly_incoming: int = field(default=0, converter=size)
+    monthly_outgoing: int = field(default=0, converter=size)
+
+
+@frozen
+class AccountsConfig:
+    enabled: bool = field(default=True, validator=_boolean)
+    guess_limit: int = field(default=20, validator=whole(1))  # unknown tokens per window
+    guess_window: int = field(default=60, validator=whole(1))  # seconds
+
+
+@frozen
+class CryptoConfig:
+    convergence_secret: bytes = field(default=DEFAULT_CONVERGENCE_SECRET, converter=_secret)
+
+
+@frozen
+class ReplicationConfig:
+    copies: int = field(default=3, validator=whole(1))
+    interval: float = field(default=1.0, validator=number(0.05))  # seconds between sync rounds
+    repair_interval: float = field(default=60.0, validator=number(1))  # seconds
+    repair_sample: int = field(default=20, validator=whole(0, 10_000))  # copies a round; 0: none
+
+
+@frozen
+class ChainConfig:
+    kind: str = field(default="none", validator=one_of("none", "florincoin", "litecoin"))
+    url: str = field(default="", validator=[_string, _chain_url])
+    min_confirmations: int = field(default=1, validator=whole(0))
+    poll_interval: float = field(default=30.0, validator=number(0.1))
+    address: str = field(default="F94Vd1E6Hx2uhntGRo8mn3aJvQLS4KXmSA", validator=_string)
+    amount: float = field(default=0.05, validator=number(0))
+    timeout: float = field(default=30.0, validator=number(0.1))  # seconds, every RPC call
+    rescan_depth: int = field(default=10, validator=whole(1, 10_000))  # blocks re-checked
+    start_height: int = field(default=0, validator=whole(0, 2**31))  # a new node's first block
+    # Seconds before a record goes out with fewer than `copies` hosts.
+    publish_wait: float = field(default=3600.0, validator=number(0))
+
+
+_HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}
+
+
+@frozen
+class HostConfig:
+    """One C{[[hosts]]} table: a name, a kind, and the one setting of that kind."""
+
+    name: str = field(validator=_string)
+    kind: str = field(validator=one_of(*_HOST_SETTING))
+    path: str = field(default="", validator=_string)  # local: a directory
+    remote: str = field(default="", validator=_string)  # rclone: a remote string
+    site: str = field(default="", validator=_string)  # plowshare: a module name
+
+    @property
+    def setting(self) -> str:
+        """The setting of this host's kind: its path, remote or site."""
+        return str(getattr(self, _HOST_SETTING[self.kind]))
+
+
+@frozen
+class Config:
+    node: NodeConfig = NodeConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    storage: StorageConfig = StorageConfig()
+    bandwidth: BandwidthConfig = BandwidthConfig()
+    accounts: AccountsConfig = AccountsConfig()
+    crypto: CryptoConfig = CryptoConfig()
+    replication: ReplicationConfig = ReplicationConfig()
+    chain: ChainConfig = ChainConfig()
+    hosts: tuple[HostConfig, ...] = ()  # empty: three local hosts in the data dir
+
+    @property
+    def effective_database_url(self) -> str:
+        url = self.database.url
+        return url or f"sqlite:///{(self.node.data_dir / 'metadisk.sqlite').resolve()}"
+
+    @property
+    def effective_hosts(self) -> tuple[HostConfig, ...]:
+        if self.hosts:
+            return self.hosts
+        root = self.node.data_dir / "hosts"
+        return tuple(
+            HostConfig(name=f"local{i}", kind="local", path=str((root / f"local{i}").resolve()))
+            for i in (1, 2, 3)
+        )
+
+
+# Loading.
 
 
 def _table(key: str, value: Any) -> dict[str, Any]:
@@ -144,46 +325,27 @@ def _table(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
-_KNOWN = {
-    "node": {"listen", "data_dir", "secret_key", "cors_origins", "private_listen"},
-    "database": {"url"},
-    "storage": {"capacity", "max_file_size"},
-    "bandwidth": {
-        "rate_incoming",
-        "rate_outgoing",
-        "per_transfer_incoming",
-        "per_transfer_outgoing",
-        "monthly_incoming",
-        "monthly_outgoing",
-    },
-    "accounts": {"enabled", "guess_limit", "guess_window"},
-    "crypto": {"convergence_secret"},
-    "replication": {"copies", "interval", "repair_interval", "repair_sample"},
-    "chain": {
-        "kind",
-        "url",
-        "min_confirmations",
-        "poll_interval",
-        "address",
-        "amount",
-        "timeout",
-        "rescan_depth",
-        "start_height",
-        "publish_wait",
-    },
-}
-_HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}
-
-
-def _check_keys(data: dict[str, Any]) -> None:
-    for section, value in data.items():
-        if section == "hosts":
-            continue
-        if section not in _KNOWN:
-            raise ConfigError(section, "unknown section")
-        for key in _table(section, value):
-            if key not in _KNOWN[section]:
-                raise ConfigError(f"{section}.{key}", "unknown key")
+def load_section(where: str, data: Any, base: Any, allowed: set[str] | None = None) -> Any:
+    """
+    C{base} (an attrs section) with the TOML table C{data} applied: each key
+    must be one of its fields (and of C{allowed}, if given), each value passes
+    the field's converter and validators.
+    """
+    known = fields_dict(type(base))
+    changes = {}
+    for key, value in _table(where, data).items():
+        if key not in known or (allowed is not None and key not in allowed):
+            raise ConfigError(f"{where}.{key}", "unknown key")
+        attribute = known[key]
+        try:
+            if attribute.converter is not None:
+                value = attribute.converter(value)
+            if attribute.validator is not None:
+                attribute.validator(None, attribute, value)
+        except Invalid as e:
+            raise ConfigError(f"{where}.{key}", str(e)) from None
+        changes[key] = value
+    return evolve(base, **changes)
 
 
 def _hosts(data: Any) -> tuple[HostConfig, ...]:
@@ -193,23 +355,17 @@ def _hosts(data: Any) -> tuple[HostConfig, ...]:
     for i, entry in enumerate(data):
         where = f"hosts[{i}]"
         entry = _table(where, entry)
-        kind = _string(f"{where}.kind", entry.get("kind"))
-        if kind not in _HOST_SETTING:
-            raise ConfigError(
-                f"{where}.kind", f"expected one of {sorted(_HOST_SETTING)}, got {kind!r}"
-            )
-        setting_key = _HOST_SETTING[kind]
-        allowed = {"name", "kind", setting_key}
-        for key in entry:
-            if key not in allowed:
-                raise ConfigError(f"{where}.{key}", f"unknown key for a {kind} host")
-        name = _string(f"{where}.name", entry.get("name"))
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        for key in ("name", "kind"):
+            if key not in entry:
+                raise ConfigError(f"{where}.{key}", "required")
+        stub = load_section(where, {"name": entry["name"], "kind": entry["kind"]}, _STUB_HOST)
+        if not _HOST_NAME.fullmatch(stub.name):
             raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '_', '.' or '-'")
-        setting = _string(f"{where}.{setting_key}", entry.get(setting_key))
-        if not setting:
-            raise ConfigError(f"{where}.{setting_key}", "must not be empty")
-        hosts.append(HostConfig(name=name, kind=kind, setting=setting))
+        setting = _HOST_SETTING[stub.kind]
+        host = load_section(where, entry, stub, allowed={"name", "kind", setting})
+        if not host.setting:
+            raise ConfigError(f"{where}.{setting}", "must not be empty")
+        hosts.append(host)
     names = [h.name for h in hosts]
     for name in names:
         if names.count(name) > 1:
@@ -217,158 +373,41 @@ def _hosts(data: Any) -> tuple[HostConfig, ...]:
     return tuple(hosts)
 
 
+_STUB_HOST = HostConfig(name="-", kind="local")
+_SECTIONS = {f.name for f in fields(Config)} - {"hosts"}
+
+
 def config_from_dict(data: dict[str, Any], base: Config = Config()) -> Config:
     """Apply the TOML document C{data} over C{base}, validating every value."""
-    _check_keys(data)
     changes: dict[str, Any] = {}
-    node = data.get("node", {})
-    if "listen" in node:
-        changes["listen"] = _string("node.listen", node["listen"])
-    if "data_dir" in node:
-        changes["data_dir"] = Path(_string("node.data_dir", node["data_dir"]))
-    if "secret_key" in node:
-        secret = _string("node.secret_key", node["secret_key"])
-        if secret and len(secret) < 16:
-            raise ConfigError("node.secret_key", "use at least 16 characters")
-        changes["secret_key"] = secret
-    if "cors_origins" in node:
-        origins = node["cors_origins"]
-        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-            raise ConfigError("node.cors_origins", "expected a list of origins")
-        changes["cors_origins"] = tuple(origins)
-    if "private_listen" in node:
-        changes["private_listen"] = local_endpoint(
-            "node.private_listen", _string("node.private_listen", node["private_listen"])
-        )
-    if "url" in data.get("database", {}):
-        url = _string("database.url", data["database"]["url"])
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ConfigError("database.url", "expected sqlite:///PATH or postgresql://…")
-        changes["database_url"] = url
-    storage = data.get("storage", {})
-    if "capacity" in storage:
-        changes["capacity"] = parse_size("storage.capacity", storage["capacity"], allow_zero=False)
-    if "max_file_size" in storage:
-        changes["max_file_size"] = parse_size(
-            "storage.max_file_size", storage["max_file_size"], allow_zero=False
-        )
-    for key, value in data.get("bandwidth", {}).items():
-        changes[key] = parse_size(f"bandwidth.{key}", value)
-    accounts = data.get("accounts", {})
-    if "enabled" in accounts:
-        if not isinstance(accounts["enabled"], bool):
-            raise ConfigError("accounts.enabled", "expected true or false")
-        changes["accounts_enabled"] = accounts["enabled"]
-    for key in ("guess_limit", "guess_window"):
-        if key in accounts:
-            changes[key] = _number(f"accounts.{key}", accounts[key], minimum=1, integer=True)
-    if "convergence_secret" in data.get("crypto", {}):
-        secret = _string("crypto.convergence_secret", data["crypto"]["convergence_secret"])
-        if not secret:
-            raise ConfigError("crypto.convergence_secret", "must not be empty")
-        changes["convergence_secret"] = secret.encode("utf-8")
-    if "hosts" in data:
-        changes["hosts"] = _hosts(data["hosts"])
-    replication = data.get("replication", {})
-    if "copies" in replication:
-        changes["copies"] = _number(
-            "replication.copies", replication["copies"], minimum=1, integer=True
-        )
-    if "interval" in replication:
-        changes["sync_interval"] = _number(
-            "replication.interval", replication["interval"], minimum=0.05
-        )
-    if "repair_interval" in replication:
-        changes["repair_interval"] = _number(
-            "replication.repair_interval", replication["repair_interval"], minimum=1
-        )
-    if "repair_sample" in replication:
-        changes["repair_sample"] = _number(
-            "replication.repair_sample", replication["repair_sample"], minimum=0, integer=True
-        )
-        if changes["repair_sample"] > 10_000:
-            raise ConfigError("replication.repair_sample", "at most 10000")
-    if "chain" in data:
-        changes["chain"] = _chain(data["chain"], base.chain)
+    for section, value in data.items():
+        if section == "hosts":
+            changes["hosts"] = _hosts(value)
+        elif section in _SECTIONS:
+            changes[section] = load_section(section, value, getattr(base, section))
+        else:
+            raise ConfigError(section, "unknown section")
     config = evolve(base, **changes)
     _check_whole(config)
     return config
 
 
-def _chain(data: dict[str, Any], base: ChainConfig) -> ChainConfig:
-    changes: dict[str, Any] = {}
-    if "kind" in data:
-        kind = _string("chain.kind", data["kind"])
-        if kind not in ("none", "florincoin", "litecoin"):
-            raise ConfigError("chain.kind", f"expected none, florincoin or litecoin, got {kind!r}")
-        changes["kind"] = kind
-    for key in ("url", "address"):
-        if key in data:
-            changes[key] = _string(f"chain.{key}", data[key])
-    if "min_confirmations" in data:
-        changes["min_confirmations"] = _number(
-            "chain.min_confirmations", data["min_confirmations"], minimum=0, integer=True
-        )
-    if "poll_interval" in data:
-        changes["poll_interval"] = _number(
-            "chain.poll_interval", data["poll_interval"], minimum=0.1
-        )
-    if "amount" in data:
-        changes["amount"] = _number("chain.amount", data["amount"], minimum=0)
-    for key, minimum in (("timeout", 0.1), ("publish_wait", 0)):
-        if key in data:
-            changes[key] = _number(f"chain.{key}", data[key], minimum=minimum)
-    for key, minimum in (("rescan_depth", 1), ("start_height", 0)):
-        if key in data:
-            changes[key] = _number(f"chain.{key}", data[key], minimum=minimum, integer=True)
-    chain = evolve(base, **changes)
-    if chain.start_height > 2**31:
-        raise ConfigError("chain.start_height", "out of range")
-    if chain.rescan_depth > 10_000:
-        raise ConfigError("chain.rescan_depth", "at most 10000")
-    if chain.kind != "none" and not chain.url:
-        raise ConfigError("chain.url", f"required for chain kind {chain.kind!r}")
-    if chain.url and not chain.url.startswith(("http://", "https://")):
-        raise ConfigError("chain.url", "expected http://[user:password@]host:port or https://…")
-    return chain
-
-
-def local_endpoint(key: str, description: str) -> str:
-    """
-    A server endpoint string that only this machine can reach: C{unix:PATH},
-    or C{tcp:}/C{tcp6:}/C{ssl:} bound to a loopback C{interface}. Empty is
-    allowed (no such listener).
-    """
-    if not description:
-        return description
-    # Endpoint strings escape ':' with a backslash (an IPv6 interface, for one).
-    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
-    kind = fields[0]
-    if kind == "unix":
-        return description
-    interface = next(
-        (f.removeprefix("interface=") for f in fields[1:] if f.startswith("interface=")), None
-    )
-    if kind in ("tcp", "tcp6", "ssl") and interface is not None:
-        try:
-            if interface == "localhost" or ipaddress.ip_address(interface).is_loopback:
-                return description
-        except ValueError:
-            pass
-    raise ConfigError(key, "must be local only: unix:PATH or tcp:PORT:interface=127.0.0.1 (or ::1)")
-
-
 def _check_whole(config: Config) -> None:
-    if config.private_listen and config.private_listen == config.listen:
+    """What one key alone cannot tell: how keys of a section, or of several, fit together."""
+    private = config.node.private_listen
+    # The same endpoint twice can only listen twice on port 0 (each gets a free port).
+    if private and private == config.node.listen and not re.match(r"\w+:0(:|$)", private):
         raise ConfigError("node.private_listen", "must differ from node.listen")
-    if config.max_file_size > config.capacity:
+    if config.storage.max_file_size > config.storage.capacity:
         raise ConfigError("storage.max_file_size", "must not exceed storage.capacity")
     hosts = config.effective_hosts
-    if config.copies > len(hosts):
+    if config.replication.copies > len(hosts):
         raise ConfigError(
             "replication.copies",
-            f"{config.copies} copies need at least as many hosts, have {len(hosts)}",
+            f"{config.replication.copies} copies need at least as many hosts, have {len(hosts)}",
         )
+    if config.chain.kind != "none" and not config.chain.url:
+        raise ConfigError("chain.url", f"required for chain kind {config.chain.kind!r}")
 
 
 def load_config(

@@ -59,10 +59,10 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
 
 def node_identity(config: Config) -> tuple[str, str]:
     """(node id, secret key): generated into the data dir on first start."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    node_id = read_or_create(config.data_dir / "node_id", lambda: secrets.token_hex(8))
-    secret_key = config.secret_key or read_or_create(
-        config.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
+    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    node_id = read_or_create(config.node.data_dir / "node_id", lambda: secrets.token_hex(8))
+    secret_key = config.node.secret_key or read_or_create(
+        config.node.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
     )
     return node_id, secret_key
 
@@ -123,17 +123,23 @@ async def build_node(
     meters = Meters(
         db,
         reactor,
-        monthly_limits={INCOMING: config.monthly_incoming, OUTGOING: config.monthly_outgoing},
-        rate_limits={INCOMING: config.rate_incoming, OUTGOING: config.rate_outgoing},
+        monthly_limits={
+            INCOMING: config.bandwidth.monthly_incoming,
+            OUTGOING: config.bandwidth.monthly_outgoing,
+        },
+        rate_limits={
+            INCOMING: config.bandwidth.rate_incoming,
+            OUTGOING: config.bandwidth.rate_outgoing,
+        },
     )
     await meters.flush()
     catalog = Catalog(db)
     cache = BlobCache(
-        config.data_dir / "blobs",
-        config.capacity,
-        lambda filehashes: catalog.replicated(filehashes, config.copies),
+        config.node.data_dir / "blobs",
+        config.storage.capacity,
+        lambda filehashes: catalog.replicated(filehashes, config.replication.copies),
     )
-    bandwidth = Bandwidth.from_config(config, reactor)
+    bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
     # transfers are timed by the slowest rate they may run at.
     bwlimit = bandwidth.rclone_bwlimit()
@@ -164,11 +170,11 @@ async def build_node(
         reactor,
         run_blocking,
         node_id,
-        config.copies,
+        config.replication.copies,
         meters=meters,
         unmetered=local,
         metrics=metrics,
-        url_fetcher=URLHost(http, config.capacity, reactor),
+        url_fetcher=URLHost(http, config.storage.capacity, reactor),
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
@@ -180,26 +186,26 @@ async def build_node(
         sync,
         reactor,
         run_blocking,
-        config.convergence_secret,
-        config.data_dir / "incoming",
+        config.crypto.convergence_secret,
+        config.node.data_dir / "incoming",
     )
     await store.recover()
     await sync.resume()
-    guard = TokenGuard(reactor, config.guess_limit, config.guess_window)
-    ledger_if_enabled = ledger if config.accounts_enabled else None
+    guard = TokenGuard(reactor, config.accounts.guess_limit, config.accounts.guess_window)
+    ledger_if_enabled = ledger if config.accounts.enabled else None
     files_api = FilesAPI(
         store,
         ledger_if_enabled,
         meters,
         guard,
         cooperator or Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
-        config.max_file_size,
+        config.storage.max_file_size,
         chain_status,
         outgoing=bandwidth.outgoing,
     )
     accounts_api = (
-        AccountsAPI(ledger, guard, secret_key, private_only=bool(config.private_listen))
-        if config.accounts_enabled
+        AccountsAPI(ledger, guard, secret_key, private_only=bool(config.node.private_listen))
+        if config.accounts.enabled
         else None
     )
     root = NodeRoot(files_api, accounts_api, metrics=metrics)
@@ -208,7 +214,7 @@ async def build_node(
         cache=cache,
         meters=meters,
         guard=guard,
-        max_file_size=config.max_file_size,
+        max_file_size=config.storage.max_file_size,
         temporary=store.temporary,
         incoming=bandwidth.incoming,
     )
@@ -216,11 +222,13 @@ async def build_node(
         root.resource(),
         upload_policy=policy,
         guard=guard,
-        cors=CORS(config.cors_origins),
+        cors=CORS(config.node.cors_origins),
         reactor=reactor,
         metrics=metrics,
     )
-    repair = Repair(db, sync, cache, hosts, reactor, run_blocking, sample=config.repair_sample)
+    repair = Repair(
+        db, sync, cache, hosts, reactor, run_blocking, sample=config.replication.repair_sample
+    )
     # The local-only listener of the private API: the same resources, on a site marked private.
     private_site = (
         MetaDiskSite(
@@ -232,7 +240,7 @@ async def build_node(
             metrics=metrics,
             private=True,
         )
-        if config.private_listen
+        if config.node.private_listen
         else None
     )
     return Node(

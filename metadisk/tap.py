@@ -87,31 +87,33 @@ class NodeService(service.MultiService):
         node = self.node = await build_node(self.config, self._reactor)
         flush = _logged(self.log, "could not write the bandwidth meters", node.meters.flush)
         for timer in (
-            TimerService(self.config.sync_interval, node.sync.kick),
+            TimerService(self.config.replication.interval, node.sync.kick),
             TimerService(METERS_FLUSH_INTERVAL, flush),
         ):
             timer.clock = self._reactor
             timer.setServiceParent(self)
         if node.chain is not None:
             node.chain.setServiceParent(self)  # the chain's reader and publisher loops
-        if node.repair is not None and self.config.repair_sample > 0:
+        if node.repair is not None and self.config.replication.repair_sample > 0:
             # Checks a sample of stored copies each round and restores lost ones.
-            RepairService(node.repair, self.config.repair_interval, self._reactor).setServiceParent(
-                self
-            )
-        endpoint = serverFromString(self._reactor, self.config.listen)
+            RepairService(
+                node.repair, self.config.replication.repair_interval, self._reactor
+            ).setServiceParent(self)
+        endpoint = serverFromString(self._reactor, self.config.node.listen)
         # Wrapped to know the open connections, so that stopping can close them.
         self._connections = WrappingFactory(node.site)
         self.port = await endpoint.listen(self._connections)
         if node.private_site is not None:
             self._private_connections = WrappingFactory(node.private_site)
-            private = serverFromString(self._reactor, self.config.private_listen)
+            private = serverFromString(self._reactor, self.config.node.private_listen)
             self.private_port = await private.listen(self._private_connections)
-            self.log.info("private API listening on {listen}", listen=self.config.private_listen)
+            self.log.info(
+                "private API listening on {listen}", listen=self.config.node.private_listen
+            )
         self.log.info(
             "MetaDisk node listening on {listen}, data in {data_dir}",
-            listen=self.config.listen,
-            data_dir=str(self.config.data_dir.resolve()),
+            listen=self.config.node.listen,
+            data_dir=str(self.config.node.data_dir.resolve()),
         )
 
     def _failed(self, failure: Any) -> None:
@@ -170,9 +172,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         config = load_config(
             options["config"], listen=options["listen"], data_dir=options["data-dir"]
         )
-        _check_endpoint(reactor, "node.listen", config.listen)
-        if config.private_listen:
-            _check_endpoint(reactor, "node.private_listen", config.private_listen)
+        _check_endpoint(reactor, "node.listen", config.node.listen)
+        if config.node.private_listen:
+            _check_endpoint(reactor, "node.private_listen", config.node.private_listen)
     except ConfigError as e:
         raise SystemExit(f"metadisk: {e}") from None
     node_service = NodeService(config, reactor)

@@ -26,7 +26,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from metadisk.config import Config
+from metadisk.config import BandwidthConfig
 
 INTERVAL = 0.05  # seconds between two rounds of sharing out
 BURST = 0.2  # seconds of tokens a bucket keeps: a round that runs late loses nothing
@@ -286,7 +286,7 @@ class Bandwidth:
     outgoing: Throttle
 
     @classmethod
-    def from_config(cls, config: Config, clock: IReactorTime) -> Bandwidth:
+    def from_config(cls, config: BandwidthConfig, clock: IReactorTime) -> Bandwidth:
         return cls(
             incoming=Throttle(clock, config.rate_incoming, config.per_transfer_incoming),
             outgoing=Throttle(clock, config.rate_outgoing, config.per_transfer_outgoing),

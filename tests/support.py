@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import define, evolve
+from attrs import define
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -18,25 +18,32 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from metadisk.config import Config, HostConfig
+from metadisk.config import Config, config_from_dict
 from metadisk.tap import NodeService
 
 
-def test_config(base: Path, **changes: Any) -> Config:
-    """A node's config for a test: everything under C{base}, a free port on loopback."""
-    hosts = tuple(
-        HostConfig(name=f"local{i}", kind="local", setting=str(base / "hosts" / f"local{i}"))
-        for i in (1, 2, 3)
-    )
-    config = Config(
-        listen="tcp:0:interface=127.0.0.1",
-        data_dir=base / "data",
-        hosts=hosts,
-        capacity=64 * 2**20,
-        max_file_size=16 * 2**20,
-        sync_interval=0.2,
-    )
-    return evolve(config, **changes)
+def test_config(base: Path, **sections: Any) -> Config:
+    """
+    A node's config for a test: everything under C{base}, a free port on
+    loopback, small limits. C{sections} are TOML tables (C{storage={"capacity":
+    100_000}}, C{hosts=[...]}), applied over those and validated as a file is.
+    """
+    document: dict[str, Any] = {
+        "node": {"listen": "tcp:0:interface=127.0.0.1", "data_dir": str(base / "data")},
+        "storage": {"capacity": 64 * 2**20, "max_file_size": 16 * 2**20},
+        "replication": {"interval": 0.2},
+        "hosts": [local_host(f"local{i}", base / "hosts" / f"local{i}") for i in (1, 2, 3)],
+    }
+    for section, table in sections.items():
+        if isinstance(table, dict):
+            table = {**document.get(section, {}), **table}
+        document[section] = table
+    return config_from_dict(document)
+
+
+def local_host(name: str, path: Path) -> dict[str, str]:
+    """A C{[[hosts]]} table of a local-directory host."""
+    return {"name": name, "kind": "local", "path": str(path)}
 
 
 @define

@@ -55,7 +55,7 @@ class AccountsAPITestsMixin:
         raise NotImplementedError
 
     async def start(self) -> Client:
-        config = test_config(Path(self.mktemp()).resolve(), database_url=self.database_url())
+        config = test_config(Path(self.mktemp()).resolve(), database={"url": self.database_url()})
         return Client(await start_node(self, config))
 
     async def test_new_token(self) -> None:
@@ -258,7 +258,7 @@ class PostgresOutageAPITests(TestCase):
         self.addCleanup(self.flushLoggedErrors, DatabaseUnavailable, psycopg2.InterfaceError)
 
     async def start(self, url: str) -> Client:
-        config = test_config(Path(self.mktemp()).resolve(), database_url=url)
+        config = test_config(Path(self.mktemp()).resolve(), database={"url": url})
         return Client(await start_node(self, config))
 
     async def test_connections_cut(self) -> None:

@@ -439,7 +439,7 @@ class PageInBrowserTests(BrowserCase):
 
     async def test_free_node(self) -> None:
         """With accounts disabled the page needs no token and sends none."""
-        config = test_config(Path(self.mktemp()).resolve(), accounts_enabled=False)
+        config = test_config(Path(self.mktemp()).resolve(), accounts={"enabled": False})
         node = await start_node(self, config)
         b = await self.browser()
         parts = self.record_parts()
@@ -507,7 +507,7 @@ class CrossOriginPageTests(BrowserCase):
     async def test_allowed_origin(self) -> None:
         """Status, a new token and a promocode (a preflighted JSON POST) across origins."""
         hosted, page_url = self._page_server()
-        config = test_config(Path(self.mktemp()).resolve(), cors_origins=(page_url,))
+        config = test_config(Path(self.mktemp()).resolve(), node={"cors_origins": [page_url]})
         node = await start_node(self, config)
         hosted.page = _page_for(node.url)
         await node.node.ledger.add_promocode("CORS", 1000)

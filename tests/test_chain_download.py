@@ -116,7 +116,7 @@ class DownloadFromChainTests(TestCase):
             txids.append(fake.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
         fake.mine()
 
-        config = test_config(Path(self.mktemp()).resolve(), accounts_enabled=False)
+        config = test_config(Path(self.mktemp()).resolve(), accounts={"enabled": False})
         node = await start_node(self, config)
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(fake), clock)

@@ -12,14 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from metadisk.config import ChainConfig, Config, HostConfig
+from metadisk.config import Config
 from tests.fakes import WebDAVServer
-from tests.support import RunningNode, json_of, start_node, test_config, upload
+from tests.support import RunningNode, json_of, local_host, start_node, test_config, upload
 from tests.test_chain_litecoin import litecoind
 
 POLL = 0.2  # seconds between the nodes' chain rounds
@@ -47,19 +46,23 @@ class EndToEndTests(TestCase):
 
     def config(self, name: str, copies: int = 1) -> Config:
         base = self.work / name
-        hosts = (
-            HostConfig("shared", "rclone", self.webdav.remote()),
-            HostConfig(f"{name}-disk", "local", str(base / "disk")),  # only this node has it
-        )
-        chain = ChainConfig(
-            kind="litecoin",
-            url=self.litecoind.url,
-            poll_interval=POLL,
-            timeout=20,
-            start_height=0,
-        )
-        return evolve(
-            test_config(base), hosts=hosts, copies=copies, chain=chain, accounts_enabled=False
+        hosts = [
+            {"name": "shared", "kind": "rclone", "remote": self.webdav.remote()},
+            local_host(f"{name}-disk", base / "disk"),  # only this node has it
+        ]
+        chain = {
+            "kind": "litecoin",
+            "url": self.litecoind.url,
+            "poll_interval": POLL,
+            "timeout": 20,
+            "start_height": 0,
+        }
+        return test_config(
+            base,
+            hosts=hosts,
+            replication={"copies": copies},
+            chain=chain,
+            accounts={"enabled": False},
         )
 
     async def find(self, node: RunningNode, filehash: str) -> Any:

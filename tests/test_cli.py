@@ -314,7 +314,7 @@ class AccountTests(CLITestCase):
         self.assertIn("cloud queue       0 files", ran.text)
 
     async def test_accounts_disabled(self) -> None:
-        node = await self.start(accounts_enabled=False)
+        node = await self.start(accounts={"enabled": False})
         ran = await metadisk("token", "new", "--node", node.url)
         self.assertEqual(ran.code, cli.EXIT_FAILED)
         self.assertIn("this node has no accounts", ran.stderr)

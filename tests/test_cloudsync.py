@@ -13,13 +13,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from metadisk.config import HostConfig
 from metadisk.db import open_database
 from metadisk.interfaces import ITransaction
 from metadisk.store.blocking import in_caller
@@ -538,11 +536,11 @@ class NodeOnRcloneTests(TestCase):
         for server in self.servers:
             await server.start()
             self.addCleanup(server.stop)
-        hosts = tuple(
-            HostConfig(f"dav{i}", "rclone", server.remote())
+        hosts = [
+            {"name": f"dav{i}", "kind": "rclone", "remote": server.remote()}
             for i, server in enumerate(self.servers)
-        )
-        config = evolve(test_config(base), hosts=hosts, accounts_enabled=False)
+        ]
+        config = test_config(base, hosts=hosts, accounts={"enabled": False})
         self.patch(os, "environ", {**os.environ, "RCLONE_CONFIG": os.devnull})
         self.running = await start_node(self, config)
 

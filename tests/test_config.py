@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from metadisk.config import ConfigError, config_from_dict, load_config, parse_size
+from metadisk.config import ConfigError, Invalid, config_from_dict, load_config, size
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,12 +19,12 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 class DefaultsTests(SynchronousTestCase):
     def test_embedded_defaults(self) -> None:
         config = load_config(None)
-        self.assertEqual(config.listen, "tcp:8080:interface=127.0.0.1")
-        self.assertEqual(config.data_dir, Path("metadisk-data"))
-        self.assertTrue(config.accounts_enabled)
+        self.assertEqual(config.node.listen, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(config.node.data_dir, Path("metadisk-data"))
+        self.assertTrue(config.accounts.enabled)
         self.assertEqual(config.chain.kind, "none")
-        self.assertEqual(config.copies, 3)
-        self.assertEqual(config.convergence_secret, DEFAULT_CONVERGENCE_SECRET)
+        self.assertEqual(config.replication.copies, 3)
+        self.assertEqual(config.crypto.convergence_secret, DEFAULT_CONVERGENCE_SECRET)
         self.assertTrue(config.effective_database_url.startswith("sqlite:///"))
         self.assertTrue(config.effective_database_url.endswith("metadisk-data/metadisk.sqlite"))
         hosts = config.effective_hosts
@@ -74,16 +74,16 @@ url = "http://u:p@127.0.0.1:19332"
 """
         )
         config = load_config(path)
-        self.assertEqual(config.listen, "tcp:9000")
-        self.assertEqual(config.data_dir, Path("/srv/md"))
-        self.assertEqual(config.cors_origins, ("https://metadisk.example",))
+        self.assertEqual(config.node.listen, "tcp:9000")
+        self.assertEqual(config.node.data_dir, Path("/srv/md"))
+        self.assertEqual(config.node.cors_origins, ("https://metadisk.example",))
         self.assertEqual(config.effective_database_url, "postgresql://metadisk@db/metadisk")
-        self.assertEqual(config.capacity, 2**40)
-        self.assertEqual(config.max_file_size, 500 * 10**6)
-        self.assertEqual(config.rate_outgoing, 4 * 2**20)
-        self.assertEqual(config.monthly_incoming, 10**6)
-        self.assertFalse(config.accounts_enabled)
-        self.assertEqual(config.convergence_secret, b"private network")
+        self.assertEqual(config.storage.capacity, 2**40)
+        self.assertEqual(config.storage.max_file_size, 500 * 10**6)
+        self.assertEqual(config.bandwidth.rate_outgoing, 4 * 2**20)
+        self.assertEqual(config.bandwidth.monthly_incoming, 10**6)
+        self.assertFalse(config.accounts.enabled)
+        self.assertEqual(config.crypto.convergence_secret, b"private network")
         self.assertEqual(
             [(h.name, h.kind) for h in config.hosts], [("a", "local"), ("b", "rclone")]
         )
@@ -92,7 +92,7 @@ url = "http://u:p@127.0.0.1:19332"
     def test_command_line_overrides_file(self) -> None:
         path = self.write('[node]\nlisten = "tcp:9000"\ndata_dir = "/a"\n')
         config = load_config(path, listen="tcp:9001", data_dir="/b")
-        self.assertEqual((config.listen, config.data_dir), ("tcp:9001", Path("/b")))
+        self.assertEqual((config.node.listen, config.node.data_dir), ("tcp:9001", Path("/b")))
 
 
 class ErrorTests(SynchronousTestCase):
@@ -144,12 +144,12 @@ class ErrorTests(SynchronousTestCase):
             load_config(str(path))
 
     def test_sizes(self) -> None:
-        self.assertEqual(parse_size("k", "1.5 KiB"), 1536)
-        self.assertEqual(parse_size("k", "10GB"), 10**10)
-        self.assertEqual(parse_size("k", 0), 0)
-        self.assertRaises(ConfigError, parse_size, "k", 0, allow_zero=False)
-        self.assertRaises(ConfigError, parse_size, "k", 1.5)
-        self.assertRaises(ConfigError, parse_size, "k", "-1")
+        self.assertEqual(size("1.5 KiB"), 1536)
+        self.assertEqual(size("10GB"), 10**10)
+        self.assertEqual(size(0), 0)
+        self.assertRaises(Invalid, size, 1.5)
+        self.assertRaises(Invalid, size, "-1")
+        self.assertRaises(Invalid, size, 2**53 + 1)
 
 
 class TwistdTests(SynchronousTestCase):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from twisted.trial.unittest import TestCase
 
 from metadisk.web.site import CORS
@@ -30,8 +29,9 @@ OTHER = "https://evil.example"
 EXPOSED = "Content-Disposition, Content-Length, Content-Range, Retry-After"
 
 
-async def cors_node(case: TestCase, *origins: str, **changes: Any) -> Any:
-    config = evolve(test_config(Path(case.mktemp()).resolve()), cors_origins=origins, **changes)
+async def cors_node(case: TestCase, *origins: str, **sections: Any) -> Any:
+    base = Path(case.mktemp()).resolve()
+    config = test_config(base, node={"cors_origins": list(origins)}, **sections)
     return await start_node(case, config)
 
 
@@ -170,7 +170,7 @@ class EarlyAnswerTests(TestCase):
         )
 
     async def test_too_many_requests(self) -> None:
-        node = await cors_node(self, PAGE, guess_limit=2, guess_window=60)
+        node = await cors_node(self, PAGE, accounts={"guess_limit": 2, "guess_window": 60})
         for _ in range(2):
             response = await node.http.get(node.url + "/accounts/token/balance/nosuchtoken")
             await response.content()

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -364,7 +363,7 @@ class CacheAtCapacityTests(TestCase):
         have them, the same upload gets room by eviction.
         """
         base = Path(self.mktemp()).resolve()
-        config = evolve(test_config(base), capacity=100_000, max_file_size=60_000)
+        config = test_config(base, storage={"capacity": 100_000, "max_file_size": 60_000})
         (base / "hosts").mkdir(parents=True)
         for host in config.effective_hosts:
             Path(host.setting).write_bytes(b"not yet")

@@ -6,7 +6,6 @@ import hashlib
 import os
 from pathlib import Path
 
-from attrs import evolve
 from twisted.trial.unittest import TestCase
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
@@ -368,7 +367,7 @@ class UploadErrorTests(TestCase):
     async def test_too_large_before_the_body(self) -> None:
         """413 is decided from Content-Length: the answer comes before any body byte is sent."""
         node = await start_node(self)
-        size = node.node.config.max_file_size + 10 * 2**20
+        size = node.node.config.storage.max_file_size + 10 * 2**20
         request = (
             f"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
             "Content-Type: multipart/form-data; boundary=b\r\nExpect: 100-continue\r\n\r\n"
@@ -380,7 +379,7 @@ class UploadErrorTests(TestCase):
 
     async def test_too_large_while_streaming(self) -> None:
         """A file part larger than max_file_size is refused as it streams in."""
-        config = test_config(Path(self.mktemp()).resolve(), max_file_size=1000)
+        config = test_config(Path(self.mktemp()).resolve(), storage={"max_file_size": 1000})
         node = await start_node(self, config)
         token = await funded_token(node)
         response = await upload(node, os.urandom(20_000), token)
@@ -408,7 +407,7 @@ class UploadErrorTests(TestCase):
     async def test_storage_full(self) -> None:
         """507 when the cache holds only blobs the hosts do not have yet."""
         base = Path(self.mktemp()).resolve()
-        config = test_config(base, capacity=100_000, max_file_size=60_000)
+        config = test_config(base, storage={"capacity": 100_000, "max_file_size": 60_000})
         # Hosts that cannot take anything: the cache may evict nothing.
         (base / "hosts").mkdir(parents=True)
         for host in config.effective_hosts:
@@ -423,7 +422,9 @@ class UploadErrorTests(TestCase):
 
     async def test_cache_evicts_replicated_blobs(self) -> None:
         """A full cache makes room by evicting blobs already on all their hosts, oldest first."""
-        config = test_config(Path(self.mktemp()).resolve(), capacity=200_000, max_file_size=60_000)
+        config = test_config(
+            Path(self.mktemp()).resolve(), storage={"capacity": 200_000, "max_file_size": 60_000}
+        )
         node = await start_node(self, config)
         token = await funded_token(node)
         hashes = []
@@ -460,7 +461,8 @@ class UploadErrorTests(TestCase):
 class StatusTests(TestCase):
     async def test_status(self) -> None:
         config = test_config(
-            Path(self.mktemp()).resolve(), monthly_incoming=10**12, rate_outgoing=4 * 2**20
+            Path(self.mktemp()).resolve(),
+            bandwidth={"monthly_incoming": 10**12, "rate_outgoing": 4 * 2**20},
         )
         node = await start_node(self, config)
         token = await funded_token(node)
@@ -473,8 +475,8 @@ class StatusTests(TestCase):
         self.assertEqual(bandwidth["limits"], {"incoming": 10**12, "outgoing": 0})
         self.assertEqual(bandwidth["rate_limits"], {"incoming": 0, "outgoing": 4 * 2**20})
         self.assertEqual(status["storage"]["used"], 10_000)
-        self.assertEqual(status["storage"]["capacity"], config.capacity)
-        self.assertEqual(status["storage"]["max_file_size"], config.max_file_size)
+        self.assertEqual(status["storage"]["capacity"], config.storage.capacity)
+        self.assertEqual(status["storage"]["max_file_size"], config.storage.max_file_size)
         self.assertEqual(sorted(status["sync"]), ["blockchain_queue", "cloud_queue"])
         self.assertEqual(status["datacoin"], status["florincoin"])
         self.assertEqual(
@@ -482,7 +484,7 @@ class StatusTests(TestCase):
         )
 
     async def test_monthly_cap(self) -> None:
-        config = test_config(Path(self.mktemp()).resolve(), monthly_outgoing=5000)
+        config = test_config(Path(self.mktemp()).resolve(), bandwidth={"monthly_outgoing": 5000})
         node = await start_node(self, config)
         token = await funded_token(node)
         result = await json_of(await upload(node, os.urandom(4000), token))
@@ -498,7 +500,7 @@ class StatusTests(TestCase):
 
 class AccountsDisabledTests(TestCase):
     async def test_free_transfers(self) -> None:
-        config = evolve(test_config(Path(self.mktemp()).resolve()), accounts_enabled=False)
+        config = test_config(Path(self.mktemp()).resolve(), accounts={"enabled": False})
         node = await start_node(self, config)
         response = await upload(node, b"free", None)
         self.assertEqual(response.code, 201)

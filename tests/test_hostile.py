@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import globalLogPublisher
@@ -67,9 +66,10 @@ class HostileCase(TestCase):
 
     guess_limit = 10_000  # most cases are not about guessing: every request is from 127.0.0.1
 
-    async def node_with_file(self, **changes: Any) -> None:
-        config = evolve(test_config(Path(self.mktemp()).resolve()), guess_limit=self.guess_limit)
-        self.node = await start_node(self, evolve(config, **changes))
+    async def node_with_file(self, **sections: Any) -> None:
+        accounts = {"guess_limit": self.guess_limit, **sections.pop("accounts", {})}
+        config = test_config(Path(self.mktemp()).resolve(), accounts=accounts, **sections)
+        self.node = await start_node(self, config)
         ledger = self.node.node.ledger  # not through the API: it may be on a private listener
         self.token = await ledger.new_token()
         await ledger.deposit(self.token, CREDIT)
@@ -150,7 +150,7 @@ class UploadNameTests(HostileCase):
             'quote"semi;colon.txt',
             "résumé 履歴書.pdf",
         ]
-        root = self.node.node.config.data_dir.parent
+        root = self.node.node.config.node.data_dir.parent
         files_before = {p for p in root.rglob("*")}
         for i, name in enumerate(names):
             data = b"name test %d" % i
@@ -855,7 +855,7 @@ class PromocodeTests(HostileCase):
 
 class PrivateListenerTests(HostileCase):
     async def test_private_api_only_on_its_listener(self) -> None:
-        await self.node_with_file(private_listen="tcp:0:interface=127.0.0.1")
+        await self.node_with_file(node={"private_listen": "tcp:0:interface=127.0.0.1"})
         before = await self.state()
         secret = {"Authentication": self.node.secret}
         for op in ("deposit", "withdraw"):
@@ -898,7 +898,7 @@ class PrivateListenConfigTests(SynchronousTestCase):
             "ssl:8443:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1",
         ):
             config = config_from_dict({"node": {"private_listen": good}})
-            self.assertEqual(config.private_listen, good)
+            self.assertEqual(config.node.private_listen, good)
         for bad in (
             "tcp:8081",
             "tcp:8081:interface=0.0.0.0",

@@ -44,6 +44,12 @@ HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
 BLOB_SIZE = 256 * 1024  # bytes of a test blob, unless a test says otherwise
 
 
+def host_config(name: str, kind: str, setting: str) -> HostConfig:
+    """A C{[[hosts]]} entry of C{kind} whose one setting is C{setting}."""
+    key = {"local": "path", "rclone": "remote", "plowshare": "site"}[kind]
+    return HostConfig(name=name, kind=kind, **{key: setting})
+
+
 def make_blob(folder: Path, size: int, seed: bytes = b"") -> tuple[str, Path, bytes]:
     """(filehash, path, content) of a blob of C{size} bytes."""
     content = (hashlib.sha256(seed + size.to_bytes(8, "big")).digest() * (size // 32 + 1))[:size]
@@ -473,12 +479,12 @@ class MakeHostTests(TestCase):
             "plowshare": ("rghost", PlowshareHost),
         }
         for kind, (setting, cls) in kinds.items():
-            host = make_host(HostConfig(f"h-{kind}", kind, setting), reactor, in_caller)
+            host = make_host(host_config(f"h-{kind}", kind, setting), reactor, in_caller)
             self.assertIsInstance(host, cls)
             self.assertEqual(host.name, f"h-{kind}")
             verifyObject(IFileHost, host)
         with self.assertRaises(ValueError):
-            make_host(HostConfig("x", "ftp", "x"), reactor, in_caller)
+            HostConfig(name="x", kind="ftp")
 
     def test_settings_never_become_options(self) -> None:
         for kind, setting in (
@@ -487,7 +493,7 @@ class MakeHostTests(TestCase):
             ("rclone", "--config=x"),
         ):
             with self.assertRaises(ValueError):
-                make_host(HostConfig("x", kind, setting), reactor, in_caller)
+                make_host(host_config("x", kind, setting), reactor, in_caller)
 
 
 class TransferTimeoutTests(TestCase):

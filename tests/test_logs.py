@@ -146,7 +146,7 @@ class RequestLogTests(TestCase):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         # A slow node (200 kB/s out): the client is gone long before the end.
         base = Path(self.mktemp()).resolve()
-        node = await start_node(self, test_config(base, rate_outgoing=200_000))
+        node = await start_node(self, test_config(base, bandwidth={"rate_outgoing": 200_000}))
         token = await funded_token(node)
         data = os.urandom(1_000_000)
         answer = await json_of(await upload(node, data, token))

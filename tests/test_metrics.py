@@ -10,12 +10,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metadisk.config import HostConfig
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key
 from metadisk.db import open_database
 from metadisk.ledger import Ledger
 from metadisk.metrics import Metrics, route_of
-from tests.support import RunningNode, funded_token, json_of, start_node, test_config, upload
+from tests.support import (
+    RunningNode,
+    funded_token,
+    json_of,
+    local_host,
+    start_node,
+    test_config,
+    upload,
+)
 
 
 class Scrape:
@@ -190,10 +197,8 @@ class ScrapeTests(TestCase):
         base.mkdir(parents=True)
         blocker = base / "not-a-directory"
         blocker.write_bytes(b"")
-        good = [
-            HostConfig(f"local{i}", "local", str(base / "hosts" / f"local{i}")) for i in (1, 2, 3)
-        ]
-        hosts = (HostConfig("broken", "local", str(blocker / "sub")), *good)
+        good = [local_host(f"local{i}", base / "hosts" / f"local{i}") for i in (1, 2, 3)]
+        hosts = [local_host("broken", blocker / "sub"), *good]
         node = await start_node(self, test_config(base, hosts=hosts))
         token = await funded_token(node)
         data = b"fragile" * 1000

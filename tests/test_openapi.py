@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -203,7 +202,7 @@ class LiveNodeTests(TestCase):
         return status
 
     async def test_answers_fit_the_document(self) -> None:
-        config = evolve(test_config(Path(self.mktemp()).resolve()), guess_limit=30)
+        config = test_config(Path(self.mktemp()).resolve(), accounts={"guess_limit": 30})
         node = await start_node(self, config)
         secret = {"Authentication": node.secret}
         seen: set[tuple[str, str, int]] = set()

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
@@ -76,7 +75,9 @@ class SchemathesisTests(TestCase):
     async def test_no_server_errors_no_schema_breaks(self) -> None:
         base = Path(self.mktemp()).resolve()
         # Every request comes from one address: let it guess tokens without being shut out.
-        config = evolve(test_config(base), guess_limit=10**6, max_file_size=2**20)
+        config = test_config(
+            base, accounts={"guess_limit": 10**6}, storage={"max_file_size": 2**20}
+        )
         node = await start_node(self, config)
         # A token with credit, so uploads and downloads get past payment to the real work.
         token = await funded_token(node, 10**15)

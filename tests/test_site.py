@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from attrs import evolve
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -24,7 +23,9 @@ from tests.support import (
 
 class GuessLimitTests(TestCase):
     async def test_unknown_tokens_get_429_at_once(self) -> None:
-        config = evolve(test_config(Path(self.mktemp()).resolve()), guess_limit=3, guess_window=60)
+        config = test_config(
+            Path(self.mktemp()).resolve(), accounts={"guess_limit": 3, "guess_window": 60}
+        )
         node = await start_node(self, config)
         for i in range(3):
             response = await node.http.get(node.url + f"/accounts/token/balance/guess{i}")
@@ -49,7 +50,9 @@ class GuessLimitTests(TestCase):
         self.assertIsNotNone(header_of(answer, b"retry-after"))
 
     async def test_upload_with_unknown_token_counts(self) -> None:
-        config = evolve(test_config(Path(self.mktemp()).resolve()), guess_limit=2, guess_window=60)
+        config = test_config(
+            Path(self.mktemp()).resolve(), accounts={"guess_limit": 2, "guess_window": 60}
+        )
         node = await start_node(self, config)
         for _ in range(2):
             response = await upload(node, b"x", "unknownTokenAbc")

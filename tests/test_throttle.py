@@ -11,14 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from metadisk.config import Config, HostConfig
+from metadisk.config import BandwidthConfig, HostConfig
 from metadisk.crypto import ctr_cipher
 from metadisk.ledger import FREE, BalanceInsufficient
 from metadisk.meters import INCOMING, OUTGOING, Meters
@@ -44,6 +43,9 @@ from tests.support import funded_token, json_of, multipart, start_node, test_con
 
 STEP = 0.01  # simulated seconds per turn of the test's loop
 TCP_READ = 65536  # what one read of a socket hands the node at most
+
+
+RCLONE = HostConfig(name="r", kind="rclone", remote="remote:dir")
 
 
 def run(clock: Clock, seconds: float, each_step: Any = None) -> None:
@@ -171,7 +173,7 @@ class UnlimitedTests(Case):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_bandwidth_from_config(self) -> None:
-        config = Config(rate_incoming=10, per_transfer_outgoing=20)
+        config = BandwidthConfig(rate_incoming=10, per_transfer_outgoing=20)
         bandwidth = Bandwidth.from_config(config, Clock())
         self.assertEqual((bandwidth.incoming.rate, bandwidth.incoming.per_transfer), (10, 0))
         self.assertEqual((bandwidth.outgoing.rate, bandwidth.outgoing.per_transfer), (0, 20))
@@ -575,9 +577,11 @@ class NodeTests(TestCase):
         limit = 8 * 2**20
         config = test_config(
             Path(self.mktemp()).resolve(),
-            rate_incoming=limit,
-            rate_outgoing=limit,
-            per_transfer_outgoing=limit // 2,
+            bandwidth={
+                "rate_incoming": limit,
+                "rate_outgoing": limit,
+                "per_transfer_outgoing": limit // 2,
+            },
         )
         node = await start_node(self, config)
         token = await funded_token(node)
@@ -622,7 +626,7 @@ class FakeCatalog:
 class HostTransferTests(Case):
     def test_rclone_bwlimit(self) -> None:
         def bwlimit(**rates: int) -> str:
-            return Bandwidth.from_config(Config(**rates), Clock()).rclone_bwlimit()
+            return Bandwidth.from_config(BandwidthConfig(**rates), Clock()).rclone_bwlimit()
 
         self.assertEqual(bwlimit(), "")
         self.assertEqual(bwlimit(rate_outgoing=4096), "4096B:off")
@@ -633,13 +637,11 @@ class HostTransferTests(Case):
 
     def test_rclone_gets_the_limit(self) -> None:
         runner = RecordingRunner()
-        host = make_host(
-            HostConfig("r", "rclone", "remote:dir"), Clock(), in_caller, bwlimit="9B:off"
-        )
+        host = make_host(RCLONE, Clock(), in_caller, bwlimit="9B:off")
         host._runner = runner  # what the process runner is asked to run
         self.successResultOf(host.store("a" * 64, "/dev/null"))
         self.assertIn("--bwlimit=9B:off", runner.calls[0][1])
-        unlimited = make_host(HostConfig("r", "rclone", "remote:dir"), Clock(), in_caller)
+        unlimited = make_host(RCLONE, Clock(), in_caller)
         unlimited._runner = runner
         self.successResultOf(unlimited.store("a" * 64, "/dev/null"))
         self.assertFalse(any(arg.startswith("--bwlimit") for arg in runner.calls[1][1]))
@@ -684,11 +686,13 @@ class HostTimeoutTests(TestCase):
         killed on every try).
         """
         base = Path(self.mktemp()).resolve()
-        config = evolve(
-            test_config(base),
-            per_transfer_outgoing=50_000,
-            hosts=(HostConfig("cloud", "rclone", ":webdav,url='http://127.0.0.1:1':b"),),
-            copies=1,
+        config = test_config(
+            base,
+            bandwidth={"per_transfer_outgoing": 50_000},
+            hosts=[
+                {"name": "cloud", "kind": "rclone", "remote": ":webdav,url='http://127.0.0.1:1':b"}
+            ],
+            replication={"copies": 1},
         )
         node = await start_node(self, config)
         [host] = node.node.sync._hosts

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
@@ -64,10 +63,9 @@ class TLSTests(TestCase):
         base = Path(self.mktemp()).resolve()
         base.mkdir(parents=True)
         key, cert = self_signed(base)
-        config = evolve(
-            test_config(base),
-            listen=ssl_endpoint(key, cert),
-            private_listen=ssl_endpoint(key, cert),
+        config = test_config(
+            base,
+            node={"listen": ssl_endpoint(key, cert), "private_listen": ssl_endpoint(key, cert)},
         )
         node = await start_node(self, config)
         public = f"https://localhost:{node.port}"
@@ -113,7 +111,7 @@ class TLSTests(TestCase):
         base = Path(self.mktemp()).resolve()
         base.mkdir(parents=True)
         key, cert = self_signed(base)
-        node = await start_node(self, evolve(test_config(base), listen=ssl_endpoint(key, cert)))
+        node = await start_node(self, test_config(base, node={"listen": ssl_endpoint(key, cert)}))
         with self.assertRaises(ResponseFailed):
             await https_client(self, None).get(f"https://localhost:{node.port}/api/status")
         answer = await raw_http(node.port, b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
