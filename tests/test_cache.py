@@ -56,6 +56,30 @@ class CacheTests(TestCase):
         with self.assertRaises(StorageFull):
             await self.cache.allocate(800)  # even with a evicted, b and the new one stay
         self.assertIn(b, self.cache)
+        self.assertIn(a, self.cache)  # so a is not evicted for nothing
+
+    async def test_racing_allocations_evict_only_for_room_granted(self) -> None:
+        """
+        Two allocations at once, each of which would need every evictable blob:
+        the first gets its room, the second is refused, and what was evicted
+        is only what the first needed.
+        """
+        blobs = [await self.put(i, 100) for i in range(10)]
+        self.safe = set(blobs)
+        first = self.cache.allocate(250)
+        second = self.cache.allocate(950)
+        self.assertEqual((await first).size, 250)
+        with self.assertRaises(StorageFull):
+            await second
+        self.assertEqual(len(self.cache.filehashes()), 7)  # three evicted: the 250 asked for
+        self.assertEqual(self.cache.filehashes(), blobs[3:])
+
+    async def test_an_allocation_grows(self) -> None:
+        allocation = await self.cache.allocate(100)
+        self.assertIs(await self.cache.allocate(300, allocation), allocation)
+        self.assertEqual((allocation.size, self.cache.used), (400, 400))
+        self.cache.release(allocation)
+        self.assertEqual(self.cache.used, 0)
 
     async def test_load_indexes_and_cleans(self) -> None:
         a = await self.put(1, 100)

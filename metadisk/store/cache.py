@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from attrs import define, field
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from metadisk.crypto import is_hex64
@@ -48,6 +49,7 @@ class BlobCache:
     _evictable: Evictable
     _entries: OrderedDict[str, int] = field(factory=OrderedDict)  # filehash -> size, LRU first
     _allocated: int = 0
+    _deciding: DeferredLock = field(factory=DeferredLock)
 
     log = Logger()
 
@@ -85,16 +87,30 @@ class BlobCache:
             except FileNotFoundError:
                 del self._entries[filehash]
 
-    async def allocate(self, size: int) -> Allocation:
-        """Set aside C{size} bytes, evicting what is safe to evict; or raise L{StorageFull}."""
+    async def allocate(self, size: int, more: Allocation | None = None) -> Allocation:
+        """
+        Set aside C{size} bytes (for C{more}, an allocation that grows, if
+        given), evicting what is safe to evict; or raise L{StorageFull},
+        having evicted nothing. One allocation decides at a time, so two
+        cannot both evict for room that only one of them gets.
+        """
         if size > self.capacity:
             raise StorageFull()
-        if self.used + size > self.capacity:
-            await self._evict(self.used + size - self.capacity)
-        if self.used + size > self.capacity:
-            raise StorageFull()
-        self._allocated += size
-        return Allocation(size)
+        await self._deciding.acquire()
+        try:
+            if self.used + size > self.capacity:
+                for filehash in await self._victims(self.used + size - self.capacity):
+                    self.log.info("evicting {filehash} from the cache", filehash=filehash)
+                    self.discard(filehash)
+            if self.used + size > self.capacity:
+                raise StorageFull()
+            self._allocated += size
+        finally:
+            self._deciding.release()
+        if more is None:
+            return Allocation(size)
+        more.size += size
+        return more
 
     def release(self, allocation: Allocation) -> None:
         if not allocation.released:
@@ -112,16 +128,21 @@ class BlobCache:
         self._entries.pop(filehash, None)
         self.path(filehash).unlink(missing_ok=True)
 
-    async def _evict(self, needed: int) -> None:
+    async def _victims(self, needed: int) -> list[str]:
+        """
+        The least recently used blobs, safe to evict, that free C{needed}
+        bytes; none if all that is safe to evict would not free that much.
+        """
+        chosen: list[str] = []
         freed = 0
         candidates = list(self._entries)
         for start in range(0, len(candidates), 500):
             batch = candidates[start : start + 500]
             safe = await self._evictable(batch)
             for filehash in batch:
-                if freed >= needed:
-                    return
                 if filehash in safe and filehash in self._entries:
+                    chosen.append(filehash)
                     freed += self._entries[filehash]
-                    self.log.info("evicting {filehash} from the cache", filehash=filehash)
-                    self.discard(filehash)
+                    if freed >= needed:
+                        return chosen
+        return []
