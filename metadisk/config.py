@@ -209,6 +209,8 @@ class NodeConfig:
     cors_origins: tuple[str, ...] = field(default=(), converter=_strings)
     # The private API's own local-only listener; "": served on `listen` too.
     private_listen: str = field(default="", validator=[_string, _local_endpoint])
+    # Bytes of uploads not paid for yet (no token so far, or accounts disabled), node-wide.
+    unpaid_upload_bytes: int = field(default=64 * 2**20, converter=size)
 
 
 @frozen

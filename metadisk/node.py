@@ -40,6 +40,7 @@ from metadisk.web.files import FilesAPI
 from metadisk.web.guard import TokenGuard
 from metadisk.web.root import NodeRoot
 from metadisk.web.site import CORS, MetaDiskSite
+from metadisk.web.unpaid import UnpaidBudget
 from metadisk.web.upload import UploadPolicy
 
 CLAIM_TIMEOUT = 30.0  # seconds for a local host's folder to answer at start
@@ -193,6 +194,13 @@ async def build_node(
     await sync.resume()
     guard = TokenGuard(reactor, config.accounts.guess_limit, config.accounts.guess_window)
     ledger_if_enabled = ledger if config.accounts.enabled else None
+    unpaid = UnpaidBudget(config.node.unpaid_upload_bytes)
+    if ledger_if_enabled is None and unpaid.share < config.storage.max_file_size:
+        Node.log.warn(
+            "accounts are disabled: every upload is unpaid, so none larger than an address's"
+            " share of [node] unpaid_upload_bytes ({share} bytes) is accepted",
+            share=unpaid.share,
+        )
     files_api = FilesAPI(
         store,
         ledger_if_enabled,
@@ -216,6 +224,7 @@ async def build_node(
         guard=guard,
         max_file_size=config.storage.max_file_size,
         temporary=store.temporary,
+        unpaid=unpaid,
         incoming=bandwidth.incoming,
     )
     site = MetaDiskSite(

@@ -1,8 +1,9 @@
 """
 Receiving an upload as it streams in: the multipart body is parsed chunk by
 chunk, the file part hashed and written to disk, and the upload admitted
-(room in the cache, this month's cap, the payer's credit) before its bytes
-are accepted. Nothing of the body is held in memory.
+(this month's cap, the payer's credit, then room in the cache) as soon as
+the payer is known. Bytes that come before that are unpaid, and bounded
+(L{metadisk.web.unpaid}). Nothing of the body is held in memory.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from metadisk.store.cache import Allocation, BlobCache
 from metadisk.throttle import Throttle, throttled_reader
 from metadisk.web.errors import APIError, as_api_error, error
 from metadisk.web.guard import TokenGuard
+from metadisk.web.unpaid import ALLOWANCE, UnpaidBudget
 
 UPLOAD_COST = 4  # bytes of credit per byte uploaded: 1 for the transfer in, 3 for hosting
 MAX_TOKEN_FIELD = 128
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
 # What a multipart body may carry beyond the file itself: boundaries, part headers, a token.
 MULTIPART_ALLOWANCE = 64 * 1024
+UNPAID_RETRY = 10  # seconds: Retry-After when the unpaid budget is spent
 
 
 async def reserve_credit(
@@ -74,9 +77,12 @@ class UploadPolicy:
     guard: TokenGuard
     max_file_size: int
     temporary: Callable[[str], Path]
+    unpaid: UnpaidBudget
     incoming: Throttle | None = None  # the upload bandwidth limits
 
     def too_large(self, content_length: int) -> bool:
+        if self.ledger is None and content_length > self.unpaid.share:
+            return True  # free uploads are unpaid bytes, bounded by an address's share
         return content_length > self.max_file_size + MULTIPART_ALLOWANCE
 
 
@@ -110,6 +116,9 @@ class UploadReceiver:
         self._policy = policy
         self._request = request
         self._length = length
+        self._address = str(getattr(request.getClientAddress(), "host", None) or "unknown")
+        self._received = 0
+        self._unpaid = 0  # bytes held in the unpaid budget for this upload
         self._parser = PushMultipartParser(boundary, content_length=length, max_segment_count=16)
         self._part: str | None = None
         self._file: BinaryIO | None = None
@@ -133,8 +142,8 @@ class UploadReceiver:
             # However the request ends (answered early, cut off), its share of bandwidth ends.
             request.notifyFinish().addBoth(lambda _: self._end_throttle())
         self._result: Deferred[ReceivedUpload] = Deferred()
-        self._admit(self._make_room)
-        if query_token is not None:
+        self._admit(self._begin)
+        if policy.ledger is not None and query_token is not None:
             self._accept_token(query_token)
 
     def result(self) -> Deferred[ReceivedUpload]:
@@ -164,14 +173,16 @@ class UploadReceiver:
 
         self._steps.addCallback(run).addBoth(done)
 
-    async def _make_room(self) -> None:
+    async def _begin(self) -> None:
         self._policy.meters.check(INCOMING, self._length)
-        self._allocation = await self._policy.cache.allocate(self._length)
+        if self._policy.ledger is None:
+            # Free: the whole upload is unpaid bytes while it comes in.
+            self._hold(self._length)
 
-    async def _reserve(self) -> None:
+    async def _pay(self) -> None:
+        """The payer is known: its credit, then the cache's room; the bytes are paid for now."""
         ledger = self._policy.ledger
-        if ledger is None or self._token is None:
-            return
+        assert ledger is not None and self._token is not None
         self._reservation = await reserve_credit(
             ledger,
             self._policy.guard,
@@ -179,6 +190,20 @@ class UploadReceiver:
             self._token,
             UPLOAD_COST * self._length,
         )
+        await self._make_room()
+
+    async def _make_room(self) -> None:
+        self._allocation = await self._policy.cache.allocate(self._length)
+        self._release_unpaid()
+
+    def _hold(self, n: int) -> None:
+        if not self._policy.unpaid.take(self._address, n):
+            raise error(503, "unpaid-upload-limit", Retry_After=str(UNPAID_RETRY))
+        self._unpaid += n
+
+    def _release_unpaid(self) -> None:
+        self._policy.unpaid.give_back(self._address, self._unpaid)
+        self._unpaid = 0
 
     def _accept_token(self, token: str) -> None:
         if self._token is not None:
@@ -188,7 +213,7 @@ class UploadReceiver:
             self._fail(error(401, "invalid-token"))
             return
         self._token = token
-        self._admit(self._reserve)
+        self._admit(self._pay)
 
     def _transport(self) -> Any:
         # The request lets go of its channel once it is finished.
@@ -212,7 +237,11 @@ class UploadReceiver:
             self._throttle.received(len(data))
         if self._failure is not None:
             return
+        self._received += len(data)
         try:
+            if self._token is None and self._policy.ledger is not None:
+                # Nobody has paid for these yet.
+                self._hold(max(0, self._received - ALLOWANCE - self._unpaid))
             for event in self._parser.parse(data):
                 if self._failure is not None:
                     return  # refused mid-chunk (a bad token field): open no file after that
@@ -275,7 +304,9 @@ class UploadReceiver:
         if self._failure is None:
             if not self._file_complete:
                 self._fail(error(400, "no-file"))
-            elif self._policy.ledger is not None and self._token is None:
+            elif self._policy.ledger is None:
+                self._admit(self._make_room)  # free: room once the whole file is in
+            elif self._token is None:
                 self._fail(error(401, "token-required"))
         self._maybe_finish()
 
@@ -307,6 +338,7 @@ class UploadReceiver:
             self._path.unlink(missing_ok=True)
         if self._allocation is not None:
             self._policy.cache.release(self._allocation)
+        self._release_unpaid()
         if self._reservation.id is not None and self._policy.ledger is not None:
             reservation, self._reservation = self._reservation, FREE
             d = Deferred.fromCoroutine(self._policy.ledger.refund(reservation))
