@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
 from metadisk.interfaces import IDatabase, ITransaction
@@ -132,11 +132,7 @@ class Ledger:
         reservation = Reservation(id=secrets.token_hex(16), token=token, amount=amount)
 
         async def work(txn: ITransaction) -> None:
-            changed = await txn.execute(
-                "UPDATE tokens SET balance = balance - ? WHERE token = ? AND balance >= ?",
-                (amount, token, amount),
-            )
-            if not changed:
+            if not await _take(txn, token, amount):
                 if not await txn.query("SELECT 1 FROM tokens WHERE token = ?", (token,)):
                     raise UnknownToken()
                 raise BalanceInsufficient()
@@ -148,6 +144,22 @@ class Ledger:
 
         await self._db.transaction(work)
         return reservation
+
+    async def extend(self, reservation: Reservation, amount: int) -> Reservation:
+        """Take C{amount} more for the transfer C{reservation} holds; the grown reservation."""
+        if reservation.id is None or amount <= 0:
+            return reservation
+
+        async def work(txn: ITransaction) -> None:
+            if not await _take(txn, str(reservation.token), amount):
+                raise BalanceInsufficient()
+            await txn.execute(
+                "UPDATE reservations SET amount = amount + ? WHERE id = ?",
+                (amount, reservation.id),
+            )
+
+        await self._db.transaction(work)
+        return evolve(reservation, amount=reservation.amount + amount)
 
     async def settle(self, reservation: Reservation, cost: int) -> None:
         """End a reservation, keeping C{cost} of it and giving back the rest."""
@@ -196,3 +208,13 @@ class Ledger:
 
     async def remove_price(self, amount: int) -> None:
         await self._db.execute("DELETE FROM prices WHERE amount = ?", (amount,))
+
+
+async def _take(txn: ITransaction, token: str, amount: int) -> bool:
+    """Take C{amount} from the token in one statement, never below zero; False if it cannot."""
+    return bool(
+        await txn.execute(
+            "UPDATE tokens SET balance = balance - ? WHERE token = ? AND balance >= ?",
+            (amount, token, amount),
+        )
+    )

@@ -29,8 +29,9 @@ from metadisk.metrics import Metrics
 from metadisk.store.blocking import RunBlocking, in_thread_pool
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
+from metadisk.store.claims import ClaimFetcher, Claims
 from metadisk.store.cloudsync import CloudSync
-from metadisk.store.files import FileStore
+from metadisk.store.files import FileStore, evictable
 from metadisk.store.hosts import SLOWEST_RATE, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
@@ -135,10 +136,11 @@ async def build_node(
     )
     await meters.flush()
     catalog = Catalog(db)
+    claims = Claims(db)
     cache = BlobCache(
         config.node.data_dir / "blobs",
         config.storage.capacity,
-        lambda filehashes: catalog.replicated(filehashes, config.replication.copies),
+        evictable(catalog, claims, config.replication.copies),
     )
     bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
@@ -163,6 +165,7 @@ async def build_node(
     # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
     # verified); no idle connections kept, so a stopped node leaves none behind.
     http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    urls = URLHost(http, config.storage.capacity, reactor)
     sync = CloudSync(
         db,
         catalog,
@@ -175,16 +178,28 @@ async def build_node(
         meters=meters,
         unmetered=local,
         metrics=metrics,
-        url_fetcher=URLHost(http, config.storage.capacity, reactor),
+        url_fetcher=urls,
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
+    claim_fetcher = ClaimFetcher(
+        claims,
+        urls,
+        reactor,
+        run_blocking,
+        config.storage.capacity,
+        meters,
+        metrics,
+        slowest_rate=slowest,
+    )
     store = FileStore(
         db,
         catalog,
+        claims,
         cache,
         sync,
+        claim_fetcher,
         reactor,
         run_blocking,
         config.crypto.convergence_secret,

@@ -30,6 +30,7 @@ from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
 from metadisk.store.catalog import Catalog
+from metadisk.store.claims import Claims
 from tests.fakes import require_tool
 from tests.test_chain_sync import ChainTestCase
 
@@ -263,7 +264,7 @@ class LitecoinSyncTests(ChainTestCase):
         self.assertEqual(await reader.read_once(), 4)  # blocks 100 to 103
         for h in hashes:
             self.assertEqual(
-                (await Catalog(b).find(h)).to_json(), (await Catalog(a).find(h)).to_json()
+                (await Claims(b).earliest(h)).to_json(), (await Catalog(a).find(h)).to_json()
             )
 
     def publisher(self, db: Any, node_id: str = "node-a", chain: Any = None) -> Publisher:

@@ -28,7 +28,8 @@ from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
 from metadisk.chain.service import ChainService, _Loop
 from metadisk.db import open_database
 from metadisk.interfaces import IChain, IDatabase, ITransaction
-from metadisk.store.catalog import Catalog
+from metadisk.store.catalog import Catalog, FileRecord
+from metadisk.store.claims import Claims
 from tests.fake_florincoind import MAX_TX_COMMENT_LEN, FakeFlorincoind, RPCFailure
 from tests.pg import create_database
 
@@ -117,6 +118,10 @@ class ChainTestCase(TestCase):
     def sent_comments(self) -> list[str]:
         return [self.fake.transactions[e["txid"]]["tx-comment"] for e in self.fake.wallet]
 
+    async def find(self, db: IDatabase, filehash: str) -> FileRecord | None:
+        """What find answers: the node's own record, else the earliest claim standing."""
+        return await Catalog(db).find(filehash) or await Claims(db).earliest(filehash)
+
     async def states(self, db: IDatabase) -> dict[str, str]:
         rows = await db.query("SELECT filehash, state FROM chain_queue")
         return dict(rows)
@@ -147,9 +152,10 @@ class PublishAndReadTests(ChainTestCase):
         reader = self.reader(b)
         self.assertEqual(await reader.read_once(), 2)  # genesis and the new block
         self.assertEqual(await reader.height(), 1)
-        self.assertEqual((await Catalog(b).find(h)).to_json(), live)
-        # B can fetch it from the hosts the record names.
-        self.assertEqual(len(await Catalog(b).hosts_of(h)), 3)
+        self.assertEqual((await self.find(b, h)).to_json(), live)
+        # A claim for B: the hosts it names are not B's, and B records no file of its own.
+        self.assertEqual(await Catalog(b).find(h), None)
+        self.assertEqual(await Catalog(b).hosts_of(h), ())
         # Reading again changes nothing; A reading its own record marks it confirmed.
         self.assertEqual(await reader.read_once(), 0)
         await self.reader(a).read_once()
@@ -184,9 +190,7 @@ class PublishAndReadTests(ChainTestCase):
         self.fake.mine()
         await self.reader(b).read_once()
         for h in hashes:
-            self.assertEqual(
-                (await Catalog(b).find(h)).to_json(), (await Catalog(a).find(h)).to_json()
-            )
+            self.assertEqual((await self.find(b, h)).to_json(), (await self.find(a, h)).to_json())
 
     async def test_old_format_records_are_read(self) -> None:
         """A 0.1 record as metachains' reader accepts it: the name is the filehash's start."""
@@ -199,7 +203,7 @@ class PublishAndReadTests(ChainTestCase):
         self.fake.send_comment(codec.entry_text(batch.encode(), 0, None, None, len(batch)))
         self.fake.mine()
         await self.reader(db).read_once()
-        record = await Catalog(db).find(h)
+        record = await self.find(db, h)
         self.assertEqual(
             (record.filename, record.version, record.datetime), (h[:10], "0.1", 1398875062)
         )
@@ -227,7 +231,7 @@ class EntriesTests(ChainTestCase):
         self.fake.mine()
         reader = self.reader(b)
         await reader.read_once()
-        self.assertIsNone(await Catalog(b).find(h))  # only the head so far
+        self.assertIsNone(await self.find(b, h))  # only the head so far
         rows = await a.query("SELECT attempts, last_error FROM chain_batches")
         self.assertEqual(rows[0][0], 1)
         self.assertIn("Insufficient funds", rows[0][1])
@@ -243,7 +247,7 @@ class EntriesTests(ChainTestCase):
         self.assertEqual([e.index for e in entries], list(range(regions)))
         self.fake.mine()
         await reader.read_once()
-        self.assertEqual((await Catalog(b).find(h)).to_json(), (await Catalog(a).find(h)).to_json())
+        self.assertEqual((await self.find(b, h)).to_json(), (await self.find(a, h)).to_json())
         self.assertEqual(await b.query("SELECT COUNT(*) FROM chain_fragments"), [(0,)])
 
     async def test_entries_never_exceed_the_comment_limit(self) -> None:
@@ -311,17 +315,27 @@ class ExactlyOnceTests(ChainTestCase):
         self.assertEqual(sorted(published), sorted(hashes))
         self.assertEqual(set((await self.states(db)).values()), {"published"})
 
-    async def test_a_record_another_node_published_is_not_sent(self) -> None:
+    async def test_a_record_another_node_published_does_not_stop_ours(self) -> None:
+        """
+        Anyone may publish a record for any filehash, first: a file this node
+        holds is answered from its own record, which it publishes all the same.
+        """
         a, b = await self.database(), await self.database()
-        h = await self.add_file(a, 1)
-        await self.add_file(b, 1)
+        h = await self.add_file(a, 1, name="theirs.txt")
+        await self.add_file(b, 1, name="ours.txt")
         await self.publisher(a).publish_once()
         sent = len(self.fake.wallet)
         self.fake.mine()
         await self.reader(b).read_once()
-        self.assertEqual(await self.publisher(b, "node-b").publish_once(), 0)
-        self.assertEqual(len(self.fake.wallet), sent)
-        self.assertEqual(await self.states(b), {h: "on-chain"})
+        self.assertEqual(await self.publisher(b, "node-b").publish_once(), 1)
+        self.assertGreater(len(self.fake.wallet), sent)
+        self.assertEqual(await self.states(b), {h: "published"})
+        self.assertEqual((await self.find(b, h)).filename, f"{h[:7]}_ours.txt")
+        self.fake.mine()
+        await self.reader(b).read_once()
+        rows = await b.query("SELECT height FROM chain_records WHERE filehash = ?", (h,))
+        self.assertEqual(rows, [(2,)])  # its own record, read back
+        self.assertEqual(len(await Claims(b).standing(h, 10)), 2)  # both are claims
 
 
 class ReaderTests(ChainTestCase):
@@ -342,8 +356,8 @@ class ReaderTests(ChainTestCase):
         self.fake.mine()
         other = await self.database()
         self.assertEqual(await self.reader(other).read_once(), 3)
-        self.assertIsNotNone(await Catalog(other).find(h))
-        self.assertEqual(await other.query("SELECT COUNT(*) FROM chain_records"), [(1,)])
+        self.assertIsNotNone(await self.find(other, h))
+        self.assertEqual(await other.query("SELECT COUNT(*) FROM chain_claims"), [(1,)])
 
     async def test_min_confirmations(self) -> None:
         db, source = await self.database(), await self.database()
@@ -352,11 +366,11 @@ class ReaderTests(ChainTestCase):
         self.fake.mine()
         reader = self.reader(db, min_confirmations=3)
         await reader.read_once()
-        self.assertIsNone(await Catalog(db).find(h))
+        self.assertIsNone(await self.find(db, h))
         self.assertEqual(await reader.height(), None)
         self.fake.mine(2)
         await reader.read_once()
-        self.assertIsNotNone(await Catalog(db).find(h))
+        self.assertIsNotNone(await self.find(db, h))
         self.assertEqual(await reader.height(), 1)
 
     async def test_reorganisation_reads_again(self) -> None:
@@ -383,24 +397,23 @@ class ReaderTests(ChainTestCase):
         self.fake.reorganise(1)
         self.fake.mine()
         await reader.read_once()
-        self.assertEqual(
-            (await Catalog(db).find(h)).to_json(), (await Catalog(source).find(h)).to_json()
-        )
+        self.assertEqual((await self.find(db, h)).to_json(), (await self.find(source, h)).to_json())
         kept = dict(await db.query("SELECT height, hash FROM chain_blocks"))
         self.assertEqual(kept[head_height], self.fake.blocks[head_height]["hash"])
         self.assertEqual(len(kept), 5)
         self.assertEqual(await reader.height(), len(self.fake.blocks) - 1)
 
-    async def test_records_of_a_vanished_block_stay_and_reading_goes_on(self) -> None:
+    async def test_claims_of_a_vanished_block_are_forgotten_and_reading_goes_on(self) -> None:
         source, db = await self.database(), await self.database()
         h = await self.add_file(source, 1)
         await self.publisher(source).publish_once()
         self.fake.mine()
         reader = self.reader(db)
         await reader.read_once()
+        self.assertIsNotNone(await self.find(db, h))
         self.fake.reorganise(1, keep=False)
         await reader.read_once()
-        self.assertIsNotNone(await Catalog(db).find(h))
+        self.assertIsNone(await self.find(db, h))  # the chain no longer says so
         self.assertEqual(await reader.height(), len(self.fake.blocks) - 1)
         self.assertEqual(
             dict(await db.query("SELECT height, hash FROM chain_blocks"))[1],

@@ -18,11 +18,13 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from metadisk.chain.urlhost import URLHost
 from metadisk.db import open_database
 from metadisk.interfaces import ITransaction
 from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
+from metadisk.store.claims import ClaimFetcher, Claims
 from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, CloudSync, NoCopyAvailable
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE
@@ -322,8 +324,19 @@ class FetchTests(TestCase):
     def file_store(self, grid: Grid) -> FileStore:
         incoming = grid.base / "incoming-files"
         incoming.mkdir()
+        claims = Claims(grid.db)
+        urls = ClaimFetcher(claims, URLHost(None, 0, grid.clock), grid.clock, in_caller, 0)
         return FileStore(
-            grid.db, grid.catalog, grid.cache, grid.sync, grid.clock, in_caller, b"s", incoming
+            grid.db,
+            grid.catalog,
+            claims,
+            grid.cache,
+            grid.sync,
+            urls,
+            grid.clock,
+            in_caller,
+            b"s",
+            incoming,
         )
 
     async def test_a_reader_leaving_does_not_cancel_a_shared_fetch(self) -> None:

@@ -38,12 +38,14 @@ _PLACEHOLDER_TXID = "0" * 64
 
 # Limits on what is read from the chain.
 MAX_ENTRY_IN = 100_000  # bytes of one entry
-MAX_REGION_IN = 65_536  # bytes of one decompressed region
+# Bytes of one decompressed region: writers cut regions of at most MAX_REGION characters;
+# the margin is for other writers, not for what a few bytes of bz2 can expand to.
+MAX_REGION_IN = 1024
 MAX_BATCH_IN = 1 << 20  # bytes of a reassembled batch
 MAX_INDEX_IN = 10_000
 MAX_RECORDS_IN = 10_000
 MAX_NAME_IN = 1024
-MAX_UPLOADS_IN = 100
+MAX_UPLOADS_IN = 16  # hosts of one record: `copies` is 3 by default
 MAX_HOST_NAME_IN = 200
 MAX_URL_IN = 2048
 MAX_NUMBER = 2**53

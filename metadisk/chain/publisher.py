@@ -72,7 +72,6 @@ class Publisher:
         Publish the batches that are due; return how many went out. A failure
         is written on its batch (retried with a backoff) and raised.
         """
-        await self._queue.skip_published_elsewhere()
         published = 0
         while True:
             batch = await self._resume() or await self._claim()

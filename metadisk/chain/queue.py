@@ -19,7 +19,6 @@ _DUE = """
       AND EXISTS (SELECT 1 FROM uploads u WHERE u.filehash = q.filehash)
       AND (q.enqueued <= ?
            OR NOT EXISTS (SELECT 1 FROM cloud_queue c WHERE c.filehash = q.filehash))
-      AND NOT EXISTS (SELECT 1 FROM chain_records r WHERE r.filehash = q.filehash)
 """
 
 
@@ -56,10 +55,3 @@ class ChainQueue:
             " WHERE q.state = 'batched'"
         )
         return int(due[0][0]) + int(batched[0][0]), int(due[0][1]) + int(batched[0][1])
-
-    async def skip_published_elsewhere(self) -> int:
-        """Waiting records that another node has put on the chain meanwhile are not sent again."""
-        return await self._db.execute(
-            "UPDATE chain_queue SET state = 'on-chain' WHERE state = 'waiting'"
-            " AND filehash IN (SELECT filehash FROM chain_records)"
-        )

@@ -1,20 +1,22 @@
 """
 The reader: follows the chain block by block from its persisted height,
-reassembles batches from their entries, and records what they say, so that
-C{find} and C{download} work for files this node never saw uploaded.
+reassembles batches from their entries, and keeps what their records say as
+claims (L{metadisk.store.claims}), so that C{find} and C{download} work for
+files this node never saw uploaded. A record is a stranger's claim: it never
+becomes one of this node's files or placements.
 
 Each block is applied in one database transaction (its hash, its entries,
-the records it completes), so the position and what was learned up to it
+the claims it completes), so the position and what was learned up to it
 never disagree. Before reading on, the hashes of the last C{rescan_depth}
 blocks read are compared with the chain's: blocks that a reorganisation
-replaced are read again. Records are inserted idempotently; nothing read from
-the chain is trusted (L{metadisk.chain.codec}).
+replaced are read again, and what they said is forgotten. Claims are kept
+idempotently; nothing read from the chain is trusted (L{metadisk.chain.codec}),
+and what one entry and one block can make the node store is bounded.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
@@ -31,10 +33,13 @@ from metadisk.chain.codec import (
 )
 from metadisk.chain.rpc import ChainUnavailable, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
-from metadisk.store.catalog import FileRecord
+from metadisk.store.claims import Claim, Claims
 
 BLOCKS_PER_ROUND = 200  # then the round ends and the next one reads on
-FRAGMENT_HORIZON = 10_000  # blocks after which a batch still incomplete is given up
+FRAGMENT_HORIZON = 1_000  # blocks after which a batch still incomplete is given up
+# Decoded bytes of entries kept from one block: what a block can make the node store (for
+# FRAGMENT_HORIZON blocks at most) is bounded, however many entries it carries.
+MAX_BLOCK_IN = 256 * 1024
 
 
 @define
@@ -112,11 +117,15 @@ class Reader:
         async def forget(txn: ITransaction) -> None:
             await txn.execute("DELETE FROM chain_blocks WHERE height > ?", (height,))
             await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
+            await Claims.forget_above(txn, height)
+            # Our own records in those blocks are on the chain again only once read again.
+            await txn.execute("UPDATE chain_records SET height = NULL WHERE height > ?", (height,))
 
         await self._db.transaction(forget)
 
     async def _apply(self, block: ChainBlock) -> None:
         fragments = []
+        stored = 0  # bytes this block makes the node keep
         for position, (txid, data) in enumerate(block.entries):
             try:
                 entry = decode_entry(data)
@@ -124,8 +133,16 @@ class Reader:
                 # A public chain carries all sorts of data: not ours is not an error.
                 self.log.debug("block {h}: skipping {txid}: {e}", h=block.height, txid=txid, e=e)
                 continue
+            stored += len(entry.region)
+            if stored > MAX_BLOCK_IN:
+                self.log.info(
+                    "block {h}: more than {n} bytes of entries; the rest are skipped",
+                    h=block.height,
+                    n=MAX_BLOCK_IN,
+                )
+                break
             fragments.append(Fragment(txid, entry, (block.height, position)))
-        learned: list[FileRecord] = []
+        learned: list[Claim] = []
 
         async def apply(txn: ITransaction) -> None:
             learned.clear()
@@ -137,22 +154,24 @@ class Reader:
             await txn.execute(
                 "DELETE FROM chain_blocks WHERE height <= ?", (block.height - self.rescan_depth,)
             )
-            batches = set()
+            # In block order: a batch is confirmed where its last entry is, and the claims
+            # of a file are ordered by where they were confirmed.
             for fragment in fragments:
                 await _store_fragment(txn, fragment)
-                batches.add(fragment.entry.batch_id(fragment.txid))
-            for batch_id in sorted(batches):
-                learned.extend(await self._complete(txn, batch_id, block.height))
+                learned.extend(await self._complete(txn, fragment))
             await txn.execute(
                 "DELETE FROM chain_fragments WHERE height < ?", (block.height - FRAGMENT_HORIZON,)
             )
 
         await self._db.transaction(apply)
-        for record in learned:
-            self.log.info("block {h}: learned {filehash}", h=block.height, filehash=record.filehash)
+        for claim in learned:
+            self.log.info(
+                "block {h}: a claim on {filehash}", h=block.height, filehash=claim.record.filehash
+            )
 
-    async def _complete(self, txn: ITransaction, batch_id: str, height: int) -> list[FileRecord]:
-        """If the batch C{batch_id} is complete, record it and drop its entries."""
+    async def _complete(self, txn: ITransaction, last: Fragment) -> list[Claim]:
+        """If the batch of C{last} is complete now, keep its claims and drop its entries."""
+        batch_id = last.entry.batch_id(last.txid)
         rows = await txn.query(
             "SELECT txid, idx, prev_txid, first_txid, total_length, region, height, position"
             " FROM chain_fragments WHERE batch_id = ?",
@@ -173,11 +192,19 @@ class Reader:
         await txn.execute("DELETE FROM chain_fragments WHERE batch_id = ?", (batch_id,))
         for problem in problems:
             self.log.info("batch {batch}: skipped a record: {p}", batch=batch_id, p=problem)
-        learned = []
-        for record in records:
-            if await _learn(txn, record, batch_id, height):
-                learned.append(record)
-        return learned
+        height, position = last.position
+        claims = [
+            Claim(record, batch_id, index, height, position) for index, record in enumerate(records)
+        ]
+        for claim in claims:
+            await Claims.add(txn, claim)
+            # This node's own record, read back: now it is known to be on the chain.
+            await txn.execute(
+                "UPDATE chain_records SET height = ? WHERE filehash = ? AND txid = ?"
+                " AND height IS NULL",
+                (height, claim.record.filehash, batch_id),
+            )
+        return claims
 
 
 async def _store_fragment(txn: ITransaction, fragment: Fragment) -> None:
@@ -204,37 +231,3 @@ def _fragment(row: tuple) -> Fragment:
     txid, index, prev_txid, first_txid, total_length, region, height, position = row
     entry = Entry(index, prev_txid, first_txid, total_length, base64.b64decode(region))
     return Fragment(txid, entry, (height, position))
-
-
-async def _learn(txn: ITransaction, record: FileRecord, txid: str, height: int) -> bool:
-    """Record what the chain says of a file; True if it was new here."""
-    new_file = await txn.execute(
-        "INSERT INTO files (filehash, filename, filesize, datetime, version)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (filehash) DO NOTHING",
-        (record.filehash, record.filename, record.filesize, record.datetime, record.version),
-    )
-    if new_file:
-        # Only for a file new here: a file this node holds keeps its own hosts.
-        for host_name, url in record.uploads:
-            await txn.execute(
-                "INSERT INTO uploads (filehash, host_name, url, added) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (filehash, host_name) DO NOTHING",
-                (record.filehash, host_name, url, float(record.datetime)),
-            )
-    inserted = await txn.execute(
-        "INSERT INTO chain_records (filehash, record, txid, height) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (filehash) DO NOTHING",
-        (record.filehash, json.dumps(record.to_json()), txid, height),
-    )
-    if not inserted:
-        # This node's own record, read back: now it is known to be on the chain.
-        await txn.execute(
-            "UPDATE chain_records SET height = ? WHERE filehash = ? AND txid = ?"
-            " AND height IS NULL",
-            (height, record.filehash, txid),
-        )
-    await txn.execute(
-        "UPDATE chain_queue SET state = 'on-chain' WHERE filehash = ? AND state = 'waiting'",
-        (record.filehash,),
-    )
-    return bool(new_file)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.interfaces import IReactorCore
 
 from metadisk.interfaces import IDatabase
@@ -31,3 +33,23 @@ async def open_database(url: str, reactor: IReactorCore) -> IDatabase:
         await database.close()
         raise
     return database
+
+
+IN_BATCH = 500  # values bound in one IN (...): well below SQLite's limit of 32766
+
+
+async def matching(
+    database: IDatabase, values: Sequence[str], sql: str, extra: tuple = ()
+) -> set[str]:
+    """
+    The first column of C{sql} run over C{values}, a batch at a time: C{sql}
+    has one C{IN ({marks})}, C{{marks}} standing for the batch's placeholders,
+    and then the parameters C{extra}.
+    """
+    found: set[str] = set()
+    for start in range(0, len(values), IN_BATCH):
+        batch = tuple(values[start : start + IN_BATCH])
+        marks = ", ".join("?" * len(batch))
+        rows = await database.query(sql.format(marks=marks), (*batch, *extra))
+        found.update(row[0] for row in rows)
+    return found

@@ -1,4 +1,9 @@
-"""The catalog of files: what C{/api/find} returns, and which hosts hold each blob."""
+"""
+The catalog of this node's own files (tables C{files}, C{uploads}, and its
+published records in C{chain_records}): what C{/api/find} returns for them,
+and which of this node's hosts hold each blob. What the chain says of other
+files is in L{metadisk.store.claims}.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import unicodedata
 
 from attrs import define, frozen
 
+from metadisk.db import matching
 from metadisk.interfaces import IDatabase, ITransaction
 
 FORMAT_VERSION = "0.2"
@@ -74,9 +80,9 @@ class Catalog:
         )
 
     async def find(self, filehash: str) -> FileRecord | None:
-        """The record on the chain, exactly as published, if there is one; else the current one."""
-        # The file and its chain record in one statement: the chain's reader adds both
-        # in one transaction, and two reads could see the file without its record.
+        """This node's record of its file: as published, if it is; else as it stands now."""
+        # The file and its published record in one statement, read at one moment: the
+        # publisher may write the record between two reads.
         rows = await self._db.query(
             "SELECT r.record, f.filename, f.filesize, f.datetime, f.version FROM files f"
             " LEFT JOIN chain_records r ON r.filehash = f.filehash WHERE f.filehash = ?",
@@ -131,34 +137,17 @@ class Catalog:
         )
 
     async def replicated(self, filehashes: list[str], copies: int) -> set[str]:
-        """
-        Those of C{filehashes} held by at least C{copies} hosts, or known from
-        the chain and not waiting for hosts here (their blob is on the hosts
-        the record names, whatever this node's C{copies}).
-        """
-        return await self._matching(
+        """Those of C{filehashes} that at least C{copies} of this node's hosts hold."""
+        return await matching(
+            self._db,
             filehashes,
             "SELECT filehash FROM uploads WHERE filehash IN ({marks})"
-            " GROUP BY filehash HAVING COUNT(*) >= ?"
-            " UNION SELECT r.filehash FROM chain_records r WHERE r.filehash IN ({marks})"
-            " AND NOT EXISTS (SELECT 1 FROM cloud_queue q WHERE q.filehash = r.filehash)",
+            " GROUP BY filehash HAVING COUNT(*) >= ?",
             (copies,),
-            twice=True,
         )
 
     async def known(self, filehashes: list[str]) -> set[str]:
-        """Those of C{filehashes} that have a record."""
-        return await self._matching(
-            filehashes, "SELECT filehash FROM files WHERE filehash IN ({marks})"
+        """Those of C{filehashes} that are this node's files."""
+        return await matching(
+            self._db, filehashes, "SELECT filehash FROM files WHERE filehash IN ({marks})"
         )
-
-    async def _matching(
-        self, filehashes: list[str], sql: str, extra: tuple = (), twice: bool = False
-    ) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(filehashes), 500):
-            batch = filehashes[start : start + 500]
-            params = (*batch, *extra, *batch) if twice else (*batch, *extra)
-            rows = await self._db.query(sql.format(marks=", ".join("?" * len(batch))), params)
-            found.update(h for (h,) in rows)
-        return found

@@ -1,7 +1,8 @@
 """
 The files of a node: ingesting an upload (encrypt, cache, catalog, queue for
-the hosts) and opening a blob for download (from the cache, or fetched back
-from a host and verified).
+the hosts) and opening a blob for download (from the cache, or fetched and
+verified: a file of this node's from its hosts, a file known only from the
+chain from its claims' URLs).
 """
 
 from __future__ import annotations
@@ -20,17 +21,39 @@ from metadisk.chain.queue import enqueue as enqueue_for_chain
 from metadisk.crypto import convergent_key, encrypt_in_place
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.cache import Allocation, BlobCache, remove
+from metadisk.store.cache import Allocation, BlobCache, Evictable, remove
 from metadisk.store.catalog import Catalog, FileRecord
+from metadisk.store.claims import ClaimFetcher, Claims, Pay
 from metadisk.store.cloudsync import CloudSync
+
+
+def evictable(catalog: Catalog, claims: Claims, copies: int) -> Evictable:
+    """
+    What the cache may delete: this node's files once C{copies} of its hosts
+    hold them, and the blobs of files known only from claims (a cache of what
+    their URLs serve). A claim never makes a file of this node's evictable.
+    """
+
+    async def safe(filehashes: list[str]) -> set[str]:
+        own = await catalog.known(filehashes)
+        others = await claims.known([f for f in filehashes if f not in own])
+        return await catalog.replicated(list(own), copies) | others
+
+    return safe
+
+
+async def _free(size: int) -> None:
+    """What a download that has paid up front, or costs nothing, pays for a fetch."""
 
 
 @define
 class FileStore:
     _db: IDatabase
     catalog: Catalog
+    claims: Claims
     cache: BlobCache
     sync: CloudSync
+    _claim_fetcher: ClaimFetcher
     _clock: IReactorTime
     _run_blocking: RunBlocking
     _convergence_secret: bytes
@@ -51,7 +74,7 @@ class FileStore:
             remove(leftover)
         self.cache.load()
         cached = self.cache.filehashes()
-        known = await self.catalog.known(cached)
+        known = await self.catalog.known(cached) | await self.claims.known(cached)
         for filehash in cached:
             if filehash not in known:
                 self.log.info("removing unrecorded blob {filehash}", filehash=filehash)
@@ -95,24 +118,27 @@ class FileStore:
         return filehash, key
 
     async def find(self, filehash: str) -> FileRecord | None:
-        return await self.catalog.find(filehash)
+        """This node's record of its file, or else the earliest claim not disproved."""
+        return await self.catalog.find(filehash) or await self.claims.earliest(filehash)
 
     def cached(self, filehash: str) -> bool:
         return filehash in self.cache
 
-    async def open_blob(self, record: FileRecord) -> BinaryIO:
+    async def open_blob(self, record: FileRecord, pay: Pay = _free) -> BinaryIO:
         """
         Open the blob of C{record} for reading, fetching it into the cache
-        first if it is not there. Raises L{NoCopyAvailable} or L{StorageFull}.
+        first if it is not there (C{pay}: see L{ClaimFetcher.fetch}). Raises
+        L{NoCopyAvailable} or L{StorageFull}. A fetched blob may show the
+        record's size wrong (a claim): its size is the file's.
         """
         filehash = record.filehash
         if filehash not in self.cache:
-            await self._fetch_once(record)
+            await self._fetch_once(record, pay)
         self.cache.touch(filehash)
         # Opened at once: an eviction after this point cannot take it away from the reader.
         return open(self.cache.path(filehash), "rb")
 
-    def _fetch_once(self, record: FileRecord) -> Deferred[None]:
+    def _fetch_once(self, record: FileRecord, pay: Pay) -> Deferred[None]:
         """
         Fetch a blob into the cache; concurrent readers share one fetch. A
         reader that leaves (cancels) stops waiting, but not the fetch: others
@@ -137,16 +163,26 @@ class FileStore:
                 else:
                     each.callback(None)
 
-        fetch = Deferred.fromCoroutine(self._fetch(record))
+        fetch = Deferred.fromCoroutine(self._fetch(record, pay))
         self._fetching[filehash] = (fetch, [waiter])
         fetch.addBoth(fetched)
         return waiter
 
-    async def _fetch(self, record: FileRecord) -> None:
+    async def _fetch(self, record: FileRecord, pay: Pay) -> None:
         allocation = await self.cache.allocate(record.filesize)
+
+        async def pay_and_make_room(size: int) -> None:
+            # A later claim may say the blob is larger: paid for, and room made, first.
+            await pay(size)
+            if size > allocation.size:
+                await self.cache.allocate(size - allocation.size, allocation)
+
         destination = self.temporary(".fetch")
         try:
-            await self.sync.fetch(record.filehash, destination, record.filesize)
+            if await self.catalog.known([record.filehash]):
+                await self.sync.fetch(record.filehash, destination, record.filesize)
+            else:
+                await self._claim_fetcher.fetch(record.filehash, destination, pay_and_make_room)
         except BaseException:
             destination.unlink(missing_ok=True)
             self.cache.release(allocation)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from attrs import define
+from attrs import define, evolve
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Cooperator
 from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
-from metadisk.ledger import FREE, Ledger, Reservation
+from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
@@ -24,7 +26,6 @@ from metadisk.web.params import query_argument
 from metadisk.web.producers import BlobProducer
 from metadisk.web.upload import UPLOAD_COST, ReceivedUpload, reserve_credit
 
-FETCHED_COST = 2  # a download that must first be fetched from a host costs double
 _RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
 
 ChainStatus = Callable[[], Awaitable[dict[str, Any]]]
@@ -66,6 +67,45 @@ def content_disposition(filename: str) -> str:
     if fallback != filename:
         header += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return header
+
+
+@define
+class Charge:
+    """
+    What a download holds of its token's credit (a reservation), and what it
+    owes: the fetch of a blob not in the cache (its size, kept once the node
+    has fetched it) and the bytes sent.
+    """
+
+    _ledger: Ledger | None  # None: transfers are free
+    reservation: Reservation
+    fetch: int  # what the fetch costs; 0: served from the cache
+    send: int  # credit held for the bytes to send
+    fetched: bool = False  # the fetch happened (or goes on without the client)
+
+    async def pay_fetch(self, size: int) -> None:
+        """A claim says the blob is C{size} bytes: hold that much for its fetch before it starts."""
+        if size > self.fetch:
+            await self._extend(size - self.fetch)
+            self.fetch = size
+
+    async def cover(self, send: int) -> None:
+        """Hold enough for C{send} bytes to send."""
+        if send > self.send:
+            await self._extend(send - self.send)
+        self.send = send
+
+    async def _extend(self, amount: int) -> None:
+        if self._ledger is not None:
+            try:
+                self.reservation = await self._ledger.extend(self.reservation, amount)
+            except BalanceInsufficient:
+                raise error(402, "balance-insufficient") from None
+
+    async def settle(self, sent: int) -> None:
+        """Keep the fetch if it happened and what was sent; give back the rest."""
+        if self._ledger is not None:
+            await self._ledger.settle(self.reservation, (self.fetch if self.fetched else 0) + sent)
 
 
 @define(slots=False)  # Klein binds itself to the instance's __dict__
@@ -121,11 +161,13 @@ class FilesAPI:
             self._download_headers(request, record, span)
             return b""
 
-        cost = 1 if self._store.cached(filehash) else FETCHED_COST
+        # A blob not in the cache is fetched whole first, whatever the range: that costs its
+        # size, paid up front, and kept once the node has fetched it.
+        fetch = 0 if self._store.cached(filehash) else record.filesize
         self._meters.check(OUTGOING, length)
-        if cost == FETCHED_COST:
-            self._meters.check(INCOMING, record.filesize)
-        reservation = await self._reserve(request, cost * length)
+        if fetch:
+            self._meters.check(INCOMING, fetch)
+        charge = Charge(self._ledger, await self._reserve(request, fetch + length), fetch, length)
         sent = 0
 
         def count(n: int) -> None:
@@ -134,7 +176,15 @@ class FilesAPI:
             self._meters.record(OUTGOING, n)
 
         try:
-            blob = await self._store.open_blob(record)
+            blob = await self._open(record, charge)
+            size = os.fstat(blob.fileno()).st_size
+            if size != record.filesize:
+                # A claim that said another size: the file is the verified blob.
+                record = await self._store.find(filehash) or evolve(record, filesize=size)
+                span = byte_range(request.getHeader(b"range"), record.filesize)
+                start, end = span if span is not None else (0, record.filesize - 1)
+                length = end - start + 1
+                await charge.cover(send=length)
             self._download_headers(request, record, span)
             key = bytes.fromhex(key_hex) if key_hex is not None else None
             share = self._outgoing.share() if self._outgoing is not None else None
@@ -143,8 +193,21 @@ class FilesAPI:
             await producer.start(request)
         finally:
             # Whatever was not sent is given back.
-            await self._settle(reservation, cost * sent)
+            await charge.settle(sent)
         return None
+
+    async def _open(self, record: FileRecord, charge: Charge) -> BinaryIO:
+        """The blob, fetched first if need be: a fetch begun is paid, even if the client goes."""
+        if not charge.fetch:
+            return await self._store.open_blob(record)
+        try:
+            blob = await self._store.open_blob(record, charge.pay_fetch)
+        except CancelledError:
+            charge.fetched = True  # the client left; the node's fetch goes on
+            raise
+        charge.fetched = True
+        charge.fetch = os.fstat(blob.fileno()).st_size
+        return blob
 
     @staticmethod
     def _download_headers(
