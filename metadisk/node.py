@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.chain.service import ChainService, chain_sync
-from metadisk.chain.urlhost import URLHost
 from metadisk.config import Config
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase
@@ -33,6 +32,7 @@ from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI

@@ -30,9 +30,9 @@ from metadisk.chain import codec
 from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient
-from metadisk.chain.urlhost import PROGRESS_WINDOW, BlobReceiver, URLHost
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.store.hosts import SLOWEST_RATE, HostError
+from metadisk.store.hosts.url import PROGRESS_WINDOW, BlobReceiver, URLHost
 from tests.fake_florincoind import FakeFlorincoind
 from tests.support import json_of, start_node, test_config
 
