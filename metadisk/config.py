@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from attrs import evolve, field, frozen
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
 
 MAX_BYTES = 2**53
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _UNITS = {
     "": 1,
@@ -48,6 +51,11 @@ class HostConfig:
     setting: str  # path, remote or site, according to kind
 
 
+def networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
+    """Networks from their CIDR notation (C{"127.0.0.0/8"}); a ValueError for a bad one."""
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
 @frozen
 class ChainConfig:
     kind: str = "none"  # "none" | "florincoin" | "litecoin"
@@ -60,6 +68,8 @@ class ChainConfig:
     rescan_depth: int = 10  # last blocks re-checked for reorganisations
     start_height: int = 0  # the first block a new node reads
     publish_wait: float = 3600.0  # seconds before a record goes out with fewer than `copies` hosts
+    # Addresses a record's URL may lead to although they are not public (tests: loopback).
+    fetch_allowed_networks: tuple[Network, ...] = field(default=(), converter=networks)
 
 
 @frozen
@@ -170,6 +180,7 @@ _KNOWN = {
         "rescan_depth",
         "start_height",
         "publish_wait",
+        "fetch_allowed_networks",
     },
 }
 _HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}
@@ -321,6 +332,10 @@ def _chain(data: dict[str, Any], base: ChainConfig) -> ChainConfig:
     for key, minimum in (("rescan_depth", 1), ("start_height", 0)):
         if key in data:
             changes[key] = _number(f"chain.{key}", data[key], minimum=minimum, integer=True)
+    if "fetch_allowed_networks" in data:
+        changes["fetch_allowed_networks"] = _networks(
+            "chain.fetch_allowed_networks", data["fetch_allowed_networks"]
+        )
     chain = evolve(base, **changes)
     if chain.start_height > 2**31:
         raise ConfigError("chain.start_height", "out of range")
@@ -331,6 +346,15 @@ def _chain(data: dict[str, Any], base: ChainConfig) -> ChainConfig:
     if chain.url and not chain.url.startswith(("http://", "https://")):
         raise ConfigError("chain.url", "expected http://[user:password@]host:port or https://…")
     return chain
+
+
+def _networks(key: str, value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list) or not all(isinstance(cidr, str) for cidr in value):
+        raise ConfigError(key, 'expected a list of networks, such as ["127.0.0.0/8"]')
+    try:
+        return networks(value)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
 
 
 def local_endpoint(key: str, description: str) -> str:
