@@ -32,6 +32,12 @@ from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.publicnet import (
+    AddressPolicy,
+    ListeningAddresses,
+    PublicEndpoints,
+    public_agent,
+)
 from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
@@ -81,6 +87,8 @@ class Node:
     chain: ChainService | None = None  # None: the chain is disabled
     repair: Repair | None = None  # run by the node's service (tap.py)
     private_site: MetaDiskSite | None = None  # for [node] private_listen; None: not set
+    # Where the node listens, once it does: the URLs of records must not lead there.
+    listening: ListeningAddresses = field(factory=ListeningAddresses)
 
     log = Logger()
 
@@ -153,9 +161,13 @@ async def build_node(
                 Node.log.error("host {host}: its folder did not answer", host=host.name)
     # Copies to a local directory cross no network: they do not count as bandwidth.
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
-    # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
-    # verified); no idle connections kept, so a stopped node leaves none behind.
+    # The chain's RPC goes where the operator said (https is verified); no idle connections
+    # kept, so a stopped node leaves none behind.
     http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    # The URLs of records from the chain are strangers': public addresses only.
+    listening = ListeningAddresses()
+    policy = AddressPolicy(config.chain.fetch_allowed_networks, listening)
+    strangers = public_agent(reactor, PublicEndpoints(reactor, policy))
     sync = CloudSync(
         db,
         catalog,
@@ -168,7 +180,7 @@ async def build_node(
         meters=meters,
         unmetered=local,
         metrics=metrics,
-        url_fetcher=URLHost(http, config.capacity, reactor),
+        url_fetcher=URLHost(strangers, config.capacity, reactor),
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
@@ -248,4 +260,5 @@ async def build_node(
         chain,
         repair=repair,
         private_site=private_site,
+        listening=listening,
     )
