@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +140,23 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _networks(value: Any) -> tuple[str, ...]:
-    """A list of CIDR networks (C{"10.0.0.0/8"}, C{"::1/128"}), each checked."""
-    networks = _strings(value)
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise Invalid(f"not a network (CIDR): {network!r}") from None
-    return networks
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
+    """Networks from their CIDR notation (C{"127.0.0.0/8"}); a ValueError for a bad one."""
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    """A list of networks in CIDR notation (C{"10.0.0.0/8"}, C{"::1/128"}), each checked."""
+    kinds = (str, ipaddress.IPv4Network, ipaddress.IPv6Network)  # strings, or what they become
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, kinds) for v in value):
+        raise Invalid('expected a list of networks such as "10.0.0.0/8"')
+    try:
+        return networks(value)
+    except (TypeError, ValueError) as e:
+        raise Invalid(str(e)) from None
 
 
 def _secret(value: Any) -> bytes:
@@ -269,6 +277,8 @@ class ChainConfig:
     start_height: int = field(default=0, validator=whole(0, 2**31))  # a new node's first block
     # Seconds before a record goes out with fewer than `copies` hosts.
     publish_wait: float = field(default=3600.0, validator=number(0))
+    # Addresses a record's URL may lead to although they are not public (tests: loopback).
+    fetch_allowed_networks: tuple[Network, ...] = field(default=(), converter=_networks)
 
 
 _HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}

@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.chain.service import ChainService, chain_sync
-from metadisk.chain.urlhost import URLHost
 from metadisk.config import Config
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase
@@ -34,6 +33,13 @@ from metadisk.store.cloudsync import CloudSync
 from metadisk.store.files import FileStore, evictable
 from metadisk.store.hosts import SLOWEST_RATE, make_host
 from metadisk.store.hosts.local import LocalDirectoryHost
+from metadisk.store.hosts.publicnet import (
+    AddressPolicy,
+    ListeningAddresses,
+    PublicEndpoints,
+    public_agent,
+)
+from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
@@ -83,6 +89,8 @@ class Node:
     chain: ChainService | None = None  # None: the chain is disabled
     repair: Repair | None = None  # run by the node's service (tap.py)
     private_site: MetaDiskSite | None = None  # for [node] private_listen; None: not set
+    # Where the node listens, once it does: the URLs of records must not lead there.
+    listening: ListeningAddresses = field(factory=ListeningAddresses)
 
     log = Logger()
 
@@ -162,10 +170,15 @@ async def build_node(
                 Node.log.error("host {host}: its folder did not answer", host=host.name)
     # Copies to a local directory cross no network: they do not count as bandwidth.
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
-    # One HTTP client for the chain's RPC and the blobs of records from the chain (https is
-    # verified); no idle connections kept, so a stopped node leaves none behind.
+    # The chain's RPC goes where the operator said (https is verified); no idle connections
+    # kept, so a stopped node leaves none behind.
     http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-    urls = URLHost(http, config.storage.capacity, reactor)
+    # The URLs of records from the chain are strangers': public addresses only.
+    listening = ListeningAddresses()
+    policy = AddressPolicy(config.chain.fetch_allowed_networks, listening)
+    urls = URLHost(
+        public_agent(reactor, PublicEndpoints(reactor, policy)), config.storage.capacity, reactor
+    )
     sync = CloudSync(
         db,
         catalog,
@@ -280,4 +293,5 @@ async def build_node(
         chain,
         repair=repair,
         private_site=private_site,
+        listening=listening,
     )

@@ -103,10 +103,13 @@ class NodeService(service.MultiService):
         # Wrapped to know the open connections, so that stopping can close them.
         self._connections = WrappingFactory(node.site)
         self.port = await endpoint.listen(self._connections)
+        # Known only now (port 0 is chosen by listening): no record's URL may lead here.
+        node.listening.add(self.port.getHost())
         if node.private_site is not None:
             self._private_connections = WrappingFactory(node.private_site)
             private = serverFromString(self._reactor, self.config.node.private_listen)
             self.private_port = await private.listen(self._private_connections)
+            node.listening.add(self.private_port.getHost())
             self.log.info(
                 "private API listening on {listen}", listen=self.config.node.private_listen
             )

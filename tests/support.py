@@ -1,4 +1,7 @@
-"""What the tests share: a node on a real port, multipart bodies, raw HTTP."""
+"""
+What the tests share: a node on a real port, multipart bodies, raw HTTP, web
+servers that count their connections.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import IResource
+from twisted.web.server import Site
 
 from metadisk.config import Config, config_from_dict
 from metadisk.tap import NodeService
@@ -227,3 +232,33 @@ def header_of(response: bytes, name: bytes) -> bytes | None:
 
 def body_of(response: bytes) -> Any:
     return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+class _CountingSite(Site):
+    connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+
+class CountingServer:
+    """
+    A web server on a free port of C{interface} that counts the connections
+    it receives: a place no fetch should reach, or one that some must.
+    """
+
+    def __init__(self, case: TestCase, resource: IResource, interface: str = "127.0.0.1") -> None:
+        self._site = _CountingSite(resource)
+        self.port = reactor.listenTCP(0, self._site, interface=interface)
+        case.addCleanup(self.port.stopListening)
+
+    @property
+    def connections(self) -> int:
+        return self._site.connections
+
+    def url(self, path: str = "", host: str | None = None) -> str:
+        """An http URL of C{path} here, naming the server by C{host} (default: its address)."""
+        address = self.port.getHost()
+        host = host or (f"[{address.host}]" if ":" in address.host else address.host)
+        return f"http://{host}:{address.port}/{path}"

@@ -1,6 +1,8 @@
 """
 Records from the chain name hosts this node may not have: the blob is then
-fetched from the record's http(s) URL, and verified by its SHA-256.
+fetched from the record's http(s) URL, and verified by its SHA-256. The
+blobs are served on loopback, which a node only fetches from when told to
+(C{[chain] fetch_allowed_networks}).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -20,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -30,15 +31,20 @@ from metadisk.chain import codec
 from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient
-from metadisk.chain.urlhost import PROGRESS_WINDOW, BlobReceiver, URLHost
+from metadisk.config import networks
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.store.hosts import SLOWEST_RATE, HostError
+from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
+from metadisk.store.hosts.url import PROGRESS_WINDOW, BlobReceiver, URLHost
 from tests.fake_florincoind import FakeFlorincoind
 from tests.support import json_of, start_node, test_config
 
+LOOPBACK = ["127.0.0.0/8"]  # where the test servers are: to be let through
 
-def http_client() -> HTTPClient:
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+def loopback_agent() -> Any:
+    policy = AddressPolicy(networks(LOOPBACK))
+    return public_agent(reactor, PublicEndpoints(reactor, policy))
 
 
 class BlobServer:
@@ -61,14 +67,14 @@ class URLHostTests(TestCase):
         filehash = hashlib.sha256(blob).hexdigest()
         server = BlobServer(self, {"blob": blob})
         target = Path(self.mktemp())
-        host = URLHost(http_client(), 200_000, reactor)
+        host = URLHost(loopback_agent(), 200_000, reactor)
         await host.fetch(filehash, server.url("blob"), str(target), len(blob))
         self.assertEqual(target.read_bytes(), blob)
         self.assertTrue(await host.exists(filehash, server.url("blob")))
 
     async def test_refusals(self) -> None:
         server = BlobServer(self, {"blob": b"x" * 5000})
-        host = URLHost(http_client(), 1000, reactor)
+        host = URLHost(loopback_agent(), 1000, reactor)
         target = str(Path(self.mktemp()))
         for url in (server.url("blob"), server.url("missing"), "file:///etc/passwd", "ftp://x/y"):
             with self.assertRaises(HostError):
@@ -79,7 +85,7 @@ class URLHostTests(TestCase):
     async def test_no_more_than_the_record_says(self) -> None:
         """A URL that serves more bytes than the record's size is refused, cache room or not."""
         server = BlobServer(self, {"blob": b"x" * 5000})
-        host = URLHost(http_client(), 1_000_000, reactor)
+        host = URLHost(loopback_agent(), 1_000_000, reactor)
         target = Path(self.mktemp())
         with self.assertRaises(HostError) as caught:
             await host.fetch("ab" * 32, server.url("blob"), str(target), 4999)
@@ -116,7 +122,11 @@ class DownloadFromChainTests(TestCase):
             txids.append(fake.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
         fake.mine()
 
-        config = test_config(Path(self.mktemp()).resolve(), accounts={"enabled": False})
+        config = test_config(
+            Path(self.mktemp()).resolve(),
+            accounts={"enabled": False},
+            chain={"fetch_allowed_networks": LOOPBACK},
+        )
         node = await start_node(self, config)
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(fake), clock)
@@ -193,7 +203,7 @@ class BlobReceiverTests(SynchronousTestCase):
 
     def test_headers_must_come_too(self) -> None:
         class Silent:
-            def get(self, url: str, **options: Any) -> Deferred[Any]:
+            def request(self, method: bytes, uri: bytes, *args: Any) -> Deferred[Any]:
                 return Deferred()
 
         clock = Clock()

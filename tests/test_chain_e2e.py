@@ -56,6 +56,8 @@ class EndToEndTests(TestCase):
             "poll_interval": POLL,
             "timeout": 20,
             "start_height": 0,
+            # The hosts are on loopback: their URLs are not public addresses.
+            "fetch_allowed_networks": ["127.0.0.0/8"],
         }
         return test_config(
             base,

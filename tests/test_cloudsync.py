@@ -18,7 +18,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from metadisk.chain.urlhost import URLHost
 from metadisk.db import open_database
 from metadisk.interfaces import ITransaction
 from metadisk.store.blocking import in_caller
@@ -31,6 +30,7 @@ from metadisk.store.hosts import SLOWEST_RATE
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessRunner
+from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair, RepairService
 from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, eventually, require_tool
 from tests.support import json_of, multipart, start_node, test_config

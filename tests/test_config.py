@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.node.data_dir, Path("metadisk-data"))
         self.assertTrue(config.accounts.enabled)
         self.assertEqual(config.chain.kind, "none")
+        self.assertEqual(config.chain.fetch_allowed_networks, ())  # public addresses only
         self.assertEqual(config.replication.copies, 3)
         self.assertEqual(config.crypto.convergence_secret, DEFAULT_CONVERGENCE_SECRET)
         self.assertTrue(config.effective_database_url.startswith("sqlite:///"))
@@ -71,6 +73,7 @@ remote = ":webdav,url='http://127.0.0.1:8081':blobs"
 [chain]
 kind = "litecoin"
 url = "http://u:p@127.0.0.1:19332"
+fetch_allowed_networks = ["10.20.0.0/16", "fd00::/8"]
 """
         )
         config = load_config(path)
@@ -88,6 +91,10 @@ url = "http://u:p@127.0.0.1:19332"
             [(h.name, h.kind) for h in config.hosts], [("a", "local"), ("b", "rclone")]
         )
         self.assertEqual(config.chain.kind, "litecoin")
+        self.assertEqual(
+            config.chain.fetch_allowed_networks,
+            (ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("fd00::/8")),
+        )
 
     def test_command_line_overrides_file(self) -> None:
         path = self.write('[node]\nlisten = "tcp:9000"\ndata_dir = "/a"\n')
@@ -133,6 +140,10 @@ class ErrorTests(SynchronousTestCase):
         self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")
         self.assertKey({"chain": {"kind": "litecoin"}}, "chain.url")
         self.assertKey({"crypto": {"convergence_secret": ""}}, "crypto.convergence_secret")
+        for networks in ("10.0.0.0/8", ["10.0.0.0/33"], ["10.0.0.1/8"], ["localhost"], [8]):
+            self.assertKey(
+                {"chain": {"fetch_allowed_networks": networks}}, "chain.fetch_allowed_networks"
+            )
 
     def test_unreadable_file(self) -> None:
         with self.assertRaises(ConfigError) as caught:
@@ -174,6 +185,17 @@ class TwistdTests(SynchronousTestCase):
             "metadisk: config error: storage.capacity: expected a size in bytes, got 'lots'",
         )
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_bad_allowed_network(self) -> None:
+        path = Path(self.mktemp()).resolve()
+        path.write_text('[chain]\nfetch_allowed_networks = ["127.0.0.0/40"]\n')
+        result = self.twistd("--config", str(path))
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(
+            result.stderr.strip(),
+            "metadisk: config error: chain.fetch_allowed_networks: "
+            "'127.0.0.0/40' does not appear to be an IPv4 or IPv6 network",
+        )
 
     def test_bad_listen(self) -> None:
         result = self.twistd("--listen", "nope:1")

@@ -6,8 +6,10 @@ format) and reading what other nodes published.
 - L{florincoin}, L{bitcoinlike}: the two L{metadisk.interfaces.IChain} adapters
   (L{adapter}: what they hand back);
 - L{queue}: the blockchain queue; L{publisher}: from it to the chain;
-- L{reader}: the chain into the catalog; L{service}: the loops and the status;
-- L{urlhost}: blobs fetched from the http(s) URLs of records read from the chain.
+- L{reader}: the chain into the catalog; L{service}: the loops and the status.
+
+The blobs of records read from the chain are fetched from their http(s) URLs by
+L{metadisk.store.hosts.url}: a file host like the others.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """
 Blobs named by a record from the chain on a host this node has not
-configured: fetched from the record's http(s) URL with treq. The caller
+configured: fetched from the record's http(s) URL. The caller
 (L{metadisk.store.cloudsync.CloudSync.fetch}) checks the SHA-256, so a URL
 can waste a download but never serve wrong bytes; and it cannot hold the
 cache room set aside for it for long: the bytes must keep coming.
+
+The URL is a stranger's: its agent connects only to public addresses
+(L{metadisk.store.hosts.publicnet}), and a redirect is not followed.
 """
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+import re
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from attrs import define
 from twisted.internet.defer import Deferred
@@ -17,12 +22,38 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.hosts import SLOWEST_RATE, HostError, check_filehash
 
 PROGRESS_WINDOW = 30.0  # seconds: in each, at least SLOWEST_RATE bytes a second must arrive
+_PRINTABLE = re.compile(r"[!-~]+")  # ASCII, no space, no control character (no CRLF)
+
+
+def request_uri(url: str) -> bytes:
+    """
+    C{url} as an agent takes it, or a L{HostError}: an http(s) URL naming a
+    host, with no credentials and a good port.
+    """
+    where = url[:100]
+    if not _PRINTABLE.fullmatch(url):
+        raise HostError(f"not a printable ASCII URL: {where!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # a bad port, a bad IPv6 address
+        raise HostError(f"{where}: {e}") from None
+    if parts.scheme not in ("http", "https"):
+        raise HostError(f"not an http(s) URL: {where!r}")
+    if parts.username is not None or parts.password is not None:
+        raise HostError(f"{where}: a URL with credentials")
+    if not parts.hostname:
+        raise HostError(f"{where}: no host")
+    if port == 0:
+        raise HostError(f"{where}: bad port 0")
+    return url.encode("ascii")
 
 
 @implementer(IFileHost)
@@ -30,7 +61,7 @@ PROGRESS_WINDOW = 30.0  # seconds: in each, at least SLOWEST_RATE bytes a second
 class URLHost:
     """Read-only: it fetches what other nodes stored; it stores nothing."""
 
-    _http: Any  # a treq HTTPClient: https is verified by its agent
+    _agent: IAgent  # publicnet.public_agent(): public addresses only, https verified
     max_size: int  # bytes: no blob is larger than the cache that is to hold it
     _clock: IReactorTime
     name: str = "url"
@@ -43,13 +74,11 @@ class URLHost:
 
     async def _fetch(self, filehash: str, url: str, destination: str, size: int) -> None:
         check_filehash(filehash)
-        if not url.startswith(("http://", "https://")):
-            raise HostError(f"not an http(s) URL: {url[:100]!r}")
         # The headers come within a window too; a refusal's body is not worth reading.
-        response = await self._http.get(url, unbuffered=True).addTimeout(
+        response = await self._agent.request(b"GET", request_uri(url)).addTimeout(
             PROGRESS_WINDOW, self._clock
         )
-        if response.code != 200:
+        if response.code != 200:  # a redirect too: it is not followed
             response.deliverBody(_Hangup())
             raise HostError(f"{url[:100]}: HTTP {response.code}")
         # The record's size, which the chain could overstate: never more than the cache holds.
@@ -61,7 +90,9 @@ class URLHost:
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:
         async def exists() -> bool:
-            response = await self._http.head(url)
+            response = await self._agent.request(b"HEAD", request_uri(url)).addTimeout(
+                PROGRESS_WINDOW, self._clock
+            )
             return bool(response.code == 200)
 
         return Deferred.fromCoroutine(exists())
