@@ -26,6 +26,8 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from metadisk.chain import codec
+
 MAX_TX_COMMENT_LEN = 528
 FEE = 0.001
 _ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{26,35}")
@@ -122,6 +124,18 @@ class FakeFlorincoind(Resource):
         txid = self._new_tx(comment)
         self.mempool.append(txid)
         return txid
+
+    def publish(self, records: list[dict[str, Any]]) -> list[str]:
+        """
+        Someone else's batch of C{records}, in the metachains format, into the
+        mempool (one transaction an entry); return the txids, the first naming it.
+        """
+        batch = codec.batch_text(records)
+        txids: list[str] = []
+        for i, region in enumerate(codec.split_regions(batch)):
+            prev, first = (txids[-1], txids[0]) if txids else (None, None)
+            txids.append(self.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
+        return txids
 
     # -- HTTP
 

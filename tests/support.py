@@ -185,7 +185,12 @@ def _complete_response(data: bytes, head_only: bool) -> bytes | None:
 
 
 async def raw_http(
-    port: int, payload: bytes, *, close_after_send: bool = False, timeout: float = 10
+    port: int,
+    payload: bytes,
+    *,
+    close_after_send: bool = False,
+    timeout: float = 10,
+    source: str = "127.0.0.1",
 ) -> bytes:
     """
     Send raw bytes to the node; return its first complete response, or all
@@ -194,7 +199,7 @@ async def raw_http(
     protocol = _Exchange(payload, close_after_send)
     factory = Factory()
     factory.protocol = lambda: protocol
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0)).connect(factory)
     # A real socket and a real node: bound the wait, never hang the suite.
     watchdog = reactor.callLater(timeout, protocol.transport.abortConnection)
     try:
@@ -262,3 +267,41 @@ class CountingServer:
         address = self.port.getHost()
         host = host or (f"[{address.host}]" if ":" in address.host else address.host)
         return f"http://{host}:{address.port}/{path}"
+
+
+class _Holder(Protocol):
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = bytearray()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(None)
+
+
+async def hold_open(
+    case: TestCase, port: int, payload: bytes, source: str = "127.0.0.1"
+) -> _Holder:
+    """
+    A client on C{source} that sends C{payload} to the node and then keeps its
+    connection open, saying nothing more (closed when the test ends).
+    """
+    holder = _Holder(payload)
+    factory = Factory()
+    factory.protocol = lambda: holder
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
+    await endpoint.connect(factory)
+
+    async def close() -> None:
+        if not holder.closed.called:
+            holder.transport.abortConnection()
+            await holder.closed
+
+    case.addCleanup(lambda: Deferred.fromCoroutine(close()))
+    return holder

@@ -27,7 +27,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from metadisk.chain import codec
 from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient
@@ -115,11 +114,7 @@ class DownloadFromChainTests(TestCase):
             "version": "0.2",
         }
         fake = FakeFlorincoind()
-        batch = codec.batch_text([record])
-        txids: list[str] = []
-        for i, region in enumerate(codec.split_regions(batch)):
-            prev, first = (txids[-1], txids[0]) if txids else (None, None)
-            txids.append(fake.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
+        fake.publish([record])
         fake.mine()
 
         config = test_config(

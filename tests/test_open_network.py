@@ -7,25 +7,46 @@ attack.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from twisted.web.util import Redirect
 
 from metadisk.chain import codec
 from metadisk.chain.florincoin import Florincoin
-from metadisk.chain.reader import Reader
+from metadisk.chain.reader import MAX_BLOCK_IN, Reader
 from metadisk.chain.rpc import JSONRPCClient
+from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
+from metadisk.db import open_database
 from tests.fake_florincoind import FakeFlorincoind
-from tests.support import CountingServer, RunningNode, json_of, start_node, test_config
+from tests.support import (
+    CountingServer,
+    RunningNode,
+    body_of,
+    eventually,
+    funded_token,
+    hold_open,
+    json_of,
+    multipart,
+    raw_http,
+    start_node,
+    status_line,
+    test_config,
+    upload,
+)
 
+PAYMENT = {"error": "balance-insufficient"}
 CREDENTIALS = b'{"AccessKeyId": "ASIA-internal", "SecretAccessKey": "never-to-leave"}'
 METADATA = "latest/meta-data"
 
@@ -70,12 +91,7 @@ class RecordURLsInsideTests(TestCase):
             "uploads": [{"host_name": f"mirror{i}", "url": url} for i, url in enumerate(urls)],
             "version": "0.2",
         }
-        batch = codec.batch_text([record])
-        txids: list[str] = []
-        for i, region in enumerate(codec.split_regions(batch)):
-            prev, first = (txids[-1], txids[0]) if txids else (None, None)
-            entry = codec.entry_text(region, i, prev, first, len(batch))
-            txids.append(self.chain.send_comment(entry))
+        self.chain.publish([record])
         self.chain.mine()
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(self.chain), clock)
@@ -130,3 +146,421 @@ class RecordURLsInsideTests(TestCase):
         code, _ = await self.download(node, filehash)
         self.assertEqual(code, 502)
         self.assertIsNone(self.status_requests(node))
+
+
+class Stranger:
+    """Publishes records on the fake florincoind the node follows, and waits for it to read them."""
+
+    def __init__(self, case: TestCase) -> None:
+        self.chain = FakeFlorincoind()
+        port, self.url = self.chain.listen(reactor)
+        case.addCleanup(port.stopListening)
+
+    def chain_config(self, **keys: Any) -> dict[str, Any]:
+        return {"kind": "florincoin", "url": self.url, "poll_interval": 0.1, **keys}
+
+    async def publish(self, node: RunningNode, *records: dict[str, Any]) -> None:
+        """Each record in its own batch, all in the next block; once the node has read it."""
+        for record in records:
+            self.chain.publish([record])
+        self.chain.mine()
+        await self.read(node)
+
+    async def read(self, node: RunningNode) -> None:
+        tip = len(self.chain.blocks) - 1
+
+        async def read() -> bool:
+            return await node.node.chain.reader.height() == tip
+
+        await eventually(read)
+
+
+def record_of(filehash: str, size: int, name: str, urls: dict[str, str]) -> dict[str, Any]:
+    return {
+        "datetime": "1700000000",
+        "filehash": filehash,
+        "filename": f"{filehash[:7]}_{name}",
+        "filesize": size,
+        "uploads": [{"host_name": host, "url": url} for host, url in urls.items()],
+        "version": "0.2",
+    }
+
+
+def encrypted(plaintext: bytes) -> tuple[str, str, bytes]:
+    """(filehash, key, ciphertext) of a file, as any node with the default secret makes them."""
+    key = convergent_key(DEFAULT_CONVERGENCE_SECRET, hashlib.sha256(plaintext).hexdigest())
+    blob = ctr_cipher(key).encrypt(plaintext)
+    return hashlib.sha256(blob).hexdigest(), key.hex(), blob
+
+
+class RecordPublishedFirstTests(TestCase):
+    """
+    Item 1: a stranger who has a file's content computes its filehash and
+    publishes a record for it first: a tiny size, another name, this node's
+    own host names with bogus URLs, a date far in the future. A real upload
+    of the file must still be this node's: answered by its own record,
+    served whole under its name, copied to its hosts (the stranger's host
+    names count for nothing), safe from eviction until then, and published.
+    """
+
+    async def test_an_upload_is_answered_and_published_by_its_own_record(self) -> None:
+        stranger = Stranger(self)
+        data = os.urandom(940_000)
+        filehash, key, _ = encrypted(data)
+        bogus = {f"local{i}": f"http://203.0.113.{i}/{filehash}" for i in (1, 2, 3)}
+        claim = record_of(filehash, 10, "invoice.pdf.exe", bogus)
+        claim["datetime"] = str(2**53)
+        config = test_config(Path(self.mktemp()).resolve(), chain=stranger.chain_config())
+        node = await start_node(self, config)
+        await stranger.publish(node, claim)
+
+        token = await funded_token(node)
+        response = await upload(node, data, token, name="report.pdf")
+        self.assertEqual((response.code, (await json_of(response))["filehash"]), (201, filehash))
+        self.assertEqual(await node.node.ledger.balance(token), 10**9 - 4 * len(data))
+        await node.node.sync.idle()
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
+        self.assertEqual(
+            (found["filename"], found["filesize"]), (f"{filehash[:7]}_report.pdf", len(data))
+        )
+        # On this node's three hosts, each copy written by this node.
+        self.assertEqual(len(found["uploads"]), 3)
+        for host in config.effective_hosts:
+            self.assertTrue((Path(host.setting) / filehash).is_file())
+        rows = await node.node.db.query("SELECT added FROM uploads WHERE filehash = ?", (filehash,))
+        self.assertTrue(all(added < 2**40 for (added,) in rows))
+
+        # Evicted now that the hosts hold it, and fetched back from them: whole, by its name.
+        node.node.store.cache.discard(filehash)
+        response = await node.http.get(
+            f"{node.url}/api/download/{filehash}", params={"key": key, "token": token}
+        )
+        self.assertEqual(await response.content(), data)
+        self.assertEqual(
+            response.headers.getRawHeaders("content-disposition"),
+            [f'attachment; filename="{filehash[:7]}_report.pdf"'],
+        )
+
+        # Its own record goes on the chain, whatever the stranger claimed.
+        async def published() -> bool:
+            rows = await node.node.db.query(
+                "SELECT state FROM chain_queue WHERE filehash = ?", (filehash,)
+            )
+            return rows == [("published",)]
+
+        await eventually(published)
+        stranger.chain.mine()
+        await stranger.read(node)
+        rows = await node.node.db.query(
+            "SELECT record, height FROM chain_records WHERE filehash = ?", (filehash,)
+        )
+        self.assertEqual(json.loads(rows[0][0])["filename"], f"{filehash[:7]}_report.pdf")
+        self.assertIsNotNone(rows[0][1])
+
+    async def test_the_earliest_claim_is_the_first_in_its_block(self) -> None:
+        """Two claims in one block: the earlier in the block is answered, whatever the txids."""
+        stranger = Stranger(self)
+        config = test_config(Path(self.mktemp()).resolve(), chain=stranger.chain_config())
+        node = await start_node(self, config)
+        filehash = os.urandom(32).hex()
+        honest = record_of(filehash, 1000, "honest.txt", {"web": "https://a.example/x"})
+        first = stranger.chain.publish([honest])[0]
+        # A stranger's claim in the same block, whose txid sorts before the honest one's.
+        for attempt in range(1000):
+            claim = record_of(filehash, 10, f"claim{attempt}.exe", {"web": "https://b.example/"})
+            if stranger.chain.publish([claim])[0] < first:
+                break
+        stranger.chain.mine()
+        await stranger.read(node)
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
+        self.assertEqual(found, honest)
+
+
+class ClaimDisprovedTests(TestCase):
+    """
+    A file known only from the chain, whose earliest claim lies about its
+    size and names URLs that serve nothing: a download tries the next
+    claim's URLs, the verified blob disproves the lie, and from then on the
+    claim that told the truth is answered.
+    """
+
+    async def test_the_verified_blob_decides(self) -> None:
+        stranger = Stranger(self)
+        data = os.urandom(50_000)
+        filehash, key, blob = encrypted(data)
+        root = Resource()
+        root.putChild(b"blob", Data(blob, "application/octet-stream"))
+        web = CountingServer(self, root, interface="127.0.0.2")
+        lie = record_of(filehash, 10, "invoice.pdf.exe", {"web": web.url("nothing-here")})
+        truth = record_of(filehash, len(blob), "report.pdf", {"mirror": web.url("blob")})
+        chain = stranger.chain_config(fetch_allowed_networks=["127.0.0.2/32"])
+        node = await start_node(self, test_config(Path(self.mktemp()).resolve(), chain=chain))
+        await stranger.publish(node, lie)
+        await stranger.publish(node, truth)
+        self.assertEqual(await json_of(await node.http.get(f"{node.url}/api/find/{filehash}")), lie)
+
+        token = await funded_token(node, 10 * len(blob))
+        response = await node.http.get(
+            f"{node.url}/api/download/{filehash}", params={"key": key, "token": token}
+        )
+        self.assertEqual((response.code, await response.content()), (200, data))
+        self.assertEqual(
+            response.headers.getRawHeaders("content-disposition"),
+            [f'attachment; filename="{filehash[:7]}_report.pdf"'],
+        )
+        # The fetch (its size) and the bytes sent.
+        self.assertEqual(await node.node.ledger.balance(token), 10 * len(blob) - 2 * len(blob))
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
+        self.assertEqual(found, truth)
+
+
+class Silent(Resource):
+    """A web server that takes requests and never answers them."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        return NOT_DONE_YET
+
+
+class RecordNamingOurHostsTests(TestCase):
+    """
+    Item 2: a record names this node's host names ("local1") beside URLs: of
+    the stranger's own blob, and of servers that never answer. Nothing is
+    fetched, stored or checked on this node's hosts on the record's behalf
+    (no free storage), and the replication of an unrelated upload is not
+    held up behind the stranger's URLs.
+    """
+
+    async def test_no_free_storage_and_no_stall(self) -> None:
+        stranger = Stranger(self)
+        theirs = os.urandom(100_000)
+        filehash = hashlib.sha256(theirs).hexdigest()
+        root = Resource()
+        root.putChild(b"blob", Data(theirs, "application/octet-stream"))
+        web = CountingServer(self, root, interface="127.0.0.2")
+        silent = CountingServer(self, Silent(), interface="127.0.0.3")
+        free = record_of(filehash, len(theirs), "free.bin", {"local1": "x", "web": web.url("blob")})
+        slow = {"local1": "x", **{f"slow{i}": silent.url(str(i)) for i in range(3)}}
+        stalling = record_of(os.urandom(32).hex(), 5000, "stall.bin", slow)
+        chain = stranger.chain_config(fetch_allowed_networks=["127.0.0.2/32", "127.0.0.3/32"])
+        config = test_config(Path(self.mktemp()).resolve(), chain=chain)
+        node = await start_node(self, config)
+        await stranger.publish(node, free, stalling)
+
+        await node.node.repair.run_once()  # a round of checks of what this node stored
+        token = await funded_token(node)
+        mine = (await json_of(await upload(node, b"mine" * 1000, token)))["filehash"]
+        hosts = [Path(host.setting) for host in config.effective_hosts]
+
+        async def replicated() -> bool:
+            return all((host / mine).is_file() for host in hosts)
+
+        await eventually(replicated)
+        await node.node.sync.idle()
+        self.assertFalse(any((host / filehash).exists() for host in hosts))
+        self.assertEqual((web.connections, silent.connections), (0, 0))
+        for table in ("uploads", "cloud_queue"):
+            rows = await node.node.db.query(f"SELECT filehash FROM {table}")
+            self.assertEqual(rows, [] if table == "cloud_queue" else [(mine,)] * 3)
+
+
+class AnonymousUploadTests(TestCase):
+    """
+    Item 3: anonymous sockets send the headers of an upload (the largest a
+    node takes, no token) and nothing more; others send a file before any
+    token. No cache room is taken, nothing is evicted, and the unpaid bytes
+    are bounded per address and node-wide; a paying client is still served.
+    """
+
+    async def node(self) -> RunningNode:
+        config = test_config(
+            Path(self.mktemp()).resolve(),
+            storage={"capacity": 1_100_000, "max_file_size": 1_000_000},
+            node={"unpaid_upload_bytes": 400_000},  # a quarter of it per address
+        )
+        return await start_node(self, config)
+
+    def running(self, node: RunningNode) -> float:
+        sample = node.node.metrics.registry.get_sample_value(
+            "metadisk_transfers_running", {"direction": "incoming"}
+        )
+        return sample or 0
+
+    async def test_headers_alone_evict_nothing(self) -> None:
+        node = await self.node()
+        token = await funded_token(node)
+        for _ in range(11):
+            self.assertEqual((await upload(node, os.urandom(95_000), token)).code, 201)
+        await node.node.sync.idle()
+        cached = sorted(node.node.store.cache.filehashes())
+        self.assertEqual(len(cached), 11)  # all on the hosts: any of them may be evicted
+        headers = (
+            b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        for _ in range(4):
+            await hold_open(self, node.port, headers)
+
+        async def all_in() -> bool:
+            return self.running(node) == 4
+
+        await eventually(all_in)
+        self.assertEqual(sorted(node.node.store.cache.filehashes()), cached)
+        # A paying upload gets its room: what it needs is evicted, no more.
+        self.assertEqual((await upload(node, os.urandom(95_000), token)).code, 201)
+        self.assertEqual(len(node.node.store.cache.filehashes()), 11)
+
+    async def test_unpaid_bytes_are_bounded(self) -> None:
+        node = await self.node()
+        token = await funded_token(node)
+        content_type, body = multipart(("file", "f.bin", b"u" * 300_000), ("token", None, b"x"))
+        head = b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n" % content_type
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        # Within an address's share (100,000 bytes): held, waiting for its token.
+        holder = await hold_open(self, node.port, head + body[:90_000], source="127.0.0.4")
+
+        async def held() -> bool:
+            return node.node.site.upload_policy.unpaid.held >= 90_000 - 4096
+
+        await eventually(held)
+        # Past it: refused at once.
+        refused = await raw_http(node.port, head + body[:150_000], source="127.0.0.4")
+        self.assertEqual(status_line(refused), 503)
+        self.assertEqual(body_of(refused), {"error": "unpaid-upload-limit"})
+        # Whoever names the payer first is not held back by others' unpaid bytes.
+        self.assertEqual((await upload(node, b"paid", token)).code, 201)
+        holder.transport.loseConnection()
+        await holder.closed
+
+        async def given_back() -> bool:
+            return node.node.site.upload_policy.unpaid.held == 0
+
+        await eventually(given_back)
+        self.assertEqual(os.listdir(node.node.store.incoming), [])
+
+
+class FetchChargedUpFrontTests(TestCase):
+    """
+    Item 5: one byte of a blob no longer in the cache made the node fetch the
+    whole blob, for 2 bytes of credit; opening and dropping such a download
+    cost nothing. The fetch is charged up front, whatever the range, and
+    refused with 402 before it begins when the token cannot pay it.
+    """
+
+    async def evicted(self, node: RunningNode, size: int) -> str:
+        token = await funded_token(node)
+        filehash = (await json_of(await upload(node, os.urandom(size), token)))["filehash"]
+        await node.node.sync.idle()
+        node.node.store.cache.discard(filehash)
+        return filehash
+
+    async def test_a_byte_of_an_evicted_blob(self) -> None:
+        node = await start_node(self)
+        size = 1_500_000
+        filehash = await self.evicted(node, size)
+        url = f"{node.url}/api/download/{filehash}"
+        poor = await funded_token(node, 10)
+        response = await node.http.get(url, params={"token": poor}, headers={"Range": "bytes=0-0"})
+        self.assertEqual((response.code, await json_of(response)), (402, PAYMENT))
+        self.assertNotIn(filehash, node.node.store.cache)
+        self.assertEqual(await node.node.ledger.balance(poor), 10)
+
+        rich = await funded_token(node, 10 * size)
+        response = await node.http.get(url, params={"token": rich}, headers={"Range": "bytes=0-0"})
+        self.assertEqual((response.code, len(await response.content())), (206, 1))
+        self.assertEqual(await node.node.ledger.balance(rich), 10 * size - size - 1)
+
+    async def test_a_download_dropped_during_its_fetch_pays_the_fetch(self) -> None:
+        stranger = Stranger(self)
+        data = os.urandom(200_000)
+        filehash, _, blob = encrypted(data)
+        server = Held(blob)
+        web = CountingServer(self, server, interface="127.0.0.2")
+        claim = record_of(filehash, len(blob), "slow.bin", {"web": web.url("blob")})
+        chain = stranger.chain_config(fetch_allowed_networks=["127.0.0.2/32"])
+        node = await start_node(self, test_config(Path(self.mktemp()).resolve(), chain=chain))
+        await stranger.publish(node, claim)
+        token = await funded_token(node, 10 * len(blob))
+        request = f"GET /api/download/{filehash}?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"
+        client = await hold_open(self, node.port, request.encode())
+
+        async def fetching() -> bool:
+            return bool(server.waiting)
+
+        await eventually(fetching)
+        client.transport.loseConnection()  # the client leaves; the node's fetch goes on
+        await client.closed
+        server.release()
+
+        async def settled() -> bool:
+            rows = await node.node.db.query("SELECT 1 FROM reservations")
+            return filehash in node.node.store.cache and not rows
+
+        await eventually(settled)
+        self.assertEqual(await node.node.ledger.balance(token), 10 * len(blob) - len(blob))
+
+
+class Held(Resource):
+    """Serves a blob, but only once the test releases the requests that wait for it."""
+
+    isLeaf = True
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__()
+        self.blob = blob
+        self.waiting: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        for request in self.waiting:
+            request.write(self.blob)
+            request.finish()
+        self.waiting = []
+
+
+class ChainInputBoundsTests(TestCase):
+    """
+    Item 9: a 130-byte entry (a bz2 bomb within its total_length) became an
+    87 KB database row, kept for 10,000 blocks. What one entry and one block
+    can make the node store is bounded.
+    """
+
+    async def reader(self) -> tuple[Any, Reader]:
+        base = Path(self.mktemp())
+        base.mkdir()
+        db = await open_database(f"sqlite:///{base.resolve() / 'node.sqlite'}", reactor)
+        self.addCleanup(db.close)
+        self.chain = FakeFlorincoind()
+        clock = Clock()
+        rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(self.chain), clock)
+        return db, Reader(db, Florincoin(rpc), clock)
+
+    async def stored(self, db: Any) -> int:
+        """Bytes of entries the node keeps (decoded regions of incomplete batches)."""
+        rows = await db.query("SELECT region FROM chain_fragments")
+        return sum(len(base64.b64decode(region)) for (region,) in rows)
+
+    async def test_a_bomb_in_an_entry(self) -> None:
+        db, reader = await self.reader()
+        bomb = b'[{"filename": "' + b"x" * 65_000 + b'"'  # a batch that never completes
+        entry = {"prev_txid": None, "region": codec.compress_region(bomb), "total_length": 65_536}
+        comment = json.dumps({**entry, "index": 0})
+        self.assertLess(len(comment), 200)
+        self.chain.send_comment(comment)
+        self.chain.mine()
+        await reader.read_once()
+        self.assertEqual(await self.stored(db), 0)
+
+    async def test_a_block_full_of_entries(self) -> None:
+        db, reader = await self.reader()
+        for i in range(400):
+            region = f"[{i:04d}".encode() + b"y" * 995  # heads of batches that never complete
+            self.chain.send_comment(codec.entry_text(region, 0, None, None, 2000))
+        self.chain.mine()
+        await reader.read_once()
+        self.assertLessEqual(await self.stored(db), MAX_BLOCK_IN)
+        self.assertGreater(await self.stored(db), MAX_BLOCK_IN - 1000)  # the first entries, kept
