@@ -5,6 +5,7 @@ what only PostgreSQL has to do (reconnect, time out, cope with several nodes).
 
 from __future__ import annotations
 
+import json
 import socket
 from contextlib import closing
 from pathlib import Path
@@ -90,6 +91,41 @@ class DatabaseTestsMixin:
             await opened[0].query("SELECT COUNT(*) FROM schema_version"), [(len(migrations()),)]
         )
         self.assertEqual(await opened[3].query("SELECT COUNT(*) FROM prices"), [(3,)])
+
+    async def test_what_the_chain_said_becomes_claims(self) -> None:
+        """
+        Migration 004: files an older node took from the chain into its own
+        tables become claims; a file of its own that a stranger's record had
+        marked as on the chain gets its own record published after all.
+        """
+        url = self.fresh_url()
+        old = await open_database(url, reactor, version=3)
+        theirs, ours, batch = "a" * 64, "b" * 64, "c" * 64
+        record = json.dumps({"filehash": theirs, "filesize": 5, "uploads": []})
+        for sql, params in (
+            ("INSERT INTO files VALUES (?, 'aaaaaaa_x', 5, 1, '0.2')", (theirs,)),
+            ("INSERT INTO files VALUES (?, 'bbbbbbb_y', 7, 1, '0.2')", (ours,)),
+            ("INSERT INTO uploads VALUES (?, 'local1', 'x', 1, NULL)", (theirs,)),
+            ("INSERT INTO uploads VALUES (?, 'local1', 'file:///y', 1, NULL)", (ours,)),
+            ("INSERT INTO cloud_queue VALUES (?, 'n', 0, 0, NULL)", (theirs,)),
+            ("INSERT INTO chain_queue VALUES (?, 1, 'on-chain', NULL)", (ours,)),
+            ("INSERT INTO chain_records VALUES (?, ?, ?, 9)", (theirs, record, batch)),
+            ("INSERT INTO chain_records VALUES (?, '{}', ?, 9)", (ours, batch)),
+        ):
+            await old.execute(sql, params)
+        await old.close()
+        db = await self.open(url)
+        self.assertEqual(
+            await db.query(
+                "SELECT txid, idx, filehash, height, filesize, record FROM chain_claims"
+            ),
+            [(batch, 0, theirs, 9, 5, record)],
+        )
+        self.assertEqual(await db.query("SELECT filehash FROM files"), [(ours,)])
+        self.assertEqual(await db.query("SELECT filehash FROM uploads"), [(ours,)])
+        self.assertEqual(await db.query("SELECT filehash FROM cloud_queue"), [])
+        self.assertEqual(await db.query("SELECT filehash FROM chain_records"), [])
+        self.assertEqual(await db.query("SELECT state FROM chain_queue"), [("waiting",)])
 
     async def test_types_round_trip(self) -> None:
         db = await self.scratch()

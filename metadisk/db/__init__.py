@@ -13,8 +13,11 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached (as opposed to merely busy)."""
 
 
-async def open_database(url: str, reactor: IReactorCore) -> IDatabase:
-    """Connect to the database named by C{url} and bring its schema up to date."""
+async def open_database(url: str, reactor: IReactorCore, version: int | None = None) -> IDatabase:
+    """
+    Connect to the database named by C{url} and bring its schema up to date
+    (up to C{version}: an older schema, for tests of the migrations).
+    """
     from metadisk.db.migrate import migrate
 
     if url.startswith("sqlite:///"):
@@ -28,7 +31,7 @@ async def open_database(url: str, reactor: IReactorCore) -> IDatabase:
     else:
         raise ValueError(f"unsupported database URL: {url}")
     try:
-        await migrate(database)
+        await migrate(database, version)
     except BaseException:
         await database.close()
         raise

@@ -28,8 +28,8 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-async def migrate(database: IDatabase) -> int:
-    """Bring the schema up to the newest version; return that version."""
+async def migrate(database: IDatabase, version: int | None = None) -> int:
+    """Bring the schema up to C{version}, the newest by default; return that version."""
 
     async def create(txn: ITransaction) -> None:
         await _serialize(database, txn)
@@ -37,16 +37,18 @@ async def migrate(database: IDatabase) -> int:
 
     await database.transaction(create)
     newest = 0
-    for version, sql in migrations():
-        newest = version
+    for number, sql in migrations():
+        if version is not None and number > version:
+            break
+        newest = number
 
-        async def apply(txn: ITransaction, version: int = version, sql: str = sql) -> None:
+        async def apply(txn: ITransaction, number: int = number, sql: str = sql) -> None:
             await _serialize(database, txn)
-            if await txn.query("SELECT 1 FROM schema_version WHERE version = ?", (version,)):
+            if await txn.query("SELECT 1 FROM schema_version WHERE version = ?", (number,)):
                 return
             for statement in statements(sql):
                 await txn.execute(statement)
-            await txn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            await txn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
         await database.transaction(apply)
     return newest
