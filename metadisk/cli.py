@@ -65,6 +65,7 @@ _HINTS = {
     "invalid-token": "check --token or METADISK_TOKEN",
     "balance-insufficient": "the token has too little credit",
     "transfer-limit-reached": "the node's monthly transfer cap is reached",
+    "unpaid-upload-limit": "the node takes in too many unpaid bytes now; try again later",
     "too-many-requests": "too many unknown tokens from this address",
 }
 

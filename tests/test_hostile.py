@@ -428,6 +428,17 @@ class FormFieldTests(HostileCase):
         after = await snapshot(self.node, [self.token, other])
         self.assertEqual(after, before)
 
+        # A file before its token, past what one address may send unpaid: refused at once.
+        share = self.node.node.site.upload_policy.unpaid.share
+        status, headers, body = await post(("file", "a", b"u" * (share + 8192)), token)
+        self.assertEqual((status, json.loads(body)), (503, {"error": "unpaid-upload-limit"}))
+        self.assertIn("Retry-After", headers)
+
+        async def unchanged() -> bool:  # the partial file goes as the connection does
+            return await snapshot(self.node, [self.token, other]) == before
+
+        await eventually(unchanged)
+
         # Two tokens: the first one given pays, the other is never touched.
         status, _, _ = await post(token, ("token", None, other.encode()), ("file", "t", b"two"))
         self.assertEqual(status, 201)

@@ -76,15 +76,33 @@ _COMMON: dict[str, Schema] = {
 
 
 def _responses(
-    answers: dict[str, Schema], *, transfer: bool = False, small_body: bool = False
+    answers: dict[str, Schema],
+    *,
+    transfer: bool = False,
+    upload: bool = False,
+    small_body: bool = False,
 ) -> dict[str, Schema]:
-    """C{answers} plus the common ones; 503 also names the monthly cap for transfers."""
+    """
+    C{answers} plus the common ones; 503 also names the monthly cap for
+    transfers, and the budget of unpaid bytes for uploads.
+    """
     responses = {**answers, **_COMMON}
     if transfer:
-        responses["503"] = _json(
+        codes = ["database-unavailable", "transfer-limit-reached"]
+        description = (
             "The database cannot be reached, or the transfer would take the month past its cap"
-            " (then with Retry-After: seconds to the next month).",
-            _error("database-unavailable", "transfer-limit-reached"),
+            " (then with Retry-After: seconds to the next month)"
+        )
+        if upload:
+            codes.append("unpaid-upload-limit")
+            description += (
+                ", or the bytes that came before the token (or, accounts disabled, the upload)"
+                " would take this address or the node past its budget of unpaid bytes"
+                " (then with Retry-After)"
+            )
+        responses["503"] = _json(
+            description + ".",
+            _error(*codes),
             {"Retry-After": {**RETRY_AFTER, "required": False}},
         )
     if small_body:
@@ -184,7 +202,9 @@ def _download(head: bool) -> Schema:
         answers |= {
             "401": _json("No token, or an unknown one.", _error("token-required", "invalid-token")),
             "402": _json(
-                "The token's credit does not cover the download.", _error("balance-insufficient")
+                "The token's credit does not cover the download: the bytes asked for, and the"
+                " whole blob's size when it must be fetched first (refused before the fetch).",
+                _error("balance-insufficient"),
             ),
             "502": _json(
                 "No host delivered a copy whose SHA-256 matches; the charge is refunded.",
@@ -430,12 +450,14 @@ def _paths() -> dict[str, Schema]:
                 "411": _json("No Content-Length.", _error("length-required")),
                 "413": _json(
                     "Over max_file_size (decided from Content-Length before the body, and"
-                    " again as it streams).",
+                    " again as it streams); with accounts disabled, also over an address's"
+                    " share of the unpaid budget.",
                     _error("file-too-large"),
                 ),
                 "507": _json("The cache cannot make room.", _error("storage-full")),
             },
             transfer=True,
+            upload=True,
         ),
     }
     find = {

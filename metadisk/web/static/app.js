@@ -63,6 +63,7 @@
     'request-too-large': 'The request is larger than the node accepts.',
     'transfer-limit-reached': 'The node has used up its transfer allowance for this month. Try again {retry}.',
     'storage-full': 'The node’s storage is full: it cannot take this file now.',
+    'unpaid-upload-limit': 'The node is taking in too much from clients that have not paid yet. Try again {retry}.',
     'invalid-filehash': 'That is not a filehash: it has 64 hexadecimal digits.',
     'invalid-key': 'That is not a key: it has 64 hexadecimal digits.',
     'file-not-found': 'No file with this filehash is known to this node.',
