@@ -242,6 +242,16 @@ class RecordTests(SynchronousTestCase):
             record, FileRecord(H1, H1[:10], 10, 1398875062, "0.1", ())
         )  # metachains' from_dict for 0.1
 
+    def test_a_strangers_name_is_made_safe(self) -> None:
+        """No path and no control characters in a name read from the chain (Content-Disposition)."""
+        for claimed, safe in (
+            (f"{H1[:7]}_../../etc/passwd", "passwd"),
+            (f"{H1[:7]}_invoice\u202egpj.exe", f"{H1[:7]}_invoicegpj.exe"),
+            ("C:\\Windows\\x.dll", "x.dll"),
+            ("..", "file"),
+        ):
+            self.assertEqual(codec.parse_record(dict(RECORD1, filename=claimed)).filename, safe)
+
     def test_bad_records_are_skipped_not_the_batch(self) -> None:
         bad = [
             "text",

@@ -29,7 +29,7 @@ from typing import Any
 
 from attrs import frozen
 
-from metadisk.store.catalog import FileRecord
+from metadisk.store.catalog import FileRecord, safe_filename
 
 MAX_BATCH = 528  # characters of a batch, where the records allow
 MAX_REGION = 332  # characters of a region: 528 - metachains' 196 of overhead
@@ -284,7 +284,8 @@ def parse_record(item: Any) -> FileRecord:
         raise CodecError("bad filehash")
     filehash = filehash.lower()
     if version == "0.2":
-        filename = _text(item.get("filename"), "filename", MAX_NAME_IN)
+        # A stranger's name: no path, no control characters, whatever it says.
+        filename = safe_filename(_text(item.get("filename"), "filename", MAX_NAME_IN), MAX_NAME_IN)
     else:
         filename = filehash[:10]
     return FileRecord(

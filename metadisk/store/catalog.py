@@ -20,15 +20,15 @@ FORMAT_VERSION = "0.2"
 MAX_NAME = 200
 
 
-def safe_filename(name: str) -> str:
+def safe_filename(name: str, longest: int = MAX_NAME) -> str:
     """
     The uploaded name made safe: no path parts, no control characters, not
-    empty, of bounded length.
+    empty, at most C{longest} characters.
     """
     name = re.split(r"[/\\]", name)[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
     name = name.strip().lstrip(".")
-    return name[:MAX_NAME] or "file"
+    return name[:longest] or "file"
 
 
 @frozen
