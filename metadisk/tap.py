@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
@@ -17,9 +16,10 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 
 from metadisk.config import Config, ConfigError, load_config
+from metadisk.db import DatabaseUnavailable
 from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
 from metadisk.node import Node, build_node
-from metadisk.store.repair import RepairService
+from metadisk.periodic import Periodic
 
 METERS_FLUSH_INTERVAL = 1.0
 
@@ -37,16 +37,6 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
-
-
-def _logged(log: Logger, what: str, work: Any) -> Any:
-    """A periodic task that reports its failures instead of stopping its loop for good."""
-
-    def run() -> Deferred:
-        d = Deferred.fromCoroutine(work())
-        return d.addErrback(lambda f: log.failure(what, f))
-
-    return run
 
 
 class NodeService(service.MultiService):
@@ -85,20 +75,26 @@ class NodeService(service.MultiService):
 
     async def _start(self) -> None:
         node = self.node = await build_node(self.config, self._reactor)
-        flush = _logged(self.log, "could not write the bandwidth meters", node.meters.flush)
-        for timer in (
-            TimerService(self.config.replication.interval, node.sync.kick),
-            TimerService(METERS_FLUSH_INTERVAL, flush),
-        ):
-            timer.clock = self._reactor
-            timer.setServiceParent(self)
-        if node.chain is not None:
-            node.chain.setServiceParent(self)  # the chain's reader and publisher loops
+        loops = [
+            Periodic("cloud sync", node.sync.kick, self.config.replication.interval, self._reactor),
+            Periodic(
+                "meters",
+                node.meters.flush,
+                METERS_FLUSH_INTERVAL,
+                self._reactor,
+                expected=(DatabaseUnavailable,),
+            ),
+        ]
         if node.repair is not None and self.config.replication.repair_sample > 0:
             # Checks a sample of stored copies each round and restores lost ones.
-            RepairService(
-                node.repair, self.config.replication.repair_interval, self._reactor
-            ).setServiceParent(self)
+            interval = self.config.replication.repair_interval
+            loops.append(
+                Periodic("repair", node.repair.run_once, interval, self._reactor, now=False)
+            )
+        for loop in loops:
+            loop.setServiceParent(self)
+        if node.chain is not None:
+            node.chain.setServiceParent(self)  # the chain's reader and publisher loops
         endpoint = serverFromString(self._reactor, self.config.node.listen)
         # Wrapped to know the open connections, so that stopping can close them.
         self._connections = WrappingFactory(node.site)

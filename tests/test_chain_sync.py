@@ -24,8 +24,8 @@ from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.publisher import Publisher, SendInDoubt
 from metadisk.chain.queue import ChainQueue, enqueue
 from metadisk.chain.reader import Reader
-from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
-from metadisk.chain.service import ChainService, _Loop
+from metadisk.chain.rpc import JSONRPCClient, RPCError
+from metadisk.chain.service import ChainService
 from metadisk.db import open_database
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.catalog import Catalog, FileRecord
@@ -467,32 +467,6 @@ class ServiceTests(ChainTestCase):
         service = self.service(db)
         await service.reading.run()
         self.assertIn("rejected the credentials", (await service.status())["error"])
-
-    def test_loops_survive_errors_and_stop_cleanly(self) -> None:
-        clock = Clock()
-        rounds: list[Deferred[None]] = []
-
-        def work() -> Deferred[None]:
-            rounds.append(Deferred())
-            return rounds[-1]
-
-        loop = _Loop("test", work, clock, 5)
-        loop.start()
-        rounds[0].errback(ChainUnavailable("down"))
-        self.assertEqual(loop.error, "down")
-        clock.advance(5)
-        self.assertEqual(len(rounds), 2)
-        rounds[1].errback(ValueError("a bug"))
-        self.assertEqual(loop.error, "ValueError: a bug")
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-        clock.advance(5)
-        rounds[2].callback(None)
-        self.assertIsNone(loop.error)
-        clock.advance(5)
-        loop.stop()  # cancels the round in flight
-        self.assertFalse(loop.running)
-        self.assertTrue(rounds[3].called)
-        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class PostgresPublishAndReadTests(PublishAndReadTests):

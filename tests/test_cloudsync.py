@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from metadisk.db import open_database
 from metadisk.interfaces import ITransaction
+from metadisk.periodic import Periodic
 from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
@@ -31,7 +32,7 @@ from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessRunner
 from metadisk.store.hosts.url import URLHost
-from metadisk.store.repair import Repair, RepairService
+from metadisk.store.repair import Repair
 from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, eventually, require_tool
 from tests.support import json_of, multipart, start_node, test_config
 
@@ -514,11 +515,11 @@ class RepairTests(TestCase):
         grid = await Grid.create(self)
         await self.replicated(grid, b"loop")
         h0 = grid.host("h0")
-        service = RepairService(grid.repair, 60, grid.clock)
+        service = Periodic("repair", grid.repair.run_once, 60, grid.clock, now=False)
         service.startService()
         grid.clock.advance(60)
         await eventually(lambda: h0.calls.count("exists") == 1)
-        await eventually(lambda: service._round.called)  # the next is timed from its end
+        await eventually(lambda: not service.busy)  # the next is timed from its end
         # A round that fails does not end the loop.
         grid.repair._db = None
         grid.clock.advance(60)
@@ -526,7 +527,7 @@ class RepairTests(TestCase):
         grid.repair._db = grid.db
         grid.clock.advance(60)
         await eventually(lambda: h0.calls.count("exists") == 2)
-        await eventually(lambda: service._round.called)
+        await eventually(lambda: not service.busy)
         # Stopping cancels a round in flight: its hanging check is not waited for.
         grid.host("h1").hanging = True
         grid.clock.advance(60)

@@ -28,10 +28,11 @@ from metadisk.chain.adapter import ChainBusy, Ticket
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.rpc import ChainError, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
+from metadisk.periodic import backoff
 from metadisk.store.catalog import Catalog
 
 CANDIDATES = 50  # due records looked at to fill one batch
-MAX_BACKOFF = 600.0
+RETRY_FIRST, RETRY_LONGEST = 10.0, 600.0  # seconds before a failed batch is tried again
 BUSY_RETRY = 60.0  # the mempool is full of our chain: give the chain a block or two
 
 
@@ -49,10 +50,6 @@ class Batch:
     payload: str
     regions: tuple[bytes, ...]
     attempts: int
-
-
-def backoff(attempts: int) -> float:
-    return min(MAX_BACKOFF, 5.0 * 2 ** min(attempts, 10))
 
 
 @define
@@ -164,7 +161,9 @@ class Publisher:
             await self._retry(batch, self.recover_after, str(e), count=False)
             raise
         except Exception as e:
-            await self._retry(batch, backoff(batch.attempts + 1), str(e))
+            await self._retry(
+                batch, backoff(batch.attempts + 1, RETRY_FIRST, RETRY_LONGEST), str(e)
+            )
             raise
         await self._db.transaction(lambda txn: self._published(txn, batch, first_txid))
         self.log.info("batch {batch} is on the chain: {txid}", batch=batch.id, txid=first_txid)

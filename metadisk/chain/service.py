@@ -3,9 +3,9 @@ Chain sync as a service: the reader and the publisher each in their own loop
 (one slow or failing never holds up the other), the wallet for the status,
 and what C{/api/status} says of all of it.
 
-A loop catches its own errors (one uncaught failure would stop it for good)
-and keeps the last one for the status; stopping the service cancels the
-round in flight, whose RPC calls all have timeouts anyway.
+Each loop is a L{Periodic}: it survives its errors and keeps the last one
+for the status; stopping cancels the round in flight, whose RPC calls all
+have timeouts anyway.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from metadisk.chain import make_chain
 from metadisk.chain.publisher import Publisher
@@ -26,69 +23,14 @@ from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import ChainError
 from metadisk.config import ChainConfig
 from metadisk.interfaces import IChain, IDatabase
+from metadisk.periodic import Periodic
 from metadisk.store.catalog import Catalog
 
 DISABLED = {"balance": 0, "address": None, "coin": "none", "block": 0}
 
 
-class _Loop:
-    """Calls C{work} every C{interval} seconds, one round at a time, never dying of an error."""
-
-    log = Logger()
-
-    def __init__(
-        self,
-        name: str,
-        work: Callable[[], Awaitable[Any]],
-        clock: IReactorTime,
-        interval: float,
-    ) -> None:
-        self.name = name
-        self.error: str | None = None
-        self._work = work
-        self._interval = interval
-        self._call = LoopingCall(self.run)
-        self._call.clock = clock
-        self._running: Deferred[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._call.running
-
-    def start(self) -> None:
-        self._call.start(self._interval, now=True)
-
-    def stop(self) -> None:
-        if self._call.running:
-            self._call.stop()
-        if self._running is not None:
-            self._running.cancel()
-
-    def run(self) -> Deferred[None]:
-        """One round now; it never fails, its error (or None) is kept in C{error}."""
-        d = Deferred.fromCoroutine(self._guarded())
-        self._running = None if d.called else d
-        return d
-
-    async def _guarded(self) -> None:
-        try:
-            await self._work()
-        except CancelledError:
-            return  # stopping
-        except ChainError as e:
-            self.error = str(e)
-            self.log.warn("chain {name}: {e}", name=self.name, e=self.error)
-        except Exception as e:
-            self.error = f"{type(e).__name__}: {e}"
-            self.log.failure("chain {name} failed", name=self.name)
-        else:
-            self.error = None
-        finally:
-            self._running = None
-
-
-class ChainService(service.Service):
-    """The chain's loops, and the C{datacoin} object of C{/api/status}."""
+class ChainService(service.MultiService):
+    """The chain's two loops, and the C{datacoin} object of C{/api/status}."""
 
     def __init__(
         self,
@@ -99,6 +41,7 @@ class ChainService(service.Service):
         clock: IReactorTime,
         interval: float,
     ) -> None:
+        super().__init__()
         self.chain = chain
         self.reader = reader
         self.publisher = publisher
@@ -106,23 +49,18 @@ class ChainService(service.Service):
         self._clock = clock
         self._balance = 0.0
         self._address: str | None = None
-        self.reading = _Loop("reader", self._read, clock, interval)
-        self.publishing = _Loop("publisher", publisher.publish_once, clock, interval)
+        # Each in its own loop: one slow or failing never holds up the other.
+        self.reading = Periodic("chain reader", self._read, interval, clock, expected=(ChainError,))
+        self.publishing = Periodic(
+            "chain publisher", publisher.publish_once, interval, clock, expected=(ChainError,)
+        )
         self._loops = [self.reading, self.publishing]
+        for loop in self._loops:
+            loop.setServiceParent(self)
 
     async def _read(self) -> None:
         await self.reader.read_once()
         self._balance, self._address = await self.chain.wallet()
-
-    def startService(self) -> None:
-        super().startService()
-        for loop in self._loops:
-            loop.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        for loop in self._loops:
-            loop.stop()
 
     async def status(self) -> dict[str, Any]:
         """Never waits for the chain: what the loops saw last, and the queue from the database."""

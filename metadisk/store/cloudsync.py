@@ -19,6 +19,7 @@ from metadisk.crypto import sha256_file
 from metadisk.interfaces import IDatabase, IFileHost
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.metrics import Metrics
+from metadisk.periodic import backoff
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
@@ -28,7 +29,6 @@ T = TypeVar("T")
 
 BATCH = 8  # blobs replicated per round
 FAILURES_BEFORE_UNHEALTHY = 3
-MAX_BACKOFF = 300.0
 
 
 class NoCopyAvailable(Exception):
@@ -51,10 +51,6 @@ class HostHealth:
 
     def succeeded(self) -> None:
         self.failures = 0
-
-
-def backoff(attempts: int) -> float:
-    return min(MAX_BACKOFF, 2.0 ** min(attempts, 16))
 
 
 @define

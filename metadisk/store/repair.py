@@ -12,12 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from attrs import define, frozen
-from twisted.application import service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from metadisk.crypto import sha256_file
 from metadisk.interfaces import IDatabase, IFileHost, ITransaction
@@ -94,6 +91,13 @@ class Repair:
             await self._restore(filehash, name)
         if missing:
             self._sync.kick()
+        if missing or unknown:
+            self.log.info(
+                "repair: {checked} copies checked, {missing} lost, {unknown} unanswered",
+                checked=len(rows),
+                missing=len(missing),
+                unknown=unknown,
+            )
         return RepairRound(len(rows), tuple(missing), unknown)
 
     def _check(self, filehash: str, name: str, url: str) -> Deferred[str]:
@@ -131,56 +135,3 @@ class Repair:
             if actual != filehash:
                 self.log.error("the cached blob {filehash} is corrupt", filehash=filehash)
                 self._cache.discard(filehash)
-
-
-class RepairService(service.Service):
-    """
-    Runs L{Repair} every C{interval} seconds. A round never overlaps the next,
-    never stops the loop by failing, and is cancelled (its checks killed) at stop.
-    """
-
-    log = Logger()
-
-    def __init__(self, repair: Repair, interval: float, clock: IReactorTime) -> None:
-        self._repair = repair
-        self.interval = interval
-        self._clock = clock
-        self._loop: LoopingCall | None = None
-        self._finished: Deferred[LoopingCall] | None = None
-        self._round: Deferred[None] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._finished = self._loop.start(self.interval, now=False)
-
-    def _tick(self) -> Deferred[None]:
-        self._round = Deferred.fromCoroutine(self._repair.run_once()).addCallbacks(
-            self._report, self._failed
-        )
-        return self._round
-
-    def _report(self, result: RepairRound) -> None:
-        if result.missing or result.unknown:
-            self.log.info(
-                "repair: {checked} copies checked, {missing} lost, {unknown} unanswered",
-                checked=result.checked,
-                missing=len(result.missing),
-                unknown=result.unknown,
-            )
-
-    def _failed(self, failure: Failure) -> None:
-        # Caught here: one failure would otherwise stop the LoopingCall for good.
-        if self.running:
-            self.log.failure("repair round failed", failure)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is None or not self._loop.running:
-            return succeed(None)
-        self._loop.stop()
-        if self._round is not None:
-            self._round.cancel()  # LoopingCall.stop() would wait for it
-        assert self._finished is not None
-        return self._finished.addCallback(lambda _: None)
