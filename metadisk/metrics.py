@@ -308,7 +308,7 @@ class _NodeGauges:
     _hosts: tuple[str, ...]
 
     async def __call__(self) -> None:
-        count, size = await self._sync.pending()
+        count, size = await self._sync.queue.pending()
         self._metrics.queue("cloud", count, size)
         unhealthy = set(self._sync.unhealthy())
         for host in self._hosts:

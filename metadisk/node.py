@@ -18,6 +18,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config
 from metadisk.db import open_database
@@ -194,7 +195,8 @@ async def build_node(
         url_fetcher=urls,
         slowest_rate=slowest,
     )
-    chain, chain_status = chain_sync(config.chain, db, catalog, reactor, http, node_id)
+    chain_queue = ChainQueue(db, config.chain.publish_wait)
+    chain, chain_status = chain_sync(config.chain, db, catalog, chain_queue, reactor, http, node_id)
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
     claim_fetcher = ClaimFetcher(
         claims,
@@ -217,9 +219,10 @@ async def build_node(
         run_blocking,
         config.crypto.convergence_secret,
         config.node.data_dir / "incoming",
+        recorded=chain_queue.add,  # the chain's queue, in the transaction that records a file
     )
     await store.recover()
-    await sync.resume()
+    await sync.queue.resume()
     guard = TokenGuard(reactor, config.accounts.guess_limit, config.accounts.guess_window)
     ledger_if_enabled = ledger if config.accounts.enabled else None
     unpaid = UnpaidBudget(config.node.unpaid_upload_bytes)

@@ -22,7 +22,7 @@ from metadisk.chain.adapter import EntryTooLong
 from metadisk.chain.bitcoinlike import BitcoinLike
 from metadisk.chain.florincoin import Florincoin
 from metadisk.chain.publisher import Publisher, SendInDoubt
-from metadisk.chain.queue import ChainQueue, enqueue
+from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient, RPCError
 from metadisk.chain.service import ChainService
@@ -95,7 +95,7 @@ class ChainTestCase(TestCase):
 
         async def record(txn: ITransaction) -> None:
             await catalog.add_file(txn, h, name, 1000 + n, int(self.clock.seconds()))
-            await enqueue(txn, h, self.clock.seconds())
+            await ChainQueue.add(txn, h, self.clock.seconds())
             if replicating:
                 await txn.execute(
                     "INSERT INTO cloud_queue (filehash, node_id, next_attempt) VALUES (?, 'n', 0)",

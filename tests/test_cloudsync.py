@@ -82,7 +82,7 @@ class Grid:
 
         async def record(txn: ITransaction) -> None:
             await self.catalog.add_file(txn, filehash, "a.txt", len(content), 1)
-            await self.sync.enqueue(txn, filehash)
+            await self.sync.queue.add(txn, filehash)
 
         await self.db.transaction(record)
         return filehash
@@ -101,13 +101,13 @@ class ReplicationTests(TestCase):
     async def test_upload_ends_on_three_hosts(self) -> None:
         grid = await Grid.create(self)
         filehash = await grid.add(b"hello" * 1000)
-        self.assertEqual(await grid.sync.pending(), (1, 5000))
+        self.assertEqual(await grid.sync.queue.pending(), (1, 5000))
         self.assertEqual(await grid.sync.run_once(), 1)
         self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
         for name in ("h0", "h1", "h2"):
             self.assertEqual(grid.copy_on(name, filehash).read_bytes(), b"hello" * 1000)
         self.assertEqual(await grid.queued(), [])
-        self.assertEqual(await grid.sync.pending(), (0, 0))
+        self.assertEqual(await grid.sync.queue.pending(), (0, 0))
 
     async def test_one_host_dead_three_copies_on_the_others(self) -> None:
         grid = await Grid.create(self, hosts=4)
@@ -127,7 +127,7 @@ class ReplicationTests(TestCase):
         self.assertEqual(await grid.queued(), [(filehash, 1)])
         [(error,)] = await grid.db.query("SELECT last_error FROM cloud_queue")
         self.assertIn("h2: h2 is broken", error)
-        self.assertEqual(await grid.sync.pending(), (1, 7))
+        self.assertEqual(await grid.sync.queue.pending(), (1, 7))
         # Not due yet: the blob waits for its backoff.
         self.assertEqual(await grid.sync.run_once(), 0)
         grid.host("h2").broken = False

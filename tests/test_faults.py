@@ -338,7 +338,7 @@ class HostDownTests(TestCase):
         await node.node.sync.idle()
         record = await node.node.store.find(result["filehash"])
         self.assertEqual(sorted(h for h, _ in record.uploads), ["local1", "local2"])
-        self.assertEqual(await node.node.sync.pending(), (1, 30_000))
+        self.assertEqual(await node.node.sync.queue.pending(), (1, 30_000))
         # Served from a working host once it is out of the cache.
         node.node.store.cache.discard(result["filehash"])
         response = await node.http.get(
@@ -348,11 +348,11 @@ class HostDownTests(TestCase):
         self.assertEqual(await response.content(), data)
         # The host comes back: the next round completes the copies.
         down.unlink()
-        await node.node.sync.resume()
+        await node.node.sync.queue.resume()
         await node.node.sync.kick()
         record = await node.node.store.find(result["filehash"])
         self.assertEqual(len(record.uploads), 3)
-        self.assertEqual(await node.node.sync.pending(), (0, 0))
+        self.assertEqual(await node.node.sync.queue.pending(), (0, 0))
 
 
 class CacheAtCapacityTests(TestCase):
@@ -383,20 +383,20 @@ class CacheAtCapacityTests(TestCase):
         self.assertEqual(await balance(token), before)
         self.assertEqual(os.listdir(node.node.store.incoming), [])
         self.assertEqual(node.node.store.cache.used, 90_000)
-        self.assertEqual(await node.node.sync.pending(), (2, 90_000))
+        self.assertEqual(await node.node.sync.queue.pending(), (2, 90_000))
 
         # The hosts come back and take both blobs; now the cache may evict.
         for host in config.effective_hosts:
             Path(host.setting).unlink()
-        await node.node.sync.resume()
+        await node.node.sync.queue.resume()
         await node.node.sync.kick()
-        self.assertEqual(await node.node.sync.pending(), (0, 0))
+        self.assertEqual(await node.node.sync.queue.pending(), (0, 0))
         response = await upload(node, third, token)
         self.assertEqual(response.code, 201)
         self.assertLessEqual(node.node.store.cache.used, 100_000)
         self.assertNotIn(kept["filehash"], node.node.store.cache)  # the oldest went
         await node.node.sync.idle()
-        self.assertEqual(await node.node.sync.pending(), (0, 0))
+        self.assertEqual(await node.node.sync.queue.pending(), (0, 0))
 
         # A fetch that needs room the cache cannot give: 507, refunded.
         for host in config.effective_hosts:
@@ -406,7 +406,7 @@ class CacheAtCapacityTests(TestCase):
         for _ in range(2):
             self.assertEqual((await upload(node, os.urandom(45_000), token)).code, 201)
             await node.node.sync.idle()
-        self.assertEqual(await node.node.sync.pending(), (2, 90_000))
+        self.assertEqual(await node.node.sync.queue.pending(), (2, 90_000))
         before = await balance(token)
         response = await node.http.get(
             node.url + f"/api/download/{kept['filehash']}",

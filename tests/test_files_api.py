@@ -151,7 +151,7 @@ class UploadDownloadTests(TestCase):
         self.assertEqual(sorted(h for h, _ in record.uploads), ["local1", "local2", "local3"])
         for host in node.node.config.effective_hosts:
             self.assertTrue((Path(host.setting) / result["filehash"]).is_file())
-        count, _ = await node.node.sync.pending()
+        count, _ = await node.node.sync.queue.pending()
         self.assertEqual(count, 0)
 
     async def test_evicted_blob_is_fetched_and_costs_double(self) -> None:

@@ -26,7 +26,7 @@ class RestartTests(TestCase):
         self.assertEqual(response.code, 201)
         result = await json_of(response)
         await node.node.sync.idle()
-        self.assertEqual(await node.node.sync.pending(), (1, 123_456))
+        self.assertEqual(await node.node.sync.queue.pending(), (1, 123_456))
         self.assertEqual((await node.node.store.find(result["filehash"])).uploads, ())
         await node.stop()
 
@@ -37,7 +37,7 @@ class RestartTests(TestCase):
         await again.node.sync.kick()  # the queue is due at once after a restart
         record = await again.node.store.find(result["filehash"])
         self.assertEqual(len(record.uploads), 3)
-        self.assertEqual(await again.node.sync.pending(), (0, 0))
+        self.assertEqual(await again.node.sync.queue.pending(), (0, 0))
 
         # The file still downloads intact, even once it is only on the hosts.
         shutil.rmtree(base / "data" / "blobs")
@@ -72,7 +72,7 @@ class RestartTests(TestCase):
         self.assertEqual((repair.checked, repair.missing, repair.unknown), (3, (), 1))
         record = await again.node.store.find(result["filehash"])
         self.assertEqual(len(record.uploads), 3)
-        self.assertEqual(await again.node.sync.pending(), (0, 0))
+        self.assertEqual(await again.node.sync.queue.pending(), (0, 0))
         self.assertEqual(os.listdir(disk), [])
         await again.stop()
 

@@ -254,7 +254,7 @@ class SharedCloudQueueTests(TestCase):
                 " VALUES (?, 'f', 1, 0) ON CONFLICT (filehash) DO NOTHING",
                 (filehash,),
             )
-            await sync.enqueue(txn, filehash)
+            await sync.queue.add(txn, filehash)
 
         # Both nodes receive every file, at the same moment.
         await gatherResults(

@@ -130,12 +130,7 @@ class Publisher:
                 ),
             )
             for record in chosen:
-                taken = await txn.execute(
-                    "UPDATE chain_queue SET state = 'batched', batch_id = ?"
-                    " WHERE filehash = ? AND state = 'waiting'",
-                    (batch.id, record["filehash"]),
-                )
-                if not taken:
+                if not await ChainQueue.take(txn, record["filehash"], batch.id):
                     raise BatchConflict(record["filehash"])
 
         try:
@@ -261,12 +256,6 @@ class Publisher:
             " WHERE id = ?",
             (self._clock.seconds(), first_txid, batch.id),
         )
-        await txn.execute(
-            "UPDATE chain_queue SET state = 'published' WHERE batch_id = ?", (batch.id,)
-        )
+        await ChainQueue.published(txn, batch.id)
         for record in json.loads(batch.payload):
-            await txn.execute(
-                "INSERT INTO chain_records (filehash, record, txid) VALUES (?, ?, ?)"
-                " ON CONFLICT (filehash) DO NOTHING",
-                (record["filehash"], json.dumps(record), first_txid),
-            )
+            await Catalog.published(txn, record, first_txid)

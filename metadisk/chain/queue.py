@@ -1,40 +1,49 @@
 """
-The blockchain queue: the files whose record is to be published
-(table C{chain_queue}, see C{002-chain.sql}).
-
-A file joins it when it is recorded, in the same transaction; its record is
-due once the hosts hold the blob (it has left the cloud queue) or, after
-C{publish_wait} seconds, with the hosts that hold it so far.
+The blockchain queue: the files whose record is to be published (table
+C{chain_queue}). A file joins it when it is recorded, in the same
+transaction; its record is due once the hosts hold the blob (it has left the
+cloud queue) or, after C{publish_wait} seconds, with the hosts that hold it
+so far. A row never goes back to an earlier state, so a record goes out once
+(L{metadisk.chain.publisher}).
 """
 
 from __future__ import annotations
+
+import enum
 
 from attrs import define
 
 from metadisk.interfaces import IDatabase, ITransaction
 
-_DUE = """
+
+class State(enum.StrEnum):
+    WAITING = "waiting"  # due once its blob left the cloud queue, or after publish_wait
+    BATCHED = "batched"  # claimed by a batch, on its way to the chain
+    PUBLISHED = "published"  # on the chain (its record is in chain_records)
+
+
+_DUE = f"""
     FROM chain_queue q JOIN files f ON f.filehash = q.filehash
-    WHERE q.state = 'waiting'
+    WHERE q.state = '{State.WAITING}'
       AND EXISTS (SELECT 1 FROM uploads u WHERE u.filehash = q.filehash)
       AND (q.enqueued <= ?
            OR NOT EXISTS (SELECT 1 FROM cloud_queue c WHERE c.filehash = q.filehash))
 """
 
 
-async def enqueue(txn: ITransaction, filehash: str, when: float) -> None:
-    """Put a file in the queue (once: a file that was ever queued stays where it got)."""
-    await txn.execute(
-        "INSERT INTO chain_queue (filehash, enqueued, state) VALUES (?, ?, 'waiting')"
-        " ON CONFLICT (filehash) DO NOTHING",
-        (filehash, when),
-    )
-
-
 @define
 class ChainQueue:
     _db: IDatabase
     wait: float  # seconds after which a record goes out with the hosts it has
+
+    @staticmethod
+    async def add(txn: ITransaction, filehash: str, when: float) -> None:
+        """Put a file in the queue (once: a file that was ever queued stays where it got)."""
+        await txn.execute(
+            "INSERT INTO chain_queue (filehash, enqueued, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (filehash) DO NOTHING",
+            (filehash, when, State.WAITING),
+        )
 
     async def due(self, now: float, limit: int) -> list[str]:
         """The filehashes whose record is due, oldest first."""
@@ -44,6 +53,22 @@ class ChainQueue:
         )
         return [filehash for (filehash,) in rows]
 
+    @staticmethod
+    async def take(txn: ITransaction, filehash: str, batch_id: str) -> bool:
+        """Claim a waiting record for a batch; False if it is no longer waiting."""
+        return bool(
+            await txn.execute(
+                "UPDATE chain_queue SET state = ?, batch_id = ? WHERE filehash = ? AND state = ?",
+                (State.BATCHED, batch_id, filehash, State.WAITING),
+            )
+        )
+
+    @staticmethod
+    async def published(txn: ITransaction, batch_id: str) -> None:
+        await txn.execute(
+            "UPDATE chain_queue SET state = ? WHERE batch_id = ?", (State.PUBLISHED, batch_id)
+        )
+
     async def pending(self, now: float) -> tuple[int, int]:
         """(count, bytes) of the files whose record is due or on its way, for C{/api/status}."""
         due = await self._db.query(
@@ -51,7 +76,7 @@ class ChainQueue:
         )
         batched = await self._db.query(
             "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
-            " FROM chain_queue q JOIN files f ON f.filehash = q.filehash"
-            " WHERE q.state = 'batched'"
+            " FROM chain_queue q JOIN files f ON f.filehash = q.filehash WHERE q.state = ?",
+            (State.BATCHED,),
         )
         return int(due[0][0]) + int(batched[0][0]), int(due[0][1]) + int(batched[0][1])

@@ -33,6 +33,7 @@ from metadisk.chain.codec import (
 )
 from metadisk.chain.rpc import ChainUnavailable, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
+from metadisk.store.catalog import Catalog
 from metadisk.store.claims import Claim, Claims
 
 BLOCKS_PER_ROUND = 200  # then the round ends and the next one reads on
@@ -119,7 +120,7 @@ class Reader:
             await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
             await Claims.forget_above(txn, height)
             # Our own records in those blocks are on the chain again only once read again.
-            await txn.execute("UPDATE chain_records SET height = NULL WHERE height > ?", (height,))
+            await Catalog.unconfirm_above(txn, height)
 
         await self._db.transaction(forget)
 
@@ -198,12 +199,7 @@ class Reader:
         ]
         for claim in claims:
             await Claims.add(txn, claim)
-            # This node's own record, read back: now it is known to be on the chain.
-            await txn.execute(
-                "UPDATE chain_records SET height = ? WHERE filehash = ? AND txid = ?"
-                " AND height IS NULL",
-                (height, claim.record.filehash, batch_id),
-            )
+            await Catalog.confirm(txn, claim.record.filehash, batch_id, height)
         return claims
 
 

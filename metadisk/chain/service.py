@@ -90,12 +90,12 @@ def chain_sync(
     config: ChainConfig,
     db: IDatabase,
     catalog: Catalog,
+    queue: ChainQueue,
     clock: IReactorTime,
     http: Any,
     node_id: str,
 ) -> tuple[ChainService | None, Callable[[], Awaitable[dict]]]:
     """The chain service the config asks for (None when disabled) and the status to serve."""
-    queue = ChainQueue(db, config.publish_wait)
     if config.kind == "none":
         return None, disabled_status(queue, clock)
     chain = make_chain(config, http, clock)

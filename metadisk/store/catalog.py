@@ -131,10 +131,41 @@ class Catalog:
         )
         return bool(rows)
 
-    async def remove_upload(self, filehash: str, host_name: str) -> None:
-        await self._db.execute(
+    @staticmethod
+    async def remove_upload(txn: ITransaction, filehash: str, host_name: str) -> None:
+        """A host lost or spoiled its copy."""
+        await txn.execute(
             "DELETE FROM uploads WHERE filehash = ? AND host_name = ?", (filehash, host_name)
         )
+
+    @staticmethod
+    async def published(txn: ITransaction, record: dict, txid: str) -> None:
+        """This node's record went out in the batch C{txid}: C{find} answers it from now on."""
+        await txn.execute(
+            "INSERT INTO chain_records (filehash, record, txid) VALUES (?, ?, ?)"
+            " ON CONFLICT (filehash) DO NOTHING",
+            (record["filehash"], json.dumps(record), txid),
+        )
+
+    @staticmethod
+    async def confirm(txn: ITransaction, filehash: str, txid: str, height: int) -> None:
+        """This node's record of C{filehash}, read back from the chain at C{height}."""
+        await txn.execute(
+            "UPDATE chain_records SET height = ? WHERE filehash = ? AND txid = ?"
+            " AND height IS NULL",
+            (height, filehash, txid),
+        )
+
+    @staticmethod
+    async def unconfirm_above(txn: ITransaction, height: int) -> None:
+        """The blocks above C{height} were replaced: records read there are on it no longer."""
+        await txn.execute("UPDATE chain_records SET height = NULL WHERE height > ?", (height,))
+
+    @staticmethod
+    async def holders(txn: ITransaction, filehash: str) -> int:
+        """How many of this node's hosts hold the blob."""
+        rows = await txn.query("SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,))
+        return int(rows[0][0])
 
     async def replicated(self, filehashes: list[str], copies: int) -> set[str]:
         """Those of C{filehashes} that at least C{copies} of this node's hosts hold."""

@@ -16,13 +16,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from metadisk.crypto import sha256_file
-from metadisk.interfaces import IDatabase, IFileHost
+from metadisk.interfaces import IDatabase, IFileHost, ITransaction
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.metrics import Metrics
 from metadisk.periodic import backoff
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
+from metadisk.store.cloudqueue import CloudQueue
 from metadisk.store.hosts import SLOWEST_RATE, blob_size, transfer_timeout
 
 T = TypeVar("T")
@@ -75,11 +76,13 @@ class CloudSync:
     metrics: Metrics = field(factory=Metrics)
     # Fetches from the URL of a host this node lacks (records learned from the chain).
     url_fetcher: IFileHost | None = None
+    queue: CloudQueue = field(init=False)
 
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
         self._health = {host.name: HostHealth() for host in self._hosts}
+        self.queue = CloudQueue(self._db, self._clock, self._node_id)
 
     def host(self, name: str) -> IFileHost | None:
         for host in self._hosts:
@@ -90,14 +93,6 @@ class CloudSync:
     def unhealthy(self) -> list[str]:
         now = self._clock.seconds()
         return [name for name, h in self._health.items() if not h.healthy(now)]
-
-    async def pending(self) -> tuple[int, int]:
-        """(count, bytes) of blobs still to be copied, for C{/api/status}."""
-        rows = await self._db.query(
-            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
-            " FROM cloud_queue q JOIN files f ON f.filehash = q.filehash"
-        )
-        return int(rows[0][0]), int(rows[0][1])
 
     def kick(self) -> Deferred[None]:
         """Run a round now; if one is running, run another right after it."""
@@ -147,30 +142,12 @@ class CloudSync:
 
     async def run_once(self) -> int:
         """Replicate the blobs that are due; return how many were tried."""
-        rows = await self._db.query(
-            "SELECT filehash, attempts FROM cloud_queue WHERE node_id = ? AND next_attempt <= ?"
-            " ORDER BY next_attempt LIMIT ?",
-            (self._node_id, self._clock.seconds(), BATCH),
-        )
+        rows = await self.queue.due(BATCH)
         for filehash, attempts in rows:
             if self._stopping:
                 break
             await self.replicate(filehash, attempts)
         return len(rows)
-
-    async def resume(self) -> None:
-        """At start: whatever this node left queued is due now, whatever its backoff was."""
-        await self._db.execute(
-            "UPDATE cloud_queue SET next_attempt = ? WHERE node_id = ?",
-            (self._clock.seconds(), self._node_id),
-        )
-
-    async def enqueue(self, txn, filehash: str) -> None:
-        await txn.execute(
-            "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt)"
-            " VALUES (?, ?, 0, ?) ON CONFLICT (filehash) DO NOTHING",
-            (filehash, self._node_id, self._clock.seconds()),
-        )
 
     async def replicate(self, filehash: str, attempts: int) -> None:
         """Copy the blob to hosts until C{copies} hold it; reschedule if that fails."""
@@ -210,7 +187,7 @@ class CloudSync:
                 else:
                     errors.append(f"{host.name}: {result.getErrorMessage()}")
         if need <= 0:
-            await self._db.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
+            await self.queue.done(filehash)
             self.log.info("{filehash} is on {copies} hosts", filehash=filehash, copies=self.copies)
             return
         if self._stopping:
@@ -222,11 +199,7 @@ class CloudSync:
             need=need,
             error=error,
         )
-        await self._db.execute(
-            "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ?"
-            " WHERE filehash = ?",
-            (attempts + 1, self._clock.seconds() + backoff(attempts + 1), error[:1000], filehash),
-        )
+        await self.queue.failed(filehash, attempts + 1, error)
 
     async def _recache(self, filehash: str) -> None:
         """Fetch a blob back into the cache (verified by L{fetch})."""
@@ -252,11 +225,9 @@ class CloudSync:
         blob to be copied again, in one transaction.
         """
 
-        async def forget(txn) -> None:
-            await txn.execute(
-                "DELETE FROM uploads WHERE filehash = ? AND host_name = ?", (filehash, host_name)
-            )
-            await self.enqueue(txn, filehash)
+        async def forget(txn: ITransaction) -> None:
+            await self._catalog.remove_upload(txn, filehash, host_name)
+            await self.queue.add(txn, filehash)
 
         await self._db.transaction(forget)
 

@@ -8,6 +8,7 @@ chain from its claims' URLs).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,7 +18,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from metadisk.chain.queue import enqueue as enqueue_for_chain
 from metadisk.crypto import convergent_key, encrypt_in_place
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.blocking import RunBlocking
@@ -42,6 +42,13 @@ def evictable(catalog: Catalog, claims: Claims, copies: int) -> Evictable:
     return safe
 
 
+Recorded = Callable[[ITransaction, str, float], Awaitable[None]]
+
+
+async def _nothing(txn: ITransaction, filehash: str, when: float) -> None:
+    """Nothing else needs to know of a recorded file."""
+
+
 async def _free(size: int) -> None:
     """What a download that has paid up front, or costs nothing, pays for a fetch."""
 
@@ -58,6 +65,9 @@ class FileStore:
     _run_blocking: RunBlocking
     _convergence_secret: bytes
     incoming: Path
+    # Runs in the transaction that records a file: what else must know of it, atomically
+    # (the chain's queue: published once the hosts hold it).
+    _recorded: Recorded = _nothing
     # Blobs being fetched into the cache: the fetch, and the readers waiting for it.
     _fetching: dict[str, tuple[Deferred[None], list[Deferred[None]]]] = field(factory=dict)
 
@@ -105,13 +115,9 @@ class FileStore:
 
         async def record(txn: ITransaction) -> None:
             await self.catalog.add_file(txn, filehash, name, size, int(self._clock.seconds()))
-            # Published once the hosts hold it (metadisk.chain.queue); queued now, with the file.
-            await enqueue_for_chain(txn, filehash, self._clock.seconds())
-            holders = await txn.query(
-                "SELECT COUNT(*) FROM uploads WHERE filehash = ?", (filehash,)
-            )
-            if holders[0][0] < self.sync.copies:
-                await self.sync.enqueue(txn, filehash)
+            await self._recorded(txn, filehash, self._clock.seconds())
+            if await self.catalog.holders(txn, filehash) < self.sync.copies:
+                await self.sync.queue.add(txn, filehash)
 
         await self._db.transaction(record)
         self.sync.kick()

@@ -252,7 +252,7 @@ class FilesAPI:
 
     @app.route("/status", methods=["GET"])
     async def status(self, request: IRequest) -> bytes:
-        count, size = await self._store.sync.pending()
+        count, size = await self._store.sync.queue.pending()
         chain = await self._chain_status()
         body = {
             "bandwidth": self._meters.snapshot(),

@@ -1,0 +1,63 @@
+"""
+The cloud queue (table C{cloud_queue}): blobs still to be copied to this
+node's hosts, each by the node whose cache holds it, with its attempts and
+when it is due again. Written before it is acted on, so a crash loses none.
+"""
+
+from __future__ import annotations
+
+from attrs import define
+from twisted.internet.interfaces import IReactorTime
+
+from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.periodic import backoff
+
+
+@define
+class CloudQueue:
+    _db: IDatabase
+    _clock: IReactorTime
+    _node_id: str
+
+    async def add(self, txn: ITransaction, filehash: str) -> None:
+        """Queue a blob for the hosts, due now (once: a queued blob keeps its place)."""
+        await txn.execute(
+            "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt)"
+            " VALUES (?, ?, 0, ?) ON CONFLICT (filehash) DO NOTHING",
+            (filehash, self._node_id, self._clock.seconds()),
+        )
+
+    async def due(self, limit: int) -> list[tuple[str, int]]:
+        """(filehash, attempts so far) of this node's blobs that are due, oldest first."""
+        rows = await self._db.query(
+            "SELECT filehash, attempts FROM cloud_queue WHERE node_id = ? AND next_attempt <= ?"
+            " ORDER BY next_attempt LIMIT ?",
+            (self._node_id, self._clock.seconds(), limit),
+        )
+        return [(filehash, attempts) for filehash, attempts in rows]
+
+    async def done(self, filehash: str) -> None:
+        await self._db.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
+
+    async def failed(self, filehash: str, attempts: int, error: str) -> None:
+        """The C{attempts}-th attempt failed: due again after a backoff."""
+        await self._db.execute(
+            "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ?"
+            " WHERE filehash = ?",
+            (attempts, self._clock.seconds() + backoff(attempts), error[:1000], filehash),
+        )
+
+    async def resume(self) -> None:
+        """At start: whatever this node left queued is due now, whatever its backoff was."""
+        await self._db.execute(
+            "UPDATE cloud_queue SET next_attempt = ? WHERE node_id = ?",
+            (self._clock.seconds(), self._node_id),
+        )
+
+    async def pending(self) -> tuple[int, int]:
+        """(count, bytes) of blobs still to be copied, for C{/api/status}."""
+        rows = await self._db.query(
+            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
+            " FROM cloud_queue q JOIN files f ON f.filehash = q.filehash"
+        )
+        return int(rows[0][0]), int(rows[0][1])
