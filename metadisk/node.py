@@ -154,10 +154,10 @@ async def build_node(
     bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
     # transfers are timed by the slowest rate they may run at.
-    bwlimit = bandwidth.rclone_bwlimit()
-    slowest = min([SLOWEST_RATE, *(rate for rate in bandwidth.one_transfer() if rate)])
+    one_transfer = bandwidth.one_transfer()
+    slowest = min([SLOWEST_RATE, *(rate for rate in one_transfer if rate)])
     hosts = [
-        make_host(host, reactor, run_blocking, bwlimit=bwlimit, slowest_rate=slowest)
+        make_host(host, reactor, run_blocking, one_transfer=one_transfer, slowest_rate=slowest)
         for host in config.effective_hosts
     ]
     for host in hosts:

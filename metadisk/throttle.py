@@ -295,14 +295,3 @@ class Bandwidth:
     def one_transfer(self) -> tuple[int, int]:
         """What one transfer may use at most, (outgoing, incoming) in bytes/s; 0: no limit."""
         return self.outgoing.one_transfer, self.incoming.one_transfer
-
-    def rclone_bwlimit(self) -> str:
-        """
-        rclone's C{--bwlimit} (upload:download) for one host transfer: what one
-        client transfer may use at most. rclone runs outside the node's
-        buckets, so this bounds each host transfer, not their sum. "": none.
-        """
-        up, down = self.one_transfer()
-        if not (up or down):
-            return ""
-        return ":".join(f"{rate}B" if rate else "off" for rate in (up, down))

@@ -627,27 +627,28 @@ class FakeCatalog:
 
 
 class HostTransferTests(Case):
-    def test_rclone_bwlimit(self) -> None:
-        def bwlimit(**rates: int) -> str:
-            return Bandwidth.from_config(BandwidthConfig(**rates), Clock()).rclone_bwlimit()
+    def test_one_transfer(self) -> None:
+        def one_transfer(**rates: int) -> tuple[int, int]:
+            return Bandwidth.from_config(BandwidthConfig(**rates), Clock()).one_transfer()
 
-        self.assertEqual(bwlimit(), "")
-        self.assertEqual(bwlimit(rate_outgoing=4096), "4096B:off")
-        self.assertEqual(bwlimit(rate_incoming=10, per_transfer_incoming=5), "off:5B")
+        self.assertEqual(one_transfer(), (0, 0))
+        self.assertEqual(one_transfer(rate_outgoing=4096), (4096, 0))
+        self.assertEqual(one_transfer(rate_incoming=10, per_transfer_incoming=5), (0, 5))
         self.assertEqual(
-            bwlimit(rate_outgoing=100, per_transfer_outgoing=300, rate_incoming=7), "100B:7B"
+            one_transfer(rate_outgoing=100, per_transfer_outgoing=300, rate_incoming=7), (100, 7)
         )
 
     def test_rclone_gets_the_limit(self) -> None:
         runner = RecordingRunner()
-        host = make_host(RCLONE, Clock(), in_caller, bwlimit="9B:off")
-        host._runner = runner  # what the process runner is asked to run
-        self.successResultOf(host.store("a" * 64, "/dev/null"))
-        self.assertIn("--bwlimit=9B:off", runner.calls[0][1])
+        for rates, flag in (((9, 0), "--bwlimit=9B:off"), ((0, 5), "--bwlimit=off:5B")):
+            host = make_host(RCLONE, Clock(), in_caller, one_transfer=rates)
+            host._runner = runner  # what the process runner is asked to run
+            self.successResultOf(host.store("a" * 64, "/dev/null"))
+            self.assertIn(flag, runner.calls[-1][1])
         unlimited = make_host(RCLONE, Clock(), in_caller)
         unlimited._runner = runner
         self.successResultOf(unlimited.store("a" * 64, "/dev/null"))
-        self.assertFalse(any(arg.startswith("--bwlimit") for arg in runner.calls[1][1]))
+        self.assertFalse(any(arg.startswith("--bwlimit") for arg in runner.calls[-1][1]))
 
     def sync(self, clock: Clock, hosts: list[FakeHost], meters: Meters) -> CloudSync:
         return CloudSync(

@@ -53,12 +53,13 @@ def make_host(
     reactor: Any,
     run_blocking: RunBlocking,
     *,
-    bwlimit: str = "",
+    one_transfer: tuple[int, int] = (0, 0),
     slowest_rate: float = SLOWEST_RATE,
 ) -> IFileHost:
     """
-    The host a C{[[hosts]]} entry describes. C{bwlimit}: rclone's rate limit;
-    C{slowest_rate}: the slowest its transfers may then run (bytes/s).
+    The host a C{[[hosts]]} entry describes. C{one_transfer}: what one
+    transfer may use, (up, down) in bytes/s, 0 for no limit (rclone alone can
+    keep to it); C{slowest_rate}: the slowest its transfers may then run.
     """
     if config.kind == "local":
         from metadisk.store.hosts.local import LocalDirectoryHost
@@ -76,7 +77,7 @@ def make_host(
             config.setting,
             runner,
             run_blocking,
-            bwlimit=bwlimit,
+            one_transfer=one_transfer,
             slowest_rate=slowest_rate,
         )
     if config.kind == "plowshare":

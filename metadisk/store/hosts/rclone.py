@@ -110,7 +110,9 @@ class RcloneHost:
     _runner: ProcessRunner
     _run_blocking: RunBlocking
     check_timeout: float = CHECK_TIMEOUT  # an existence check: short, whatever the transfers get
-    bwlimit: str = ""  # rclone's --bwlimit (UP:DOWN) from the node's bandwidth limits; "": none
+    # What one transfer may use, (up, down) in bytes/s, 0: no limit; rclone runs outside
+    # the node's buckets, so this bounds each host transfer, not their sum.
+    one_transfer: tuple[int, int] = (0, 0)
     slowest_rate: float = SLOWEST_RATE  # what a transfer is timed by: below any --bwlimit
 
     def _object(self, filehash: str) -> str:
@@ -134,7 +136,10 @@ class RcloneHost:
         return transfer_timeout(self._runner.timeout, size, self.slowest_rate)
 
     def _limit(self) -> tuple[str, ...]:
-        return (f"--bwlimit={self.bwlimit}",) if self.bwlimit else ()
+        if not any(self.one_transfer):
+            return ()
+        rates = ":".join(f"{rate}B" if rate else "off" for rate in self.one_transfer)
+        return (f"--bwlimit={rates}",)
 
     def _redact(self, error: HostError) -> None:
         # rclone quotes the remote in its messages, connection-string parameters included.
