@@ -201,6 +201,11 @@ def _local_endpoint(_: Any, __: Attribute, value: str) -> None:
     raise Invalid("must be local only: unix:PATH or tcp:PORT:interface=127.0.0.1 (or ::1)")
 
 
+def _public_url(_: Any, __: Attribute, value: str) -> None:
+    if value and not value.startswith(("http://", "https://")):
+        raise Invalid("expected http://… or https://…, where the folder is served")
+
+
 def _chain_url(_: Any, __: Attribute, value: str) -> None:
     if value and not value.startswith(("http://", "https://")):
         raise Invalid("expected http://[user:password@]host:port or https://…")
@@ -291,6 +296,8 @@ class HostConfig:
     name: str = field(validator=_string)
     kind: str = field(validator=one_of(*_HOST_SETTING))
     path: str = field(default="", validator=_string)  # local: a directory
+    # local: where a web server serves that directory; "": its copies have no public URL
+    public_url: str = field(default="", validator=[_string, _public_url])
     remote: str = field(default="", validator=_string)  # rclone: a remote string
     site: str = field(default="", validator=_string)  # plowshare: a module name
 
@@ -374,7 +381,8 @@ def _hosts(data: Any) -> tuple[HostConfig, ...]:
         if not _HOST_NAME.fullmatch(stub.name):
             raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '_', '.' or '-'")
         setting = _HOST_SETTING[stub.kind]
-        host = load_section(where, entry, stub, allowed={"name", "kind", setting})
+        allowed = {"name", "kind", setting, *(("public_url",) if stub.kind == "local" else ())}
+        host = load_section(where, entry, stub, allowed=allowed)
         if not host.setting:
             raise ConfigError(f"{where}.{setting}", "must not be empty")
         hosts.append(host)

@@ -55,7 +55,11 @@ class IFileHost(Interface):
     name = Attribute("The host's name, unique in the node's configuration.")
 
     def store(filehash: str, path: str):
-        """Upload the blob at C{path}; fire with the URL where it now lives."""
+        """
+        Upload the blob at C{path}; fire with the URL where it now lives, for
+        the record, or "" when it has none to give (a local directory that no
+        web server serves).
+        """
 
     def fetch(filehash: str, url: str, destination: str, size: int):
         """

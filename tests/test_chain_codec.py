@@ -242,6 +242,11 @@ class RecordTests(SynchronousTestCase):
             record, FileRecord(H1, H1[:10], 10, 1398875062, "0.1", ())
         )  # metachains' from_dict for 0.1
 
+    def test_a_host_without_a_url(self) -> None:
+        """A node's local directory is named in its record, with no URL: read, never fetched."""
+        item = dict(RECORD1, uploads=[{"host_name": "local1", "url": ""}])
+        self.assertEqual(codec.parse_record(item).uploads, (("local1", ""),))
+
     def test_a_strangers_name_is_made_safe(self) -> None:
         """No path and no control characters in a name read from the chain (Content-Disposition)."""
         for claimed, safe in (

@@ -135,6 +135,14 @@ class ErrorTests(SynchronousTestCase):
             {"hosts": [{"name": "a", "kind": "local", "path": "/x", "remote": "y"}]},
             "hosts[0].remote",
         )
+        self.assertKey(
+            {"hosts": [{"name": "a", "kind": "rclone", "remote": "r:", "public_url": "http://x"}]},
+            "hosts[0].public_url",
+        )
+        self.assertKey(
+            {"hosts": [{"name": "a", "kind": "local", "path": "/x", "public_url": "/srv"}]},
+            "hosts[0].public_url",
+        )
         twice = {"name": "a", "kind": "local", "path": "/x"}
         self.assertKey({"hosts": [twice, twice, twice]}, "hosts")
         self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")

@@ -16,6 +16,7 @@ from tests.support import (
     funded_token,
     header_of,
     json_of,
+    local_host,
     multipart,
     raw_http,
     start_node,
@@ -142,13 +143,27 @@ class UploadDownloadTests(TestCase):
         self.assertEqual((missing.code, await json_of(missing)), (404, {"error": "File not found"}))
 
     async def test_replicated_to_three_hosts(self) -> None:
-        """After the 201, replication starts at once: every local host gets the blob."""
-        node = await start_node(self)
+        """
+        After the 201, replication starts at once: every local host gets the
+        blob. Its record names them with their public URL, if a web server
+        serves the folder, else with none: never a path of this machine's.
+        """
+        base = Path(self.mktemp()).resolve()
+        hosts = [local_host(f"local{i}", base / "hosts" / f"local{i}") for i in (1, 2, 3)]
+        hosts[0]["public_url"] = "https://files.example/one"
+        node = await start_node(self, test_config(base, hosts=hosts))
         token = await funded_token(node)
         result = await json_of(await upload(node, b"replicate me", token))
         await node.node.sync.idle()
         record = await node.node.store.find(result["filehash"])
-        self.assertEqual(sorted(h for h, _ in record.uploads), ["local1", "local2", "local3"])
+        self.assertEqual(
+            sorted(record.uploads),
+            [
+                ("local1", f"https://files.example/one/{result['filehash']}"),
+                ("local2", ""),
+                ("local3", ""),
+            ],
+        )
         for host in node.node.config.effective_hosts:
             self.assertTrue((Path(host.setting) / result["filehash"]).is_file())
         count, _ = await node.node.sync.queue.pending()

@@ -180,7 +180,9 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
     def setUp(self) -> None:
         self.work = Path(self.mktemp()).resolve()
         self.root = self.work / "host"
-        self.host = LocalDirectoryHost("local1", self.root, in_caller)
+        self.host = LocalDirectoryHost(
+            "local1", self.root, in_caller, public_url="https://files.example/metadisk/"
+        )
 
     async def lose(self, filehash: str, url: str) -> None:
         (self.root / filehash).unlink()
@@ -192,6 +194,15 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
 
     async def hang_host(self) -> None:
         raise SkipTest("a local directory runs no process")
+
+    async def test_a_copy_has_a_public_url_or_none(self) -> None:
+        """Never the folder's own path: a record goes on a public chain."""
+        filehash, path, _ = self.blob()
+        url = await self.host.store(filehash, str(path))
+        self.assertEqual(url, f"https://files.example/metadisk/{filehash}")
+        unserved = LocalDirectoryHost("local2", self.work / "unserved", in_caller)
+        self.assertEqual(await unserved.store(filehash, str(path)), "")
+        self.assertIs(await unserved.exists(filehash, ""), True)
 
     async def test_claim(self) -> None:
         """

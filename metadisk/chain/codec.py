@@ -313,7 +313,9 @@ def _uploads(value: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(upload, dict):
             raise CodecError("bad upload")
         name = _text(upload.get("host_name"), "host_name", MAX_HOST_NAME_IN)
-        uploads.append((name, _text(upload.get("url"), "url", MAX_URL_IN)))
+        url = upload.get("url")
+        # "": a host that gives no URL (a node's local directory): named, never fetched.
+        uploads.append((name, url if url == "" else _text(url, "url", MAX_URL_IN)))
     return tuple(uploads)
 
 

@@ -46,3 +46,7 @@ DELETE FROM chain_records
     WHERE txid NOT IN (SELECT first_txid FROM chain_batches WHERE first_txid IS NOT NULL);
 
 UPDATE chain_queue SET state = 'waiting' WHERE state = 'on-chain';
+
+-- A local directory's copies had their file:// path as URL: of no use to another node, and
+-- this node's filesystem layout on a public chain. A local host now gives its public URL.
+UPDATE uploads SET url = '' WHERE url LIKE 'file:%';

@@ -64,7 +64,9 @@ def make_host(
     if config.kind == "local":
         from metadisk.store.hosts.local import LocalDirectoryHost
 
-        return LocalDirectoryHost(config.name, Path(config.setting), run_blocking)
+        return LocalDirectoryHost(
+            config.name, Path(config.setting), run_blocking, public_url=config.public_url
+        )
     # One runner per host: its bound on concurrent processes is per host.
     from metadisk.store.hosts.process import ProcessRunner
 

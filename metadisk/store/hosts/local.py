@@ -78,6 +78,9 @@ class LocalDirectoryHost:
     name: str
     root: Path
     _run_blocking: RunBlocking
+    # Where a web server serves the folder; "": copies have no URL. Never the folder's own
+    # path: a record goes on a public chain, and that path is of use to no other node.
+    public_url: str = ""
     # A host that holds no copy yet may make its folder (and mark it) when it is not
     # there. Set at start from the node's records; false once a copy is stored.
     _new: bool = True
@@ -146,7 +149,7 @@ class LocalDirectoryHost:
                 self._check_marked()
                 _copy(Path(path), target)
                 self._new = False
-                return target.resolve().as_uri()
+                return f"{self.public_url.rstrip('/')}/{filehash}" if self.public_url else ""
 
         return self._run_blocking(store)
 
