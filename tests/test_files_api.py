@@ -494,6 +494,7 @@ class StatusTests(TestCase):
         self.assertEqual(status["storage"]["max_file_size"], config.storage.max_file_size)
         self.assertEqual(sorted(status["sync"]), ["blockchain_queue", "cloud_queue"])
         self.assertEqual(status["datacoin"], status["florincoin"])
+        self.assertEqual(status["metachains"], {"coin": "none", "address": None, "block": 0})
         self.assertEqual(
             status["datacoin"], {"balance": 0, "address": None, "coin": "none", "block": 0}
         )

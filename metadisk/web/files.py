@@ -267,5 +267,6 @@ class FilesAPI:
             },
             "datacoin": chain,
             "florincoin": chain,
+            "metachains": {key: chain[key] for key in ("coin", "address", "block")},
         }
         return write_json(request, 200, body)

@@ -313,6 +313,12 @@ _PAIR = {
         "outgoing": {"type": "integer", "minimum": 0},
     },
 }
+# The chain: its name, the node's wallet address, the height the node has read to.
+_CHAIN: dict[str, Schema] = {
+    "coin": {"type": "string"},
+    "address": {"type": ["string", "null"]},
+    "block": {"type": "integer", "minimum": 0},
+}
 _QUEUE = {
     "type": "object",
     "required": ["count", "size"],
@@ -357,17 +363,12 @@ SCHEMAS: dict[str, Schema] = {
     },
     "ChainStatus": {
         "type": "object",
-        "required": ["balance", "address", "coin", "block"],
-        "properties": {
-            "balance": {"type": "number"},
-            "address": {"type": ["string", "null"]},
-            "coin": {"type": "string"},
-            "block": {"type": "integer", "minimum": 0},
-        },
+        "required": ["balance", *_CHAIN],
+        "properties": {"balance": {"type": "number"}, **_CHAIN},
     },
     "NodeStatus": {
         "type": "object",
-        "required": ["bandwidth", "storage", "sync", "datacoin", "florincoin"],
+        "required": ["bandwidth", "storage", "sync", "datacoin", "florincoin", "metachains"],
         "properties": {
             "bandwidth": {
                 "type": "object",
@@ -391,6 +392,12 @@ SCHEMAS: dict[str, Schema] = {
             },
             "datacoin": _ref("ChainStatus"),
             "florincoin": _ref("ChainStatus"),
+            # What web-core's last version answered: the chain, without the wallet's balance.
+            "metachains": {
+                "type": "object",
+                "required": list(_CHAIN),
+                "properties": _CHAIN,
+            },
         },
     },
 }
