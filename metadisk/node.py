@@ -16,12 +16,13 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config
 from metadisk.db import open_database
+from metadisk.httpclient import quiet_pool
 from metadisk.interfaces import IDatabase
 from metadisk.ledger import Ledger
 from metadisk.meters import INCOMING, OUTGOING, Meters
@@ -173,7 +174,7 @@ async def build_node(
     local = frozenset(host.name for host in config.effective_hosts if host.kind == "local")
     # The chain's RPC goes where the operator said (https is verified); no idle connections
     # kept, so a stopped node leaves none behind.
-    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    http = HTTPClient(Agent(reactor, pool=quiet_pool(reactor)))
     # The URLs of records from the chain are strangers': public addresses only.
     listening = ListeningAddresses()
     policy = AddressPolicy(config.chain.fetch_allowed_networks, listening)

@@ -71,7 +71,7 @@ class FakeFlorincoind(Resource):
 
     def listen(self, reactor: IReactorTCP) -> tuple[Any, str]:
         """Listen on a free loopback port; return the port and the URL with credentials."""
-        port = reactor.listenTCP(0, Site(self), interface="127.0.0.1")
+        port = reactor.listenTCP(0, _QuietSite(self), interface="127.0.0.1")
         url = f"http://{self.user}:{self.password}@127.0.0.1:{port.getHost().port}/"
         return port, url
 
@@ -300,3 +300,10 @@ class FakeFlorincoind(Resource):
 
     def rpc_getaccountaddress(self, account: str) -> str:
         return "FLbVBLcaXGyQ3MXS9xNUFMnx3pkPPWYSg3"
+
+
+class _QuietSite(Site):
+    """florincoind logs no access lines; neither does its stand-in (a test reads the logs)."""
+
+    def log(self, request: Any) -> None:
+        pass

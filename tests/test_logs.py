@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metadisk.logs import ACCESS_NAMESPACE, JSONLinesObserver, event_as_json
 from metadisk.tap import Options, makeService
+from tests.fake_florincoind import FakeFlorincoind
 from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,6 +170,45 @@ class RequestLogTests(TestCase):
         self.assertEqual(metrics.get_sample_value("metadisk_http_requests_total", labels), 1)
         running = {"direction": "outgoing"}
         self.assertEqual(metrics.get_sample_value("metadisk_transfers_running", running), 0)
+
+
+class ChainLogTests(TestCase):
+    async def test_an_idle_node_with_a_chain_logs_nothing_per_poll(self) -> None:
+        """The chain's JSON-RPC calls used to log two "factory" lines each: 460 in 30 s."""
+        chain = FakeFlorincoind()
+        port, url = chain.listen(reactor)
+        self.addCleanup(port.stopListening)
+        config = test_config(
+            Path(self.mktemp()).resolve(),
+            chain={"kind": "florincoin", "url": url, "poll_interval": 0.1},
+        )
+        await start_node(self, config)
+
+        async def polled(times: int) -> bool:
+            return chain.calls.count("getblockcount") >= times
+
+        await eventually(lambda: polled(2))  # started, and settled into polling
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await eventually(lambda: polled(6))
+        self.assertEqual([formatEvent(event) for event in events], [])
+
+        chain.publish(
+            [
+                {
+                    "datetime": "1700000000",
+                    "filehash": "ab" * 32,
+                    "filename": "abababa_x",
+                    "filesize": 1,
+                    "uploads": [],
+                    "version": "0.2",
+                }
+            ]
+        )
+        chain.mine()
+        await eventually(lambda: polled(12))
+        self.assertEqual([formatEvent(event) for event in events], ["block 1: 1 records read"])
 
 
 class _HangUpOnFirstByte(Protocol):

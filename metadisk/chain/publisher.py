@@ -138,7 +138,7 @@ class Publisher:
         except BatchConflict as e:
             self.log.info("{filehash} was claimed by another node", filehash=str(e))
             return None
-        self.log.info(
+        self.log.debug(
             "batch {batch}: {n} records in {regions} entries",
             batch=batch.id,
             n=len(chosen),
@@ -160,8 +160,15 @@ class Publisher:
                 batch, backoff(batch.attempts + 1, RETRY_FIRST, RETRY_LONGEST), str(e)
             )
             raise
-        await self._db.transaction(lambda txn: self._published(txn, batch, first_txid))
-        self.log.info("batch {batch} is on the chain: {txid}", batch=batch.id, txid=first_txid)
+        records = json.loads(batch.payload)
+        await self._db.transaction(lambda txn: self._published(txn, batch, records, first_txid))
+        self.log.info(
+            "batch {batch} is on the chain: {n} records in {entries} transactions from {txid}",
+            batch=batch.id,
+            n=len(records),
+            entries=len(batch.regions),
+            txid=first_txid,
+        )
 
     async def _send_entries(self, batch: Batch) -> str:
         """Send what is not sent yet; return the txid of the first entry."""
@@ -250,12 +257,14 @@ class Publisher:
             (1 if count else 0, self._clock.seconds() + delay, error[:1000], batch.id),
         )
 
-    async def _published(self, txn: ITransaction, batch: Batch, first_txid: str) -> None:
+    async def _published(
+        self, txn: ITransaction, batch: Batch, records: list[dict[str, Any]], first_txid: str
+    ) -> None:
         await txn.execute(
             "UPDATE chain_batches SET published = ?, first_txid = ?, last_error = NULL"
             " WHERE id = ?",
             (self._clock.seconds(), first_txid, batch.id),
         )
         await ChainQueue.published(txn, batch.id)
-        for record in json.loads(batch.payload):
+        for record in records:
             await Catalog.published(txn, record, first_txid)

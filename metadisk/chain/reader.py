@@ -165,10 +165,8 @@ class Reader:
             )
 
         await self._db.transaction(apply)
-        for claim in learned:
-            self.log.info(
-                "block {h}: a claim on {filehash}", h=block.height, filehash=claim.record.filehash
-            )
+        if learned:
+            self.log.info("block {h}: {n} records read", h=block.height, n=len(learned))
 
     async def _complete(self, txn: ITransaction, last: Fragment) -> list[Claim]:
         """If the batch of C{last} is complete now, keep its claims and drop its entries."""

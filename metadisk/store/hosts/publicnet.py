@@ -64,11 +64,12 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
 from metadisk.config import Network
+from metadisk.httpclient import quiet_pool
 from metadisk.store.hosts import HostError
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -293,6 +294,4 @@ class PublicEndpoints:
 
 def public_agent(reactor: Any, endpoints: PublicEndpoints) -> IAgent:
     """An agent over C{endpoints} that keeps no connection: each request is checked anew."""
-    return Agent.usingEndpointFactory(
-        reactor, endpoints, HTTPConnectionPool(reactor, persistent=False)
-    )
+    return Agent.usingEndpointFactory(reactor, endpoints, quiet_pool(reactor))
