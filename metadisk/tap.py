@@ -5,16 +5,19 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.application import service
+from twisted.application import app, service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions, runApp
 
+from metadisk import SERVICE
 from metadisk.config import Config, ConfigError, load_config
 from metadisk.db import DatabaseUnavailable
 from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
@@ -180,3 +183,20 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     node_service.log_observer = log_observer(options["log-format"])
     node_service.exit_on_failure = True
     return node_service
+
+
+class _NodeOptions(ServerOptions):
+    """twistd's options with the node as its one command, found without plugin discovery."""
+
+    _getPlugins = staticmethod(lambda interface: [SERVICE])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    The console script C{metadisk-node [OPTIONS]}: C{twistd -n --pidfile= metadisk
+    [OPTIONS]}, whether or not twistd can find the plugin (an editable install
+    does not expose C{twisted/plugins} to it).
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    sys.argv = ["metadisk-node", "--nodaemon", "--pidfile=", SERVICE.tapname, *arguments]
+    app.run(runApp, _NodeOptions)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -203,6 +205,39 @@ class TwistdTests(SynchronousTestCase):
             result.stderr.strip(),
             "metadisk: config error: chain.fetch_allowed_networks: "
             "'127.0.0.0/40' does not appear to be an IPv4 or IPv6 network",
+        )
+
+    def test_console_script_without_plugin_discovery(self) -> None:
+        """
+        An editable install hides twisted/plugins from twistd ("Unknown command:
+        metadisk"); the console script metadisk-node runs the node all the same.
+        """
+        elsewhere = Path(self.mktemp()).resolve()
+        elsewhere.mkdir(parents=True)
+        shutil.copytree(ROOT / "metadisk", elsewhere / "metadisk")  # no twisted/plugins beside
+        env = {**os.environ, "PYTHONPATH": str(elsewhere)}
+        twistd = subprocess.run(
+            [*TWISTD, "metadisk"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertIn("Unknown command: metadisk", twistd.stdout + twistd.stderr)
+        script = "import sys; from metadisk.tap import main; main(sys.argv[1:])"
+        node = subprocess.run(
+            [sys.executable, "-c", script, "--listen", "nope:1"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertNotEqual(node.returncode, 0)
+        self.assertEqual(
+            node.stderr.strip(),
+            "metadisk: config error: node.listen: Unknown endpoint type: 'nope'",
         )
 
     def test_bad_listen(self) -> None:

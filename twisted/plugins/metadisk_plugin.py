@@ -1,8 +1,5 @@
-from twisted.application.service import ServiceMaker
+"""twistd finds the node here (`twistd metadisk`); the console script metadisk-node does not."""
 
-metadisk = ServiceMaker(
-    "MetaDisk node",
-    "metadisk.tap",
-    "A MetaDisk node: convergent-encrypted file hosting, compatible with Storj web-core.",
-    "metadisk",
-)
+from metadisk import SERVICE
+
+metadisk = SERVICE
