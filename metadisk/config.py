@@ -209,6 +209,8 @@ class NodeConfig:
     cors_origins: tuple[str, ...] = field(default=(), converter=_strings)
     # The private API's own local-only listener; "": served on `listen` too.
     private_listen: str = field(default="", validator=[_string, _local_endpoint])
+    # Proxies whose X-Forwarded-For names the client (CIDR networks); none by default.
+    trusted_proxies: tuple[str, ...] = field(default=(), converter=_networks)
 
 
 @frozen

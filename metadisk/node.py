@@ -36,6 +36,7 @@ from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
+from metadisk.web.addresses import TrustedProxies
 from metadisk.web.files import FilesAPI
 from metadisk.web.guard import TokenGuard
 from metadisk.web.root import NodeRoot
@@ -218,6 +219,7 @@ async def build_node(
         temporary=store.temporary,
         incoming=bandwidth.incoming,
     )
+    proxies = TrustedProxies.parse(config.node.trusted_proxies)
     site = MetaDiskSite(
         root.resource(),
         upload_policy=policy,
@@ -225,6 +227,7 @@ async def build_node(
         cors=CORS(config.node.cors_origins),
         reactor=reactor,
         metrics=metrics,
+        proxies=proxies,
     )
     repair = Repair(
         db, sync, cache, hosts, reactor, run_blocking, sample=config.replication.repair_sample
@@ -239,6 +242,7 @@ async def build_node(
             reactor=reactor,
             metrics=metrics,
             private=True,
+            proxies=proxies,
         )
         if config.node.private_listen
         else None

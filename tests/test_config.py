@@ -31,6 +31,11 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual([h.name for h in hosts], ["local1", "local2", "local3"])
         self.assertEqual({h.kind for h in hosts}, {"local"})
 
+    def test_the_open_network_keys(self) -> None:
+        self.assertEqual(load_config(None).node.trusted_proxies, ())
+        node = config_from_dict({"node": {"trusted_proxies": ["10.0.0.0/8", "::1/128"]}}).node
+        self.assertEqual(node.trusted_proxies, ("10.0.0.0/8", "::1/128"))
+
 
 class FileTests(SynchronousTestCase):
     def write(self, text: str) -> str:
@@ -133,6 +138,8 @@ class ErrorTests(SynchronousTestCase):
         self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")
         self.assertKey({"chain": {"kind": "litecoin"}}, "chain.url")
         self.assertKey({"crypto": {"convergence_secret": ""}}, "crypto.convergence_secret")
+        self.assertKey({"node": {"trusted_proxies": "127.0.0.1"}}, "node.trusted_proxies")
+        self.assertKey({"node": {"trusted_proxies": ["127.0.0.300/32"]}}, "node.trusted_proxies")
 
     def test_unreadable_file(self) -> None:
         with self.assertRaises(ConfigError) as caught:

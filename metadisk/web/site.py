@@ -11,12 +11,14 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 from attrs import define
+from twisted.internet.interfaces import IAddress
 from twisted.python import log as twisted_log
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from metadisk.logs import RequestLog, Started
 from metadisk.metrics import Metrics
+from metadisk.web.addresses import TrustedProxies
 from metadisk.web.errors import APIError, error, json_bytes, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
@@ -24,6 +26,7 @@ from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 UPLOAD_PATH = b"/api/upload"
 MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
 IDLE_TIMEOUT = 300  # seconds a connection may send nothing (a stalled or lying client)
+NO_PROXIES = TrustedProxies()
 _SECRET_PARAMS = {"key", "token"}
 _TOKEN_IN_PATH = re.compile(r"^(/accounts/token/(?:balance|redeem|deposit|withdraw)/)([^/?]*)")
 
@@ -116,12 +119,23 @@ class MetaDiskRequest(server.Request):
     _head: tuple[bytes, bytes, bytes] = (b"GET", b"/", b"HTTP/1.1")
     started: Started | None = None  # for the request log, from the headers on
     bytes_received = 0
+    _client_address: IAddress | None = None
+
+    def getClientAddress(self) -> IAddress:
+        """
+        Who sent the request: the peer, or, when the peer is a trusted proxy,
+        the client it forwarded for (L{TrustedProxies.client}). Every limit
+        on an address and the access log go by this.
+        """
+        return self._client_address or self.client
 
     def gotLength(self, length: int | None) -> None:
         # The request line is parsed but not yet given to us: read it off the channel.
         channel = self.channel
         self._head = (channel._command, channel._path, channel._version)
         site: MetaDiskSite = channel.site
+        forwarded = self.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        self._client_address = site.proxies.client(self.client, forwarded)
         self.started = site.request_log.started(self._head[0], self._head[1])
         retry = site.guard.retry_after(self.getClientAddress())
         if retry is not None:
@@ -276,6 +290,7 @@ class MetaDiskSite(server.Site):
         reactor: Any,
         metrics: Metrics | None = None,
         private: bool = False,
+        proxies: TrustedProxies = NO_PROXIES,
     ) -> None:
         super().__init__(
             resource,
@@ -287,6 +302,7 @@ class MetaDiskSite(server.Site):
         self.upload_policy = upload_policy
         self.guard = guard
         self.cors = cors
+        self.proxies = proxies  # whose X-Forwarded-For names the client
         self.request_log = RequestLog(reactor, redact_uri, metrics)
         self.private = private  # the local-only listener of the private API ([node] private_listen)
 
