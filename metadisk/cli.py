@@ -66,6 +66,9 @@ _HINTS = {
     "balance-insufficient": "the token has too little credit",
     "transfer-limit-reached": "the node's monthly transfer cap is reached",
     "too-many-requests": "too many unknown tokens from this address",
+    "too-many-connections": "too many connections from this address are open to the node",
+    "node-busy": "the node has as many connections as it can take",
+    "request-timeout": "the request was too slow to arrive",
 }
 
 

@@ -209,6 +209,11 @@ class NodeConfig:
     cors_origins: tuple[str, ...] = field(default=(), converter=_strings)
     # The private API's own local-only listener; "": served on `listen` too.
     private_listen: str = field(default="", validator=[_string, _local_endpoint])
+    # Seconds a client has to send a request line and headers (from the connection's start,
+    # or from the end of the previous response on a kept-alive connection).
+    header_timeout: float = field(default=30.0, validator=number(0.1))
+    # Open connections one client address may hold; the next one gets 429.
+    max_connections_per_address: int = field(default=64, validator=whole(1))
     # Proxies whose X-Forwarded-For names the client (CIDR networks); none by default.
     trusted_proxies: tuple[str, ...] = field(default=(), converter=_networks)
 

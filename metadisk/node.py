@@ -227,6 +227,7 @@ async def build_node(
         cors=CORS(config.node.cors_origins),
         reactor=reactor,
         metrics=metrics,
+        header_timeout=config.node.header_timeout,
         proxies=proxies,
     )
     repair = Repair(
@@ -242,6 +243,7 @@ async def build_node(
             reactor=reactor,
             metrics=metrics,
             private=True,
+            header_timeout=config.node.header_timeout,
             proxies=proxies,
         )
         if config.node.private_listen

@@ -180,16 +180,21 @@ def _complete_response(data: bytes, head_only: bool) -> bytes | None:
 
 
 async def raw_http(
-    port: int, payload: bytes, *, close_after_send: bool = False, timeout: float = 10
+    port: int,
+    payload: bytes,
+    *,
+    close_after_send: bool = False,
+    timeout: float = 10,
+    source: str = "127.0.0.1",
 ) -> bytes:
     """
-    Send raw bytes to the node; return its first complete response, or all
-    it sent before it closed (b"" if nothing).
+    Send raw bytes to the node from the loopback address C{source}; return
+    its first complete response, or all it sent before it closed (b"" if nothing).
     """
     protocol = _Exchange(payload, close_after_send)
     factory = Factory()
     factory.protocol = lambda: protocol
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0)).connect(factory)
     # A real socket and a real node: bound the wait, never hang the suite.
     watchdog = reactor.callLater(timeout, protocol.transport.abortConnection)
     try:

@@ -32,9 +32,24 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual({h.kind for h in hosts}, {"local"})
 
     def test_the_open_network_keys(self) -> None:
-        self.assertEqual(load_config(None).node.trusted_proxies, ())
-        node = config_from_dict({"node": {"trusted_proxies": ["10.0.0.0/8", "::1/128"]}}).node
-        self.assertEqual(node.trusted_proxies, ("10.0.0.0/8", "::1/128"))
+        node = load_config(None).node
+        self.assertEqual(
+            (node.header_timeout, node.max_connections_per_address, node.trusted_proxies),
+            (30.0, 64, ()),
+        )
+        node = config_from_dict(
+            {
+                "node": {
+                    "header_timeout": 2.5,
+                    "max_connections_per_address": 8,
+                    "trusted_proxies": ["10.0.0.0/8", "::1/128"],
+                }
+            }
+        ).node
+        self.assertEqual(
+            (node.header_timeout, node.max_connections_per_address, node.trusted_proxies),
+            (2.5, 8, ("10.0.0.0/8", "::1/128")),
+        )
 
 
 class FileTests(SynchronousTestCase):
@@ -138,6 +153,11 @@ class ErrorTests(SynchronousTestCase):
         self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")
         self.assertKey({"chain": {"kind": "litecoin"}}, "chain.url")
         self.assertKey({"crypto": {"convergence_secret": ""}}, "crypto.convergence_secret")
+        self.assertKey({"node": {"header_timeout": 0}}, "node.header_timeout")
+        self.assertKey({"node": {"header_timeout": "30s"}}, "node.header_timeout")
+        self.assertKey(
+            {"node": {"max_connections_per_address": 0}}, "node.max_connections_per_address"
+        )
         self.assertKey({"node": {"trusted_proxies": "127.0.0.1"}}, "node.trusted_proxies")
         self.assertKey({"node": {"trusted_proxies": ["127.0.0.300/32"]}}, "node.trusted_proxies")
 

@@ -7,17 +7,167 @@ without the defence.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from pathlib import Path
 
 from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from metadisk.logs import ACCESS_NAMESPACE
-from tests.flood import client_from
-from tests.support import start_node, test_config
+from tests.flood import (
+    WAIT,
+    ClientSocket,
+    KeptAlive,
+    all_lost,
+    client_from,
+    connect_from,
+    node_process,
+    replicated,
+)
+from tests.nodes import NodeProcess
+from tests.support import (
+    json_of,
+    multipart,
+    start_node,
+    test_config,
+    upload,
+)
+
+
+class IdleConnectionFloodTests(TestCase):
+    """
+    Item 6: idle connections exhaust file descriptors. With the open-file
+    limit at 256, 245 sockets that each sent one byte had new clients reset
+    and the chain reader failing with "Too many open files"; a half-sent
+    request line was still open 25 s later.
+    """
+
+    OPEN_FILES = 256
+    PER_ADDRESS = 64  # the default of [node] max_connections_per_address
+
+    def assert_refused(self, client: ClientSocket, status: int, code: str) -> None:
+        answer = client.answer()
+        self.assertIsNotNone(answer, bytes(client.received))
+        got_status, headers, body = answer
+        self.assertEqual((got_status, json.loads(body)), (status, {"error": code}))
+        self.assertEqual(headers["Content-Type"], "application/json")
+        self.assertGreater(int(headers["Retry-After"]), 0)
+
+    def assert_no_descriptor_errors(self, node: NodeProcess) -> None:
+        for symptom in ("Too many open files", "EMFILE", "Out of file descriptors"):
+            self.assertNotIn(symptom, node.output)
+
+    async def test_one_address(self) -> None:
+        """Past its limit an address gets 429 at once; other clients and the node carry on."""
+        node = await node_process(self, open_files=self.OPEN_FILES)
+        idle = await connect_from(node.port, "127.0.0.1", self.PER_ADDRESS, b"G")
+        self.addCleanup(lambda: [s.transport.abortConnection() for s in idle])
+        refused: list[ClientSocket] = []
+        for _ in range(0, 245 - self.PER_ADDRESS, 10):
+            # In batches, as a flood arrives; each client reads its answer and closes.
+            batch = await connect_from(node.port, "127.0.0.1", 10, b"G", close_on_answer=True)
+            await all_lost(batch)
+            refused += batch
+        for client in refused:
+            self.assert_refused(client, 429, "too-many-connections")
+        # The idle ones are still open (until the header deadline); the node serves others.
+        self.assertFalse(any(s.lost.called for s in idle))
+        other = client_from("127.0.0.2")
+        response = await other.get(node.url + "/api/status")
+        self.assertEqual(response.code, 200)
+        await response.content()
+        # An upload and its replication need descriptors (a file, host copies, the database).
+        node.http = other  # the client the helpers below use
+        data = os.urandom(100_000)
+        response = await upload(node, data, None)
+        self.assertEqual(response.code, 201)
+        await replicated(node, (await json_of(response))["filehash"])
+        self.assert_no_descriptor_errors(node)
+
+    async def test_header_deadline(self) -> None:
+        """A request line and headers get header_timeout seconds, however they trickle in."""
+        deadline = 2
+        node = await node_process(self, open_files=self.OPEN_FILES, header_timeout=deadline)
+        started = reactor.seconds()
+        idle = await connect_from(node.port, "127.0.0.1", self.PER_ADDRESS, b"G")
+        [half] = await connect_from(node.port, "127.0.0.2", 1, b"GET /api/sta")
+        [silent] = await connect_from(node.port, "127.0.0.2", 1)
+        [refused] = await connect_from(node.port, "127.0.0.1", 1, b"G", close_on_answer=True)
+        await all_lost([refused])
+        self.assert_refused(refused, 429, "too-many-connections")
+        # A byte now and then does not keep a connection (it would keep Twisted's idle timeout).
+        while not half.lost.called and reactor.seconds() - started < WAIT:
+            half.transport.write(b"t")
+            await deferLater(reactor, 0.25, lambda: None)
+        await all_lost([*idle, half, silent])
+        self.assertLess(reactor.seconds() - started, deadline + 3)
+        for client in [*idle, half]:
+            status, _, body = client.answer()
+            self.assertEqual((status, json.loads(body)), (408, {"error": "request-timeout"}))
+        self.assertEqual(silent.received, b"")  # nothing asked, nothing answered
+        # The address may connect again.
+        [served] = await connect_from(
+            node.port, "127.0.0.1", 1, b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n", True
+        )
+        await all_lost([served])
+        self.assertEqual(served.answer()[0], 200)
+
+    async def test_many_addresses(self) -> None:
+        """Floods from many addresses take connections, never the descriptors the node needs."""
+        node = await node_process(self, open_files=self.OPEN_FILES)
+        kept = KeptAlive()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", node.port, bindAddress=("127.0.0.2", 0))
+        await endpoint.connect(Factory.forProtocol(lambda: kept))
+        self.addCleanup(kept.transport.loseConnection)
+        status, _, _ = await kept.request(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status, 200)
+
+        flood: list[ClientSocket] = []
+        self.addCleanup(lambda: [s.transport.abortConnection() for s in flood if not s.lost.called])
+        for i in range(3, 10):  # 280 connections, 40 from each address: each under its limit
+            flood += await connect_from(node.port, f"127.0.0.{i}", 40, b"G")
+        await deferLater(reactor, 0.5, lambda: None)
+        open_ones = [s for s in flood if not s.lost.called and not s.received]
+        busy = [s for s in flood if s.answer() is not None]
+        for client in busy:
+            self.assert_refused(client, 503, "node-busy")
+        # The node stopped taking connections well before its limit…
+        self.assertLess(len(open_ones), self.OPEN_FILES // 2)
+        self.assertGreater(len(flood) - len(open_ones), 0)
+
+        # …so that, the flood still there, an upload and its replication find descriptors.
+        content_type, body = multipart(("file", "during-flood.bin", os.urandom(200_000)))
+        status, _, answer = await kept.request(
+            b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (content_type, len(body), body)
+        )
+        self.assertEqual(status, 201, answer)
+        filehash = json.loads(answer)["filehash"]
+        for _ in range(int(WAIT / 0.1)):
+            status, _, answer = await kept.request(
+                b"GET /api/find/%s HTTP/1.1\r\nHost: x\r\n\r\n" % filehash.encode()
+            )
+            if len(json.loads(answer)["uploads"]) == 3:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(json.loads(answer)["uploads"]), 3, answer)
+        self.assert_no_descriptor_errors(node)
+
+        # When the flood goes, new clients are served again.
+        for client in flood:
+            client.transport.abortConnection()
+        await all_lost(flood)
+        response = await client_from("127.0.0.3").get(node.url + "/api/status")
+        self.assertEqual(response.code, 200)
+        await response.content()
 
 
 class ProxyTests(TestCase):
@@ -73,3 +223,19 @@ class ProxyTests(TestCase):
             self.assertEqual(await self.guess(node.http, node.url, f"203.0.113.{i}"), 404)
         self.assertEqual(await self.guess(node.http, node.url, "203.0.113.99"), 429)
         self.assertEqual(await self.guess(node.http, node.url, None), 429)
+
+    async def test_a_trusted_proxy_is_not_held_to_the_connection_limit(self) -> None:
+        config = test_config(
+            Path(self.mktemp()).resolve(),
+            node={"trusted_proxies": ["127.0.0.1/32"], "max_connections_per_address": 2},
+        )
+        node = await start_node(self, config)
+        request = b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n"
+        for source, status in (("127.0.0.1", 200), ("127.0.0.2", 429)):
+            held = await connect_from(node.port, source, 2)
+            [third] = await connect_from(node.port, source, 1, request, close_on_answer=True)
+            await all_lost([third])
+            self.assertEqual(third.answer()[0], status, source)
+            for client in held:
+                client.transport.loseConnection()
+            await all_lost(held)

@@ -66,12 +66,24 @@ RETRY_AFTER = _header(
 
 # Answers any route may give, whatever its parameters.
 _COMMON: dict[str, Schema] = {
+    "408": _json(
+        "The request line and headers did not arrive within `[node] header_timeout`; the"
+        " connection is closed.",
+        _error("request-timeout"),
+    ),
     "429": _json(
-        "This address presented too many unknown tokens; answered at once.",
-        _error("too-many-requests"),
+        "This address presented too many unknown tokens (too-many-requests), or already holds"
+        " `[node] max_connections_per_address` connections (too-many-connections: answered"
+        " as the connection opens, before the request is read, and closed); answered at once.",
+        _error("too-many-requests", "too-many-connections"),
         {"Retry-After": RETRY_AFTER},
     ),
-    "503": _json("The database cannot be reached.", _error("database-unavailable")),
+    "503": _json(
+        "The database cannot be reached, or the node has no file descriptors to spare for"
+        " another connection (node-busy, with Retry-After, answered before the request is read).",
+        _error("database-unavailable", "node-busy"),
+        {"Retry-After": {**RETRY_AFTER, "required": False}},
+    ),
 }
 
 
@@ -82,9 +94,10 @@ def _responses(
     responses = {**answers, **_COMMON}
     if transfer:
         responses["503"] = _json(
-            "The database cannot be reached, or the transfer would take the month past its cap"
-            " (then with Retry-After: seconds to the next month).",
-            _error("database-unavailable", "transfer-limit-reached"),
+            "The database cannot be reached, the node has no file descriptors to spare for"
+            " another connection (node-busy), or the transfer would take the month past its cap"
+            " (transfer-limit-reached, with Retry-After: seconds to the next month).",
+            _error("database-unavailable", "node-busy", "transfer-limit-reached"),
             {"Retry-After": {**RETRY_AFTER, "required": False}},
         )
     if small_body:
@@ -638,7 +651,12 @@ def document() -> Schema:
             " headers over 16 KiB, more than 500 headers, a malformed Content-Length) gets"
             ' 400 `{"error": "bad-request"}` and the connection is closed. A wrong method gets'
             ' 405 `{"error": "method-not-allowed"}`, an unknown route 404'
-            ' `{"error": "not-found"}`.',
+            ' `{"error": "not-found"}`. A connection from an address that already holds'
+            " `[node] max_connections_per_address` connections gets 429"
+            ' `{"error": "too-many-connections"}` before its request is read; one the node has no'
+            ' file descriptors for, 503 `{"error": "node-busy"}` (or it is closed at once); a'
+            " request whose line and headers take longer than `[node] header_timeout`, 408"
+            ' `{"error": "request-timeout"}` (a connection that sent nothing is closed).',
         },
         "tags": [
             {"name": "files"},
