@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from metadisk.config import Config, ConfigError, load_config
+from metadisk.datadir import OWNER_ONLY
 from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
 from metadisk.node import Node, build_node
 from metadisk.store.repair import RepairService
@@ -74,6 +75,7 @@ class NodeService(service.MultiService):
         self.private_port: Any = None  # [node] private_listen
         self._private_connections: ConnectionGuard | None = None
         self.started: Deferred[None] | None = None
+        self._umask: int | None = None  # the process's, while the node runs with its own
 
     def setServiceParent(self, parent: Any) -> None:
         if self.log_observer is not None:
@@ -81,6 +83,8 @@ class NodeService(service.MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
+        # Every token and partial upload is in the data dir: what the node creates there is its own.
+        self._umask = os.umask(OWNER_ONLY)
         super().startService()
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._failed)
@@ -156,6 +160,8 @@ class NodeService(service.MultiService):
         await super().stopService()
         if self.node is not None:
             await self.node.close()
+        if self._umask is not None:
+            os.umask(self._umask)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

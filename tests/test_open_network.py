@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from treq.client import HTTPClient
@@ -18,7 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from metadisk.logs import ACCESS_NAMESPACE
@@ -34,6 +35,8 @@ from tests.flood import (
 )
 from tests.nodes import NodeProcess
 from tests.support import (
+    eventually,
+    funded_token,
     json_of,
     multipart,
     start_node,
@@ -239,3 +242,68 @@ class ProxyTests(TestCase):
             for client in held:
                 client.transport.loseConnection()
             await all_lost(held)
+
+
+class DataDirectoryTests(TestCase):
+    """
+    Item 8: local users read tokens and uploads: the database was 0644 with
+    every token in full, incoming/ 0755 with plaintext partial uploads.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(os.umask, os.umask(0o022))  # a login shell's, the usual one
+
+    @staticmethod
+    def open_to_others(folder: Path) -> list[str]:
+        found = []
+        for path in [folder, *folder.rglob("*")]:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                found.append(f"{path} {stat.filemode(mode)}")
+        return found
+
+    async def test_nothing_readable_by_others(self) -> None:
+        node = await start_node(self)
+        data_dir = node.node.config.node.data_dir
+        self.assertEqual(self.open_to_others(data_dir), [])
+        token = await funded_token(node)
+        response = await upload(node, os.urandom(10_000), token)
+        self.assertEqual(response.code, 201)
+        await response.content()
+        await node.node.sync.idle()
+        self.assertEqual(self.open_to_others(data_dir), [])
+        # A partial upload in flight: its plaintext is on disk.
+        content_type, body = multipart(("file", "secret.txt", os.urandom(50_000)))
+        [sender] = await connect_from(
+            node.port,
+            "127.0.0.1",
+            1,
+            b"POST /api/upload?token=%s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (token.encode(), content_type, len(body) + 1, body),
+        )
+        self.addCleanup(sender.transport.abortConnection)
+        incoming = node.node.store.incoming
+
+        async def in_flight() -> bool:
+            return any(path.suffix == ".part" for path in incoming.iterdir())
+
+        await eventually(in_flight)
+        self.assertEqual(self.open_to_others(data_dir), [])
+
+    async def test_an_open_data_dir_is_tightened_and_reported(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        node = await start_node(self, test_config(base))
+        await node.stop()
+        data_dir = base / "data"
+        for path in [data_dir, *data_dir.rglob("*")]:  # as an older node (or an operator) left it
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        await start_node(self, test_config(base))
+        self.assertEqual(self.open_to_others(data_dir), [])
+        warnings = [
+            formatEvent(e)
+            for e in observer
+            if e["log_level"] is LogLevel.warn and "open to others" in formatEvent(e)
+        ]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn(str(data_dir), warnings[0])
