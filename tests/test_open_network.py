@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import stat
 from pathlib import Path
 
@@ -307,3 +308,92 @@ class DataDirectoryTests(TestCase):
         ]
         self.assertEqual(len(warnings), 1, warnings)
         self.assertIn(str(data_dir), warnings[0])
+
+
+class DroppedDownloadTests(TestCase):
+    """
+    Item 10: a client that closed after 50 ms having read 0 bytes of a 3 MB
+    download was charged 3,000,000: bytes handed to the socket counted as sent.
+    """
+
+    SIZE = 3_000_000
+
+    async def node_with_file(self) -> None:
+        self.node = await start_node(self)
+        self.token = await funded_token(self.node)
+        response = await upload(self.node, os.urandom(self.SIZE), self.token, name="big.bin")
+        self.filehash = (await json_of(response))["filehash"]
+        self.before = await self.node.node.ledger.balance(self.token)
+
+    async def charged(self) -> int:
+        """What the download cost, once its reservation is settled."""
+        db = self.node.node.db
+
+        async def settled() -> bool:
+            return await db.query("SELECT COUNT(*) FROM reservations") == [(0,)]
+
+        await eventually(settled)
+        return self.before - await self.node.node.ledger.balance(self.token)
+
+    def small_client(self) -> socket.socket:
+        """A client socket with a 4 KiB receive buffer, its request for the file sent."""
+        client = socket.socket()
+        self.addCleanup(client.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", self.node.port))  # loopback: no wait for the reactor
+        client.setblocking(False)
+        client.send(
+            b"GET /api/download/%s?token=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+            % (self.filehash.encode(), self.token.encode())
+        )
+        return client
+
+    async def buffers_filled(self) -> None:
+        """Wait until the node has handed the socket all it will take."""
+        last = -1
+        for _ in range(int(WAIT / 0.2)):
+            handed = self.node.node.meters.snapshot()["total"]["outgoing"]
+            if handed == last and handed > 0:
+                return
+            last = handed
+            await deferLater(reactor, 0.2, lambda: None)
+        raise AssertionError("the node never stopped sending")
+
+    async def test_a_client_that_reads_nothing(self) -> None:
+        await self.node_with_file()
+        client = self.small_client()
+        await self.buffers_filled()
+        handed = self.node.node.meters.snapshot()["total"]["outgoing"]
+        self.assertGreater(handed, 500_000)  # what the node used to charge
+        receive_buffer = client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        client.close()  # nothing read: the kernel resets the connection
+        self.assertLessEqual(await self.charged(), receive_buffer)
+
+    async def test_a_client_that_half_closes_gets_nothing_free(self) -> None:
+        """Charged for what it acknowledged, it cannot then read what it did not."""
+        await self.node_with_file()
+        client = self.small_client()
+        await self.buffers_filled()
+        client.shutdown(socket.SHUT_WR)  # the node takes this for a client gone…
+        charged = await self.charged()
+        received = 0
+        for _ in range(int(WAIT / 0.05)):  # …but it can still read what the node's kernel holds
+            try:
+                data = client.recv(1 << 20)
+            except BlockingIOError:
+                await deferLater(reactor, 0.05, lambda: None)
+                continue
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += len(data)
+        self.assertLessEqual(received - 400, charged)  # 400: more than the response's headers
+
+    async def test_a_complete_download_costs_its_size(self) -> None:
+        await self.node_with_file()
+        response = await self.node.http.get(
+            f"{self.node.url}/api/download/{self.filehash}", params={"token": self.token}
+        )
+        self.assertEqual(len(await response.content()), self.SIZE)
+        self.assertEqual(await self.charged(), self.SIZE)

@@ -2,6 +2,8 @@
 In front of the HTTP site: how many connections one address may hold, and
 whether the process has descriptors to spare for one more. A connection that
 will not be served is answered in JSON, like every other refusal, and closed.
+The connections that are served are wrapped to measure what their peer
+received (L{metadisk.web.delivery}).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from metadisk.web.addresses import TrustedProxies, host_of
+from metadisk.web.delivery import ClosingProducer, Delivery, delivery_for
 from metadisk.web.descriptors import Admission, DescriptorBudget
 from metadisk.web.errors import error, raw_response
+from metadisk.web.site import IDLE_TIMEOUT
 
 RETRY_AFTER = "2"  # seconds: connections free up as soon as requests end
 # Seconds a refused connection is read past before it is cut: closing it with the client's
@@ -29,11 +33,37 @@ NODE_BUSY = raw_response(error(503, "node-busy", Retry_After=RETRY_AFTER))
 
 
 class GuardedConnection(ProtocolWrapper):
-    """A connection that is served, counted for its address."""
+    """A connection that is served: counted for its address, its output measured."""
 
     def __init__(self, factory: ConnectionGuard, wrapped: Any, host: str | None) -> None:
         super().__init__(factory, wrapped)
         self.host = host  # None: not counted per address (a trusted proxy, a unix socket)
+        self.delivery = Delivery()
+
+    def makeConnection(self, transport: Any) -> None:
+        guard: ConnectionGuard = self.factory
+        # A reader may acknowledge nothing for as long as a client may send nothing.
+        self.delivery = delivery_for(transport, guard.clock, IDLE_TIMEOUT)
+        super().makeConnection(transport)
+
+    def write(self, data: bytes) -> None:
+        self.delivery.wrote(len(data))
+        super().write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.delivery.wrote(sum(map(len, data)))
+        super().writeSequence(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(ClosingProducer(producer, self.delivery), streaming)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.delivery.check()  # a client that sends again has read what came before
+
+    def connectionLost(self, reason: Any) -> None:
+        self.delivery.closed()
+        super().connectionLost(reason)
 
 
 class _Refusal(Protocol):

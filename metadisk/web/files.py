@@ -17,6 +17,7 @@ from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
 from metadisk.throttle import Throttle
+from metadisk.web.delivery import delivery_of
 from metadisk.web.errors import error, json_app, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
@@ -126,11 +127,14 @@ class FilesAPI:
         if cost == FETCHED_COST:
             self._meters.check(INCOMING, record.filesize)
         reservation = await self._reserve(request, cost * length)
+        delivery = delivery_of(request)
         sent = 0
+        end = 0  # where the body sent so far ends in the connection's output
 
         def count(n: int) -> None:
-            nonlocal sent
+            nonlocal sent, end
             sent += n
+            end = delivery.position()
             self._meters.record(OUTGOING, n)
 
         try:
@@ -142,8 +146,9 @@ class FilesAPI:
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
         finally:
-            # Whatever was not sent is given back.
-            await self._settle(reservation, cost * sent)
+            # What was not sent, or was sent but never reached the client, is given back.
+            delivered = await delivery.acknowledged(end - sent, end)
+            await self._settle(reservation, cost * delivered)
         return None
 
     @staticmethod

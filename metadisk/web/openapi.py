@@ -216,7 +216,8 @@ def _download(head: bool) -> Schema:
             "The same headers as GET, no body, no charge."
             if head
             else "Costs the bytes served, twice that when the blob must first be fetched from"
-            " a host. Bytes not sent are refunded."
+            " a host. Bytes not delivered (the client went away before acknowledging them) are"
+            " refunded."
         ),
         "parameters": [FILEHASH, KEY_QUERY, RANGE] + ([] if head else [TOKEN_QUERY]),
         "responses": _responses(answers, transfer=not head),
