@@ -38,6 +38,7 @@ class ClientSocket(Protocol):
         self._first = first
         self._close_on_answer = close_on_answer
         self.received = bytearray()
+        self.closed = False
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -50,6 +51,7 @@ class ClientSocket(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        self.closed = True
         self.lost.callback(None)
 
     def answer(self) -> tuple[int, dict[str, str], bytes] | None:
@@ -73,9 +75,13 @@ async def connect_from(
     sockets = [ClientSocket(first, close_on_answer) for _ in range(count)]
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=WAIT, bindAddress=(source, 0))
     for i in range(0, count, 25):
-        await gatherResults(
-            [endpoint.connect(Factory.forProtocol(lambda s=s: s)) for s in sockets[i : i + 25]]
-        ).addTimeout(WAIT, reactor)
+        connecting = [
+            endpoint.connect(Factory.forProtocol(lambda s=s: s)) for s in sockets[i : i + 25]
+        ]
+        try:
+            await gatherResults(connecting).addTimeout(WAIT, reactor)
+        except Exception as e:  # a timeout, a refusal: the node takes no more connections
+            raise AssertionError(f"no connection from {source} within {WAIT} s: {e}") from e
     return sockets
 
 
@@ -106,7 +112,12 @@ class KeptAlive(Protocol):
 
 
 async def all_lost(sockets: list[ClientSocket], seconds: float = WAIT) -> None:
-    await gatherResults([s.lost for s in sockets]).addTimeout(seconds, reactor)
+    """Wait until the node has closed all of C{sockets}; fail after C{seconds}."""
+    try:
+        await gatherResults([s.lost for s in sockets]).addTimeout(seconds, reactor)
+    except Exception as e:
+        still = sum(not s.closed for s in sockets)
+        raise AssertionError(f"{still} connections still open after {seconds} s") from e
 
 
 def client_from(source: str) -> HTTPClient:

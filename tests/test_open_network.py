@@ -83,7 +83,7 @@ class IdleConnectionFloodTests(TestCase):
         for client in refused:
             self.assert_refused(client, 429, "too-many-connections")
         # The idle ones are still open (until the header deadline); the node serves others.
-        self.assertFalse(any(s.lost.called for s in idle))
+        self.assertFalse(any(s.closed for s in idle))
         other = client_from("127.0.0.2")
         response = await other.get(node.url + "/api/status")
         self.assertEqual(response.code, 200)
@@ -108,7 +108,7 @@ class IdleConnectionFloodTests(TestCase):
         await all_lost([refused])
         self.assert_refused(refused, 429, "too-many-connections")
         # A byte now and then does not keep a connection (it would keep Twisted's idle timeout).
-        while not half.lost.called and reactor.seconds() - started < WAIT:
+        while not half.closed and reactor.seconds() - started < WAIT:
             half.transport.write(b"t")
             await deferLater(reactor, 0.25, lambda: None)
         await all_lost([*idle, half, silent])
@@ -135,11 +135,11 @@ class IdleConnectionFloodTests(TestCase):
         self.assertEqual(status, 200)
 
         flood: list[ClientSocket] = []
-        self.addCleanup(lambda: [s.transport.abortConnection() for s in flood if not s.lost.called])
+        self.addCleanup(lambda: [s.transport.abortConnection() for s in flood if not s.closed])
         for i in range(3, 10):  # 280 connections, 40 from each address: each under its limit
             flood += await connect_from(node.port, f"127.0.0.{i}", 40, b"G")
         await deferLater(reactor, 0.5, lambda: None)
-        open_ones = [s for s in flood if not s.lost.called and not s.received]
+        open_ones = [s for s in flood if not s.closed and not s.received]
         busy = [s for s in flood if s.answer() is not None]
         for client in busy:
             self.assert_refused(client, 503, "node-busy")
