@@ -66,10 +66,10 @@ class DescriptorBudget:
     limit: int
     reserve: int = RESERVE
     _count: Callable[[], int | None] = open_descriptors
-    connections: int = 0
-    _counted: int = 0  # descriptors open at the last count…
-    _since: int = 0  # …plus connections opened since, less those closed
-    _counted_at: float = field(default=-math.inf)
+    connections: int = field(init=False, default=0)
+    _counted: int = field(init=False, default=0)  # descriptors open at the last count…
+    _since: int = field(init=False, default=0)  # …plus connections opened since, less closed
+    _counted_at: float = field(init=False, default=-math.inf)
 
     def opened(self) -> None:
         self.connections += 1
