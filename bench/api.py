@@ -153,7 +153,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="metadisk-api-") as tmp:
         work = Path(tmp)
-        node = Node(work, '[storage]\ncapacity = "1 GiB"\nmax_file_size = "1 MiB"\n')
+        node = Node(
+            work,
+            # Every client is 127.0.0.1: no per-address limit on connections.
+            "[node]\nmax_connections_per_address = 1000000\n"
+            '[storage]\ncapacity = "1 GiB"\nmax_file_size = "1 MiB"\n',
+        )
         try:
             token = node.funded_token(2**40)
             filehash = ""

@@ -55,7 +55,13 @@ async def start_nodes(
     starting = []
     for i in range(count):
         directory = base / f"node{i}"
-        config = node_toml(directory / "data", secret=secret, database_url=url, hosts=hosts)
+        config = node_toml(
+            directory / "data",
+            secret=secret,
+            database_url=url,
+            hosts=hosts,
+            node={"max_connections_per_address": 1000000},  # every client is 127.0.0.1
+        )
         starting.append(
             Deferred.fromCoroutine(start_node_process(reactor, directory, config, secret, http))
         )

@@ -162,12 +162,14 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
         node = Node(
             workdir,
             """
+[node]
+max_connections_per_address = 1000000
 [storage]
 capacity = "4 GiB"
 max_file_size = "1 MiB"
 [accounts]
 guess_limit = 1000000
-""",
+""",  # every client is 127.0.0.1: no per-address limit
             # Twisted listens with a backlog of 50: a burst of 200 new connections overflows it.
             listen_options=f":backlog={args.backlog}" if args.backlog else "",
         )

@@ -67,6 +67,9 @@ _HINTS = {
     "transfer-limit-reached": "the node's monthly transfer cap is reached",
     "unpaid-upload-limit": "the node takes in too many unpaid bytes now; try again later",
     "too-many-requests": "too many unknown tokens from this address",
+    "too-many-connections": "too many connections from this address are open to the node",
+    "node-busy": "the node has as many connections as it can take",
+    "request-timeout": "the request was too slow to arrive",
 }
 
 

@@ -224,6 +224,13 @@ class NodeConfig:
     private_listen: str = field(default="", validator=[_string, _local_endpoint])
     # Bytes of uploads not paid for yet (no token so far, or accounts disabled), node-wide.
     unpaid_upload_bytes: int = field(default=64 * 2**20, converter=size)
+    # Seconds a client has to send a request line and headers (from the connection's start,
+    # or from the end of the previous response on a kept-alive connection).
+    header_timeout: float = field(default=30.0, validator=number(0.1))
+    # Open connections one client address may hold; the next one gets 429.
+    max_connections_per_address: int = field(default=64, validator=whole(1))
+    # Proxies whose X-Forwarded-For names the client (CIDR networks); none by default.
+    trusted_proxies: tuple[Network, ...] = field(default=(), converter=_networks)
 
 
 @frozen

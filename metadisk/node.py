@@ -21,6 +21,7 @@ from twisted.web.client import Agent
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config
+from metadisk.datadir import Tightened, tighten
 from metadisk.db import open_database
 from metadisk.httpclient import quiet_pool
 from metadisk.interfaces import IDatabase
@@ -45,6 +46,7 @@ from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
+from metadisk.web.addresses import TrustedProxies
 from metadisk.web.files import FilesAPI
 from metadisk.web.guard import TokenGuard
 from metadisk.web.root import NodeRoot
@@ -69,7 +71,7 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
 
 def node_identity(config: Config) -> tuple[str, str]:
     """(node id, secret key): generated into the data dir on first start."""
-    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    config.node.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     node_id = read_or_create(config.node.data_dir / "node_id", lambda: secrets.token_hex(8))
     secret_key = config.node.secret_key or read_or_create(
         config.node.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
@@ -126,6 +128,23 @@ async def build_node(
     """Open the database, recover from any crash, and wire the parts together."""
     run_blocking = run_blocking or in_thread_pool(reactor)
     metrics = Metrics()  # this node's own registry: several nodes may share a process
+    # Before anything is opened there: what an older node or an operator left open is closed.
+    tightened: Tightened = await run_blocking(tighten, config.node.data_dir)
+    data_dir = str(config.node.data_dir.resolve())
+    if tightened.loosened > tightened.failed:
+        Node.log.warn(
+            "data directory {data_dir} was open to others: group and others' permissions"
+            " taken off {n} files and folders",
+            data_dir=data_dir,
+            n=tightened.loosened - tightened.failed,
+        )
+    if tightened.failed:
+        Node.log.error(
+            "data directory {data_dir}: {n} files or folders open to others could not be"
+            " changed (another user's?)",
+            data_dir=data_dir,
+            n=tightened.failed,
+        )
     node_id, secret_key = node_identity(config)
     db = await open_database(config.effective_database_url, reactor)
     ledger = Ledger(db, reactor, node_id, metrics)
@@ -259,6 +278,7 @@ async def build_node(
         unpaid=unpaid,
         incoming=bandwidth.incoming,
     )
+    proxies = TrustedProxies(config.node.trusted_proxies)
     site = MetaDiskSite(
         root.resource(),
         upload_policy=policy,
@@ -266,6 +286,8 @@ async def build_node(
         cors=CORS(config.node.cors_origins),
         reactor=reactor,
         metrics=metrics,
+        header_timeout=config.node.header_timeout,
+        proxies=proxies,
     )
     repair = Repair(
         db, sync, cache, hosts, reactor, run_blocking, sample=config.replication.repair_sample
@@ -280,6 +302,8 @@ async def build_node(
             reactor=reactor,
             metrics=metrics,
             private=True,
+            header_timeout=config.node.header_timeout,
+            proxies=proxies,
         )
         if config.node.private_listen
         else None

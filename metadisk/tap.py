@@ -13,16 +13,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp
 
 from metadisk import SERVICE
 from metadisk.config import Config, ConfigError, load_config
+from metadisk.datadir import OWNER_ONLY
 from metadisk.db import DatabaseUnavailable
 from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
 from metadisk.node import Node, build_node
 from metadisk.periodic import Periodic
+from metadisk.web.connections import ConnectionGuard
+from metadisk.web.descriptors import DescriptorBudget, raise_open_file_limit
+from metadisk.web.site import MetaDiskSite
 
 METERS_FLUSH_INTERVAL = 1.0
 
@@ -61,10 +64,11 @@ class NodeService(service.MultiService):
         self._reactor = reactor
         self.node: Node | None = None
         self.port: Any = None
-        self._connections: WrappingFactory | None = None
+        self._connections: ConnectionGuard | None = None
         self.private_port: Any = None  # [node] private_listen
-        self._private_connections: WrappingFactory | None = None
+        self._private_connections: ConnectionGuard | None = None
         self.started: Deferred[None] | None = None
+        self._umask: int | None = None  # the process's, while the node runs with its own
 
     def setServiceParent(self, parent: Any) -> None:
         if self.log_observer is not None:
@@ -72,6 +76,8 @@ class NodeService(service.MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
+        # Every token and partial upload is in the data dir: what the node creates there is its own.
+        self._umask = os.umask(OWNER_ONLY)
         super().startService()
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._failed)
@@ -99,13 +105,16 @@ class NodeService(service.MultiService):
         if node.chain is not None:
             node.chain.setServiceParent(self)  # the chain's reader and publisher loops
         endpoint = serverFromString(self._reactor, self.config.node.listen)
-        # Wrapped to know the open connections, so that stopping can close them.
-        self._connections = WrappingFactory(node.site)
+        # One budget of descriptors for the process; each listener counts its own addresses
+        # (a flood on the public one must not lock the operator out of the private one).
+        budget = DescriptorBudget(self._reactor, raise_open_file_limit())
+        self.log.info("open files: up to {limit}", limit=budget.limit)
+        self._connections = self._guard(node.site, budget)
         self.port = await endpoint.listen(self._connections)
         # Known only now (port 0 is chosen by listening): no record's URL may lead here.
         node.listening.add(self.port.getHost())
         if node.private_site is not None:
-            self._private_connections = WrappingFactory(node.private_site)
+            self._private_connections = self._guard(node.private_site, budget)
             private = serverFromString(self._reactor, self.config.node.private_listen)
             self.private_port = await private.listen(self._private_connections)
             node.listening.add(self.private_port.getHost())
@@ -116,6 +125,16 @@ class NodeService(service.MultiService):
             "MetaDisk node listening on {listen}, data in {data_dir}",
             listen=self.config.node.listen,
             data_dir=str(self.config.node.data_dir.resolve()),
+        )
+
+    def _guard(self, site: MetaDiskSite, budget: DescriptorBudget) -> ConnectionGuard:
+        # It also knows the open connections, so that stopping can close them.
+        return ConnectionGuard(
+            site,
+            clock=self._reactor,
+            budget=budget,
+            max_per_address=self.config.node.max_connections_per_address,
+            proxies=site.proxies,
         )
 
     def _failed(self, failure: Any) -> None:
@@ -143,6 +162,8 @@ class NodeService(service.MultiService):
         await super().stopService()
         if self.node is not None:
             await self.node.close()
+        if self._umask is not None:
+            os.umask(self._umask)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -36,14 +36,19 @@ def node_toml(
     database_url: str,
     hosts: list[Path],
     sync_interval: float = 0.2,
+    node: dict[str, Any] | None = None,
 ) -> str:
-    """A node's configuration file: loopback, a free port, the given database and hosts."""
-    quote = json.dumps  # a JSON string is a TOML basic string
+    """
+    A node's configuration file: loopback, a free port, the given database
+    and hosts; C{node}: more keys of its C{[node]} table.
+    """
+    quote = json.dumps  # a JSON string is a TOML basic string, a JSON list of them a TOML array
     lines = [
         "[node]",
         'listen = "tcp:0:interface=127.0.0.1"',
         f"data_dir = {quote(str(data_dir))}",
         f"secret_key = {quote(secret)}",
+        *(f"{key} = {quote(value)}" for key, value in (node or {}).items()),
         "[database]",
         f"url = {quote(database_url)}",
         "[storage]",
@@ -133,17 +138,35 @@ def _bounded(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[None]:
     return waiter.addTimeout(seconds, reactor)
 
 
+# python -c _WITH_OPEN_FILES N PROGRAM ARGS...: PROGRAM with at most N open files (soft and hard).
+_WITH_OPEN_FILES = (
+    "import os, resource, sys; n = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 async def start_node_process(
-    reactor: Any, directory: Path, config: str, secret: str, http: HTTPClient, timeout: float = 60
+    reactor: Any,
+    directory: Path,
+    config: str,
+    secret: str,
+    http: HTTPClient,
+    timeout: float = 60,
+    open_files: int | None = None,
 ) -> NodeProcess:
-    """Start C{twistd -n metadisk} with C{config} in C{directory}; return once it listens."""
+    """
+    Start C{twistd -n metadisk} with C{config} in C{directory}; return once
+    it listens. C{open_files}: its limit on open files (soft and hard).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metadisk.toml").write_text(config)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
     protocol = _NodeProtocol()
     args = [str(TWISTD), "-n", "--pidfile=", "metadisk", "--config", "metadisk.toml"]
-    reactor.spawnProcess(protocol, str(TWISTD), args, env=env, path=str(directory))
+    if open_files is not None:
+        args = [sys.executable, "-c", _WITH_OPEN_FILES, str(open_files), *args]
+    reactor.spawnProcess(protocol, args[0], args, env=env, path=str(directory))
     try:
         await _bounded(protocol.listening, timeout, reactor)
         port = await protocol.listening

@@ -193,8 +193,8 @@ async def raw_http(
     source: str = "127.0.0.1",
 ) -> bytes:
     """
-    Send raw bytes to the node; return its first complete response, or all
-    it sent before it closed (b"" if nothing).
+    Send raw bytes to the node from the loopback address C{source}; return
+    its first complete response, or all it sent before it closed (b"" if nothing).
     """
     protocol = _Exchange(payload, close_after_send)
     factory = Factory()

@@ -55,7 +55,11 @@ class AccountsAPITestsMixin:
         raise NotImplementedError
 
     async def start(self) -> Client:
-        config = test_config(Path(self.mktemp()).resolve(), database={"url": self.database_url()})
+        config = test_config(
+            Path(self.mktemp()).resolve(),
+            database={"url": self.database_url()},
+            node={"max_connections_per_address": 1000},  # 127.0.0.1 plays 120 clients at once
+        )
         return Client(await start_node(self, config))
 
     async def test_new_token(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from metadisk.config import ConfigError, Invalid, config_from_dict, load_config, size
+from metadisk.config import ConfigError, Invalid, config_from_dict, load_config, networks, size
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,26 @@ class DefaultsTests(SynchronousTestCase):
         hosts = config.effective_hosts
         self.assertEqual([h.name for h in hosts], ["local1", "local2", "local3"])
         self.assertEqual({h.kind for h in hosts}, {"local"})
+
+    def test_the_open_network_keys(self) -> None:
+        node = load_config(None).node
+        self.assertEqual(
+            (node.header_timeout, node.max_connections_per_address, node.trusted_proxies),
+            (30.0, 64, ()),
+        )
+        node = config_from_dict(
+            {
+                "node": {
+                    "header_timeout": 2.5,
+                    "max_connections_per_address": 8,
+                    "trusted_proxies": ["10.0.0.0/8", "::1/128"],
+                }
+            }
+        ).node
+        self.assertEqual(
+            (node.header_timeout, node.max_connections_per_address, node.trusted_proxies),
+            (2.5, 8, networks(["10.0.0.0/8", "::1/128"])),
+        )
 
 
 class FileTests(SynchronousTestCase):
@@ -150,10 +170,17 @@ class ErrorTests(SynchronousTestCase):
         self.assertKey({"chain": {"kind": "dogecoin"}}, "chain.kind")
         self.assertKey({"chain": {"kind": "litecoin"}}, "chain.url")
         self.assertKey({"crypto": {"convergence_secret": ""}}, "crypto.convergence_secret")
-        for networks in ("10.0.0.0/8", ["10.0.0.0/33"], ["10.0.0.1/8"], ["localhost"], [8]):
+        for bad in ("10.0.0.0/8", ["10.0.0.0/33"], ["10.0.0.1/8"], ["localhost"], [8]):
             self.assertKey(
-                {"chain": {"fetch_allowed_networks": networks}}, "chain.fetch_allowed_networks"
+                {"chain": {"fetch_allowed_networks": bad}}, "chain.fetch_allowed_networks"
             )
+        self.assertKey({"node": {"header_timeout": 0}}, "node.header_timeout")
+        self.assertKey({"node": {"header_timeout": "30s"}}, "node.header_timeout")
+        self.assertKey(
+            {"node": {"max_connections_per_address": 0}}, "node.max_connections_per_address"
+        )
+        self.assertKey({"node": {"trusted_proxies": "127.0.0.1"}}, "node.trusted_proxies")
+        self.assertKey({"node": {"trusted_proxies": ["127.0.0.300/32"]}}, "node.trusted_proxies")
 
     def test_unreadable_file(self) -> None:
         with self.assertRaises(ConfigError) as caught:

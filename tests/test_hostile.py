@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -829,6 +831,43 @@ class UnknownTokenTests(HostileCase):
             self.assertEqual((status, json.loads(body)), (429, {"error": "too-many-requests"}))
             self.assertGreater(int(headers["Retry-After"]), 0)
         self.assertLess(reactor.seconds() - started, 2.0)  # refused, never slowed down
+        await self.assert_unchanged(before)
+
+
+class ConnectionTests(HostileCase):
+    """Connections the node will not serve: refused or cut in JSON, nothing charged."""
+
+    async def test_too_many_connections_from_one_address(self) -> None:
+        await self.node_with_file(node={"max_connections_per_address": 3})
+        before = await self.state()
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.node.port, bindAddress=("127.0.0.2", 0)
+        )
+        held = [await endpoint.connect(Factory.forProtocol(Protocol)) for _ in range(3)]
+        for connection in held:
+            self.addCleanup(connection.transport.abortConnection)
+        download = f"/api/download/{self.filehash}?key={self.key}&token={self.token}"
+        status, headers, body = raw_parts(
+            await raw_http(
+                self.node.port,
+                b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % download.encode(),
+                source="127.0.0.2",
+            )
+        )
+        self.assertEqual((status, json.loads(body)), (429, {"error": "too-many-connections"}))
+        CONTRACT.check("GET", download, status, headers, body)
+        await self.assert_unchanged(before)
+        # Another address is served.
+        status, _, _ = await self.call("GET", download)
+        self.assertEqual(status, 200)
+
+    async def test_headers_too_slow(self) -> None:
+        await self.node_with_file(node={"header_timeout": 0.5})
+        before = await self.state()
+        download = f"/api/download/{self.filehash}?key={self.key}&token={self.token}"
+        # No blank line: the headers never end. The answer comes at the deadline.
+        status, _, body = await self.raw(b"GET %s HTTP/1.1\r\nHost: x\r\n" % download.encode())
+        self.assertEqual((status, json.loads(body)), (408, {"error": "request-timeout"}))
         await self.assert_unchanged(before)
 
 

@@ -9,6 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import (
     body_of,
+    eventually,
     funded_token,
     header_of,
     json_of,
@@ -103,8 +104,13 @@ class AccessLogTests(TestCase):
         )
         await response.content()
         await (await node.http.get(node.url + f"/accounts/token/balance/{token}")).content()
+
+        async def logged() -> bool:
+            # A download ends (and is logged) once the client has acknowledged its last byte.
+            return "/api/download/" in log.getvalue()
+
+        await eventually(logged)
         text = log.getvalue()
-        self.assertIn("/api/download/", text)
         self.assertIn(token[:4] + "...", text)
         self.assertNotIn(token, text)
         self.assertNotIn(result["key"], text)

@@ -53,7 +53,11 @@ async def start_nodes(case: TestCase, count: int, database_url: str) -> list[Nod
     for i in range(count):
         directory = base / f"node{i}"
         config = node_toml(
-            directory / "data", secret=secret, database_url=database_url, hosts=hosts
+            directory / "data",
+            secret=secret,
+            database_url=database_url,
+            hosts=hosts,
+            node={"max_connections_per_address": 1000},  # 127.0.0.1 plays every client
         )
         starting.append(
             Deferred.fromCoroutine(start_node_process(reactor, directory, config, secret, http))

@@ -8,6 +8,7 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
@@ -38,6 +39,22 @@ def error(status: int, code: str, **headers: str) -> APIError:
 
 def json_bytes(body: Any) -> bytes:
     return json.dumps(body, separators=(", ", ": ")).encode("utf-8")
+
+
+def raw_response(failure: APIError) -> bytes:
+    """
+    A whole HTTP/1.1 response with C{failure}'s JSON body, that closes the
+    connection: for answers written straight to a transport, outside any request.
+    """
+    body = json_bytes(failure.body)
+    head = [
+        b"HTTP/1.1 %d %s" % (failure.status, http.RESPONSES.get(failure.status, b"Error")),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+        *(f"{name}: {value}".encode("ascii") for name, value in failure.headers.items()),
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def write_json(

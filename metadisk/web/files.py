@@ -19,6 +19,7 @@ from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
 from metadisk.throttle import Throttle
+from metadisk.web.delivery import delivery_of
 from metadisk.web.errors import error, json_app, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
@@ -168,11 +169,14 @@ class FilesAPI:
         if fetch:
             self._meters.check(INCOMING, fetch)
         charge = Charge(self._ledger, await self._reserve(request, fetch + length), fetch, length)
+        delivery = delivery_of(request)
         sent = 0
+        end = 0  # where the body sent so far ends in the connection's output
 
         def count(n: int) -> None:
-            nonlocal sent
+            nonlocal sent, end
             sent += n
+            end = delivery.position()
             self._meters.record(OUTGOING, n)
 
         try:
@@ -192,8 +196,8 @@ class FilesAPI:
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
         finally:
-            # Whatever was not sent is given back.
-            await charge.settle(sent)
+            # What was not sent, or was sent but never reached the client, is given back.
+            await charge.settle(await delivery.acknowledged(end - sent, end))
         return None
 
     async def _open(self, record: FileRecord, charge: Charge) -> BinaryIO:

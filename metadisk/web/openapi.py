@@ -66,12 +66,24 @@ RETRY_AFTER = _header(
 
 # Answers any route may give, whatever its parameters.
 _COMMON: dict[str, Schema] = {
+    "408": _json(
+        "The request line and headers did not arrive within `[node] header_timeout`; the"
+        " connection is closed.",
+        _error("request-timeout"),
+    ),
     "429": _json(
-        "This address presented too many unknown tokens; answered at once.",
-        _error("too-many-requests"),
+        "This address presented too many unknown tokens (too-many-requests), or already holds"
+        " `[node] max_connections_per_address` connections (too-many-connections: answered"
+        " as the connection opens, before the request is read, and closed); answered at once.",
+        _error("too-many-requests", "too-many-connections"),
         {"Retry-After": RETRY_AFTER},
     ),
-    "503": _json("The database cannot be reached.", _error("database-unavailable")),
+    "503": _json(
+        "The database cannot be reached, or the node has no file descriptors to spare for"
+        " another connection (node-busy, with Retry-After, answered before the request is read).",
+        _error("database-unavailable", "node-busy"),
+        {"Retry-After": {**RETRY_AFTER, "required": False}},
+    ),
 }
 
 
@@ -88,17 +100,18 @@ def _responses(
     """
     responses = {**answers, **_COMMON}
     if transfer:
-        codes = ["database-unavailable", "transfer-limit-reached"]
+        codes = ["database-unavailable", "node-busy", "transfer-limit-reached"]
         description = (
-            "The database cannot be reached, or the transfer would take the month past its cap"
-            " (then with Retry-After: seconds to the next month)"
+            "The database cannot be reached, the node has no file descriptors to spare for"
+            " another connection (node-busy), or the transfer would take the month past its cap"
+            " (transfer-limit-reached, with Retry-After: seconds to the next month)"
         )
         if upload:
             codes.append("unpaid-upload-limit")
             description += (
                 ", or the bytes that came before the token (or, accounts disabled, the upload)"
                 " would take this address or the node past its budget of unpaid bytes"
-                " (then with Retry-After)"
+                " (unpaid-upload-limit, with Retry-After)"
             )
         responses["503"] = _json(
             description + ".",
@@ -223,7 +236,8 @@ def _download(head: bool) -> Schema:
             "The same headers as GET, no body, no charge."
             if head
             else "Costs the bytes served, twice that when the blob must first be fetched from"
-            " a host. Bytes not sent are refunded."
+            " a host. Bytes not delivered (the client went away before acknowledging them) are"
+            " refunded."
         ),
         "parameters": [FILEHASH, KEY_QUERY, RANGE] + ([] if head else [TOKEN_QUERY]),
         "responses": _responses(answers, transfer=not head),
@@ -667,7 +681,12 @@ def document() -> Schema:
             " headers over 16 KiB, more than 500 headers, a malformed Content-Length) gets"
             ' 400 `{"error": "bad-request"}` and the connection is closed. A wrong method gets'
             ' 405 `{"error": "method-not-allowed"}`, an unknown route 404'
-            ' `{"error": "not-found"}`.',
+            ' `{"error": "not-found"}`. A connection from an address that already holds'
+            " `[node] max_connections_per_address` connections gets 429"
+            ' `{"error": "too-many-connections"}` before its request is read; one the node has no'
+            ' file descriptors for, 503 `{"error": "node-busy"}` (or it is closed at once); a'
+            " request whose line and headers take longer than `[node] header_timeout`, 408"
+            ' `{"error": "request-timeout"}` (a connection that sent nothing is closed).',
         },
         "tags": [
             {"name": "files"},

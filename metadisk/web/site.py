@@ -11,19 +11,23 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 from attrs import define
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.python import log as twisted_log
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from metadisk.logs import RequestLog, Started
 from metadisk.metrics import Metrics
-from metadisk.web.errors import APIError, error, json_bytes, write_json
+from metadisk.web.addresses import TrustedProxies
+from metadisk.web.errors import APIError, error, raw_response, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 
 UPLOAD_PATH = b"/api/upload"
 MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
 IDLE_TIMEOUT = 300  # seconds a connection may send nothing (a stalled or lying client)
+HEADER_TIMEOUT = 30.0  # seconds for a request line and headers ([node] header_timeout)
+NO_PROXIES = TrustedProxies()
 _SECRET_PARAMS = {"key", "token"}
 _TOKEN_IN_PATH = re.compile(r"^(/accounts/token/(?:balance|redeem|deposit|withdraw)/)([^/?]*)")
 
@@ -116,12 +120,23 @@ class MetaDiskRequest(server.Request):
     _head: tuple[bytes, bytes, bytes] = (b"GET", b"/", b"HTTP/1.1")
     started: Started | None = None  # for the request log, from the headers on
     bytes_received = 0
+    _client_address: IAddress | None = None
+
+    def getClientAddress(self) -> IAddress:
+        """
+        Who sent the request: the peer, or, when the peer is a trusted proxy,
+        the client it forwarded for (L{TrustedProxies.client}). Every limit
+        on an address and the access log go by this.
+        """
+        return self._client_address or self.client
 
     def gotLength(self, length: int | None) -> None:
         # The request line is parsed but not yet given to us: read it off the channel.
         channel = self.channel
         self._head = (channel._command, channel._path, channel._version)
         site: MetaDiskSite = channel.site
+        forwarded = self.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        self._client_address = site.proxies.client(self.client, forwarded)
         self.started = site.request_log.started(self._head[0], self._head[1])
         retry = site.guard.retry_after(self.getClientAddress())
         if retry is not None:
@@ -226,16 +241,56 @@ class MetaDiskChannel(http.HTTPChannel):
     Twisted's HTTP/1.1 channel, except that a request its parser refuses (a
     request line or header over 16 KiB, over 500 headers, a bad
     Content-Length…) gets a JSON 400 like every other error, instead of a
-    bare status line or a silently closed connection.
+    bare status line or a silently closed connection; and that a request
+    line and headers must be complete within the site's C{header_timeout}
+    of the connection's start, or of the end of the previous response.
+
+    Twisted's own timeout cannot do this: it is an idle timeout, reset by
+    every byte, so a client that sends a byte now and then holds the
+    connection (and its descriptor) for ever.
     """
+
+    _header_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._await_headers()
+
+    def allHeadersReceived(self) -> None:
+        self._stop_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:
+            # Before Twisted parses what the client sent meanwhile (the next request, maybe whole).
+            self._await_headers()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _await_headers(self) -> None:
+        self._header_deadline = self.callLater(self.site.header_timeout, self._headers_late)
+
+    def _stop_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        # A client that sent nothing has no request to answer (and on a kept-alive connection
+        # an answer could pass its next request on the way): it is closed, as an idle one is.
+        # Something was sent if a request line was parsed, or part of one is buffered.
+        if self.requests or self.clearLineBuffer():
+            self.transport.write(raw_response(error(408, "request-timeout")))
+        self.dataReceived = lambda data: None  # the rest of a late request is not parsed
+        self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's own (private) hook for these refusals; tests/test_hostile.py pins it.
-        body = json_bytes({"error": "bad-request"})
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self.transport.write(raw_response(error(400, "bad-request")))
         self.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -276,6 +331,8 @@ class MetaDiskSite(server.Site):
         reactor: Any,
         metrics: Metrics | None = None,
         private: bool = False,
+        header_timeout: float = HEADER_TIMEOUT,
+        proxies: TrustedProxies = NO_PROXIES,
     ) -> None:
         super().__init__(
             resource,
@@ -287,6 +344,8 @@ class MetaDiskSite(server.Site):
         self.upload_policy = upload_policy
         self.guard = guard
         self.cors = cors
+        self.header_timeout = header_timeout
+        self.proxies = proxies  # whose X-Forwarded-For names the client
         self.request_log = RequestLog(reactor, redact_uri, metrics)
         self.private = private  # the local-only listener of the private API ([node] private_listen)
 

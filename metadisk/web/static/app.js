@@ -52,6 +52,9 @@
     'internal-error': 'The node failed unexpectedly (the details are in its log). Try again later.',
     'database-unavailable': 'The node cannot reach its database right now. Try again in a moment.',
     'too-many-requests': 'Too many unknown tokens came from this address. Try again {retry}.',
+    'too-many-connections': 'Too many connections from this address are open to the node. Try again {retry}.',
+    'node-busy': 'The node has as many connections as it can take. Try again {retry}.',
+    'request-timeout': 'The request took too long to reach the node. Try again.',
     'no-file': 'No file arrived at the node. Choose a file and try again.',
     'bad-request': 'The node could not read the request.',
     'connection-lost': 'The connection broke before the whole file arrived. Try again.',
@@ -76,8 +79,8 @@
   // What a status alone says, for answers without a body (HEAD) or with an unknown one.
   const BY_STATUS = {
     400: 'bad-request', 401: 'invalid-token', 402: 'balance-insufficient', 404: 'file-not-found',
-    411: 'length-required', 413: 'file-too-large', 416: 'invalid-range', 429: 'too-many-requests',
-    500: 'internal-error', 502: 'error-downloading-file', 507: 'storage-full',
+    408: 'request-timeout', 411: 'length-required', 413: 'file-too-large', 416: 'invalid-range',
+    429: 'too-many-requests', 500: 'internal-error', 502: 'error-downloading-file', 507: 'storage-full',
   };
 
   class ApiError extends Error {
