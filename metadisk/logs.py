@@ -18,7 +18,8 @@ from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python.components import Componentized
 from zope.interface import implementer
 
-from metadisk.metrics import Metrics, route_of, transfer_direction
+from metadisk.metrics import Metrics, transfer_direction
+from metadisk.routes import route_of
 
 LOG_FORMATS = ("text", "json")
 ACCESS_NAMESPACE = "metadisk.access"

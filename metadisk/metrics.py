@@ -10,7 +10,6 @@ meters, the cache) are read when C{/metrics} is scraped.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +20,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from metadisk import routes
+from metadisk.routes import route_of
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
 INCOMING = "incoming"
 OUTGOING = "outgoing"
@@ -29,36 +31,13 @@ DIRECTIONS = (INCOMING, OUTGOING)
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 600)
 
-# Paths become route templates, so that no filehash or token becomes a label value.
-_ROUTES = (
-    (re.compile(r"/api/(upload|status)"), None),
-    (re.compile(r"/api/(download|find)/[^/]*"), "/api/{0}/{{filehash}}"),
-    (re.compile(r"/accounts/token/(new|prices)"), None),
-    (
-        re.compile(r"/accounts/token/(balance|redeem|deposit|withdraw)/[^/]*"),
-        "/accounts/token/{0}/{{token}}",
-    ),
-    (re.compile(r"/metrics|/"), None),
-    (re.compile(r"/[A-Za-z0-9_-]+\.(?:css|js|svg|png|ico|html)"), "/{{asset}}"),
-)
-
-
-def route_of(path: str) -> str:
-    """The route template of a request path; C{"other"} for anything unknown."""
-    path = path.split("?", 1)[0]
-    for pattern, template in _ROUTES:
-        match = pattern.fullmatch(path)
-        if match:
-            return path if template is None else template.format(*match.groups())
-    return "other"
-
 
 def transfer_direction(method: bytes, path: str) -> str | None:
     """C{"incoming"} for an upload, C{"outgoing"} for a download, else None."""
-    route = route_of(path)
-    if method == b"POST" and route == "/api/upload":
+    route = route_of(path)  # a template: no filehash or token becomes a label value
+    if method == b"POST" and route == routes.UPLOAD:
         return INCOMING
-    if method == b"GET" and route == "/api/download/{filehash}":
+    if method == b"GET" and route == routes.DOWNLOAD:
         return OUTGOING
     return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from metadisk import routes
 from metadisk.ledger import MAX_TRANSFER
 
 Schema = dict[str, Any]
@@ -609,19 +610,17 @@ def _paths() -> dict[str, Schema]:
         ),
     }
     return {
-        "/api/upload": {"post": upload},
-        "/api/download/{filehash}": {"get": _download(head=False), "head": _download(head=True)},
-        "/api/find/{filehash}": {"get": find},
-        "/api/status": {"get": status},
-        "/api/openapi.json": {"get": openapi},
-        "/accounts/token/new": {"post": new},
-        "/accounts/token/prices": {"get": prices},
-        "/accounts/token/balance/{token}": {"get": balance},
-        "/accounts/token/redeem/{token}": {"post": redeem},
-        "/accounts/token/deposit/{token}": {
-            "post": _private("deposit", "Add credit to a token.", {})
-        },
-        "/accounts/token/withdraw/{token}": {
+        routes.UPLOAD: {"post": upload},
+        routes.DOWNLOAD: {"get": _download(head=False), "head": _download(head=True)},
+        routes.FIND: {"get": find},
+        routes.STATUS: {"get": status},
+        routes.OPENAPI: {"get": openapi},
+        routes.NEW_TOKEN: {"post": new},
+        routes.PRICES: {"get": prices},
+        routes.BALANCE: {"get": balance},
+        routes.REDEEM: {"post": redeem},
+        routes.DEPOSIT: {"post": _private("deposit", "Add credit to a token.", {})},
+        routes.WITHDRAW: {
             "post": _private(
                 "withdraw",
                 "Take credit from a token.",
@@ -633,7 +632,7 @@ def _paths() -> dict[str, Schema]:
                 },
             )
         },
-        "/metrics": {
+        routes.METRICS: {
             "get": {
                 "operationId": "metrics",
                 "tags": ["operations"],
@@ -648,7 +647,7 @@ def _paths() -> dict[str, Schema]:
                 ),
             }
         },
-        "/": {
+        routes.PAGE: {
             "get": {
                 "operationId": "page",
                 "tags": ["operations"],

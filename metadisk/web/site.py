@@ -6,7 +6,6 @@ read, adds CORS headers, and an access log that never shows a secret.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
@@ -18,18 +17,17 @@ from twisted.web.iweb import IRequest
 
 from metadisk.logs import RequestLog, Started
 from metadisk.metrics import Metrics
+from metadisk.routes import UPLOAD, merge_slashes, redact_path, route_of
 from metadisk.web.addresses import TrustedProxies
 from metadisk.web.errors import APIError, error, raw_response, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 
-UPLOAD_PATH = b"/api/upload"
 MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
 IDLE_TIMEOUT = 300  # seconds a connection may send nothing (a stalled or lying client)
 HEADER_TIMEOUT = 30.0  # seconds for a request line and headers ([node] header_timeout)
 NO_PROXIES = TrustedProxies()
 _SECRET_PARAMS = {"key", "token"}
-_TOKEN_IN_PATH = re.compile(r"^(/accounts/token/(?:balance|redeem|deposit|withdraw)/)([^/?]*)")
 
 
 @define
@@ -74,7 +72,7 @@ def _redact(value: str) -> str:
 def redact_uri(uri: str) -> str:
     """The URI with every key and token cut to its first four characters."""
     parts = urlsplit(uri)
-    path = _TOKEN_IN_PATH.sub(lambda m: m.group(1) + _redact(m.group(2)), parts.path)
+    path = redact_path(parts.path, _redact)
     if not parts.query:
         return path
     query = "&".join(
@@ -133,7 +131,7 @@ class MetaDiskRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         # The request line is parsed but not yet given to us: read it off the channel.
         channel = self.channel
-        self._head = (channel._command, channel._path, channel._version)
+        self._head = (channel._command, merge_slashes(channel._path), channel._version)
         site: MetaDiskSite = channel.site
         forwarded = self.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
         self._client_address = site.proxies.client(self.client, forwarded)
@@ -146,7 +144,7 @@ class MetaDiskRequest(server.Request):
             # Klein would answer this in text/html (and log an error): answer it here, in JSON.
             self.content = _Discard()
             self.respond_early(error(400, "bad-request"))
-        elif self._head[0] == b"POST" and self._head[1].split(b"?")[0] == UPLOAD_PATH:
+        elif self._head[0] == b"POST" and route_of(self._head[1].decode("latin-1")) == UPLOAD:
             self.content = _Discard()
             self._begin_upload(site, length)
         elif length is not None and length > MAX_SMALL_BODY:
@@ -180,6 +178,7 @@ class MetaDiskRequest(server.Request):
                 super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        path = merge_slashes(path)  # every route answers //api/status as /api/status
         if self._early:
             # Answered already; the body, if any, was read past.
             self.finish()
