@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,19 @@ class RequestLogTests(TestCase):
             node.url + f"/api/download/{filehash}", params={"key": key, "token": token}
         )
         self.assertEqual(await response.content(), data)
+
+        def logged(n: int) -> Callable[[], Awaitable[bool]]:
+            async def condition() -> bool:
+                return len(access_events(observer)) >= n
+
+            return condition
+
+        # A download is logged once the client has acknowledged its last byte: maybe after
+        # the client's next request.
+        await eventually(logged(4))
         await (await node.http.get(node.url + f"/accounts/token/balance/{token}")).content()
         await (await node.http.get(node.url + "/nowhere")).content()
-
-        async def six() -> bool:
-            return len(access_events(observer)) >= 6
-
-        await eventually(six)
+        await eventually(logged(6))
         events = access_events(observer)
         self.assertEqual(
             [(e["method"], e["route"], e["status"]) for e in events],
