@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metadisk import cli
+from metadisk.client import command as cli
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from tests.support import RunningNode, funded_token, start_node, test_config
 
@@ -388,7 +388,7 @@ class ProcessTests(CLITestCase):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         d = getProcessOutputAndValue(
             sys.executable,
-            ["-m", "metadisk.cli", "status", "--node", node.url, "--json"],
+            ["-m", "metadisk.client", "status", "--node", node.url, "--json"],
             env=env,
             path=str(self.work),
         )
@@ -396,7 +396,7 @@ class ProcessTests(CLITestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("bandwidth", json.loads(out))
         d = getProcessOutputAndValue(
-            sys.executable, ["-m", "metadisk.cli", "find", "nothex"], env=env
+            sys.executable, ["-m", "metadisk.client", "find", "nothex"], env=env
         )
         out, err, code = await d.addTimeout(CLI_TIMEOUT, reactor)
         self.assertEqual((code, out), (2, b""))
@@ -406,7 +406,7 @@ class ProcessTests(CLITestCase):
 class UnitTests(SynchronousTestCase):
     def test_entry_point_and_dependencies(self) -> None:
         project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-        self.assertEqual(project["scripts"]["metadisk"], "metadisk.cli:main")
+        self.assertEqual(project["scripts"]["metadisk"], "metadisk.client.command:main")
         names = " ".join(project["dependencies"])
         requirements = (REPO / "requirements.txt").read_text()
         for package in ("tqdm", "prometheus-client"):
