@@ -348,12 +348,13 @@ class ErrorTests(CLITestCase):
         node = await self.start()
         unknown = "0" * 64
         ran = await metadisk("find", unknown, "--node", node.url)
-        self.assertEqual((ran.code, ran.stderr), (1, "metadisk: find: File not found (HTTP 404)\n"))
+        not_found = "(HTTP 404): this node knows no file with this filehash\n"
+        self.assertEqual((ran.code, ran.stderr), (1, f"metadisk: find: File not found {not_found}"))
         ran = await metadisk("--json", "find", unknown, "--node", node.url)
         self.assertEqual(ran.json()["node"]["status"], 404)
         self.assertEqual(ran.json()["exit_code"], 1)
         ran = await metadisk("download", unknown, "--key", "1" * 64, "--node", node.url)
-        self.assertEqual(ran.stderr, "metadisk: download: file-not-found (HTTP 404)\n")
+        self.assertEqual(ran.stderr, f"metadisk: download: file-not-found {not_found}")
         token = await funded_token(node)
         filehash, key = await self.uploaded(node, token, b"abc")
         ran = await metadisk("download", filehash, "--key", key, "-o", "-", "--node", node.url)
