@@ -11,6 +11,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -25,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metadisk import cli
+from metadisk.client import command, download, errors
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from tests.support import RunningNode, funded_token, start_node, test_config
 
@@ -61,7 +62,7 @@ async def metadisk(*argv: str, env: dict[str, str] | None = None, tty: bool = Fa
 
     def call() -> int:
         try:
-            return cli.run(list(argv), stdout=out, stderr=err, environ=env or {})
+            return command.run(list(argv), stdout=out, stderr=err, environ=env or {})
         finally:
             out.flush()
 
@@ -177,7 +178,7 @@ class TransferTests(CLITestCase):
         self.assertEqual(ran.code, 0, ran.stderr)
         self.assertEqual((out / "héllo wörld.txt").read_bytes(), b"hello")
         ran = await metadisk(*args, "--token", token)
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertIn("exists (use --force", ran.stderr)
         ran = await metadisk(*args, "--token", token, "--force")
         self.assertEqual(ran.code, 0, ran.stderr)
@@ -248,7 +249,7 @@ class ResumeTests(CLITestCase):
         target = self.work / "out.bin"
         args = ("download", filehash, "--key", key, "-o", str(target), "--token", token)
         ran = await metadisk(*args, "--node", proxy.url, "--retries", "0")
-        self.assertEqual(ran.code, cli.EXIT_UNREACHABLE)
+        self.assertEqual(ran.code, errors.EXIT_UNREACHABLE)
         self.assertIn("run the same command again to resume", ran.stderr)
         self.assertEqual(len(ran.stderr.strip().splitlines()), 1)
         part = Path(str(target) + ".part")
@@ -271,7 +272,7 @@ class ResumeTests(CLITestCase):
             "download", filehash, "--key", key, "-o", str(target), "--node", node.url,
             "--token", token,
         )  # fmt: skip
-        self.assertEqual(ran.code, cli.EXIT_UNVERIFIED)
+        self.assertEqual(ran.code, errors.EXIT_UNVERIFIED)
         self.assertIn("verification failed", ran.stderr)
         self.assertFalse(part.exists())
         self.assertFalse(target.exists())
@@ -294,7 +295,7 @@ class AccountTests(CLITestCase):
         ran = await metadisk("token", "balance", token, "--node", node.url)
         self.assertEqual(ran.text.strip(), "5000 bytes (4.9 KiB)")
         ran = await metadisk("token", "redeem", "WELCOME", env=env)
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertIn("redeemed already", ran.stderr)
 
         await node.node.ledger.set_price(10**9, 7)
@@ -316,7 +317,7 @@ class AccountTests(CLITestCase):
     async def test_accounts_disabled(self) -> None:
         node = await self.start(accounts={"enabled": False})
         ran = await metadisk("token", "new", "--node", node.url)
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertIn("this node has no accounts", ran.stderr)
         # Transfers are free: no token needed.
         filehash, key = await self.uploaded(node, "", b"free")
@@ -331,7 +332,7 @@ class ErrorTests(CLITestCase):
         ran = await metadisk(
             "upload", str(self.write("a", b"x" * 1000)), "--node", node.url, "--token", poor
         )
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertEqual(
             ran.stderr,
             "metadisk: upload: balance-insufficient (HTTP 402): the token has too little credit\n",
@@ -340,28 +341,29 @@ class ErrorTests(CLITestCase):
         with open(big, "wb") as f:
             f.truncate(17 * 2**20)  # over the test node's 16 MiB
         ran = await metadisk("upload", str(big), "--node", node.url, "--token", poor)
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertIn("file-too-large (HTTP 413)", ran.stderr)
 
     async def test_node_errors_are_one_line(self) -> None:
         node = await self.start()
         unknown = "0" * 64
         ran = await metadisk("find", unknown, "--node", node.url)
-        self.assertEqual((ran.code, ran.stderr), (1, "metadisk: find: File not found (HTTP 404)\n"))
+        not_found = "(HTTP 404): this node knows no file with this filehash\n"
+        self.assertEqual((ran.code, ran.stderr), (1, f"metadisk: find: File not found {not_found}"))
         ran = await metadisk("--json", "find", unknown, "--node", node.url)
         self.assertEqual(ran.json()["node"]["status"], 404)
         self.assertEqual(ran.json()["exit_code"], 1)
         ran = await metadisk("download", unknown, "--key", "1" * 64, "--node", node.url)
-        self.assertEqual(ran.stderr, "metadisk: download: file-not-found (HTTP 404)\n")
+        self.assertEqual(ran.stderr, f"metadisk: download: file-not-found {not_found}")
         token = await funded_token(node)
         filehash, key = await self.uploaded(node, token, b"abc")
         ran = await metadisk("download", filehash, "--key", key, "-o", "-", "--node", node.url)
-        self.assertEqual(ran.code, cli.EXIT_FAILED)
+        self.assertEqual(ran.code, errors.EXIT_FAILED)
         self.assertIn("token-required (HTTP 401): pass --token or set METADISK_TOKEN", ran.stderr)
 
     async def test_unreachable_node(self) -> None:
         ran = await metadisk("status", "--node", f"http://127.0.0.1:{free_port()}")
-        self.assertEqual(ran.code, cli.EXIT_UNREACHABLE)
+        self.assertEqual(ran.code, errors.EXIT_UNREACHABLE)
         self.assertRegex(
             ran.stderr, r"^metadisk: cannot reach the node at http://127\.0\.0\.1:\d+: "
         )
@@ -377,7 +379,7 @@ class ErrorTests(CLITestCase):
             (["upload", "/nonexistent/file"], "cannot read /nonexistent/file"),
         ]:
             ran = await metadisk(*argv)
-            self.assertIn(ran.code, (cli.EXIT_USAGE, cli.EXIT_FAILED), argv)
+            self.assertIn(ran.code, (errors.EXIT_USAGE, errors.EXIT_FAILED), argv)
             self.assertIn(fragment, ran.stderr)
             self.assertEqual(len(ran.stderr.splitlines()), 1, ran.stderr)
 
@@ -388,7 +390,7 @@ class ProcessTests(CLITestCase):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         d = getProcessOutputAndValue(
             sys.executable,
-            ["-m", "metadisk.cli", "status", "--node", node.url, "--json"],
+            ["-m", "metadisk.client", "status", "--node", node.url, "--json"],
             env=env,
             path=str(self.work),
         )
@@ -396,7 +398,7 @@ class ProcessTests(CLITestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("bandwidth", json.loads(out))
         d = getProcessOutputAndValue(
-            sys.executable, ["-m", "metadisk.cli", "find", "nothex"], env=env
+            sys.executable, ["-m", "metadisk.client", "find", "nothex"], env=env
         )
         out, err, code = await d.addTimeout(CLI_TIMEOUT, reactor)
         self.assertEqual((code, out), (2, b""))
@@ -406,12 +408,24 @@ class ProcessTests(CLITestCase):
 class UnitTests(SynchronousTestCase):
     def test_entry_point_and_dependencies(self) -> None:
         project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-        self.assertEqual(project["scripts"]["metadisk"], "metadisk.cli:main")
+        self.assertEqual(project["scripts"]["metadisk"], "metadisk.client.command:main")
         names = " ".join(project["dependencies"])
         requirements = (REPO / "requirements.txt").read_text()
         for package in ("tqdm", "prometheus-client"):
             self.assertIn(package, names)
             self.assertRegex(requirements, rf"(?m)^{package}==")
+
+    def test_the_client_imports_nothing_of_the_node(self) -> None:
+        # It runs where no node does: of metadisk, only the package and crypto (to verify).
+        code = "import sys, metadisk.client.command; print(' '.join(sys.modules))"
+        ran = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        modules = set(ran.stdout.split())
+        ours = {m for m in modules if m.split(".")[0] == "metadisk"}
+        node = {m for m in ours if not m.startswith("metadisk.client")}
+        self.assertEqual(node, {"metadisk", "metadisk.crypto"})
+        self.assertFalse(modules & {"klein", "treq", "werkzeug"}, modules)
 
     def test_global_options_before_or_after_the_command(self) -> None:
         for argv in (
@@ -419,15 +433,15 @@ class UnitTests(SynchronousTestCase):
             ["token", "--node", "http://n:1", "balance", "T", "--json"],
             ["token", "balance", "--json", "T", "--node", "http://n:1"],
         ):
-            args = cli.parser().parse_args(argv)
+            args = command.parser().parse_args(argv)
             self.assertEqual((args.node, args.json, args.balance_token), ("http://n:1", True, "T"))
-        args = cli.parser().parse_args(["status"])
+        args = command.parser().parse_args(["status"])
         self.assertFalse(hasattr(args, "node"))  # then METADISK_NODE or the default
 
     def test_verifier_reencrypts_to_the_filehash(self) -> None:
         data = os.urandom(100_003)
         filehash, key = expected_upload(data)
-        verifier = cli.Verifier(bytes.fromhex(key))
+        verifier = download.Verifier(bytes.fromhex(key))
         for i in range(0, len(data), 7_777):  # any chunking, as it arrives
             verifier.update(data[i : i + 7_777])
         self.assertEqual(verifier.hexdigest(), filehash)
@@ -438,13 +452,13 @@ class UnitTests(SynchronousTestCase):
         header = (
             "attachment; filename=\"abcdef0_h_llo.txt\"; filename*=UTF-8''abcdef0_h%C3%A9llo.txt"
         )
-        self.assertEqual(cli._filename(header, filehash, key), "héllo.txt")
-        self.assertEqual(cli._filename('attachment; filename="../../x"', filehash, key), "x")
-        self.assertEqual(cli._filename("attachment", filehash, key), filehash)
-        self.assertEqual(cli._filename(header, filehash, None), f"{filehash}.encrypted")
+        self.assertEqual(download._filename(header, filehash, key), "héllo.txt")
+        self.assertEqual(download._filename('attachment; filename="../../x"', filehash, key), "x")
+        self.assertEqual(download._filename("attachment", filehash, key), filehash)
+        self.assertEqual(download._filename(header, filehash, None), f"{filehash}.encrypted")
 
     def test_node_error_line(self) -> None:
-        e = cli.node_error(
+        e = errors.node_error(
             "download", 503, b'{"error": "transfer-limit-reached"}', {"Retry-After": "60"}
         )
         self.assertEqual(
@@ -453,7 +467,7 @@ class UnitTests(SynchronousTestCase):
             " reached; retry in 60 s",
         )
         self.assertEqual(
-            str(cli.node_error("find", 502, b"<html>", {})), "find: Bad Gateway (HTTP 502)"
+            str(errors.node_error("find", 502, b"<html>", {})), "find: Bad Gateway (HTTP 502)"
         )
 
 

@@ -74,6 +74,7 @@
     'error-downloading-file': 'No host delivered an intact copy of this file. The charge was refunded; try again later.',
     'invalid-range': 'The node cannot serve that part of the file.',
     'invalid-authentication': 'The node refused the secret key.',
+    'error': 'The node does not know this access token, or the promocode is unknown or already redeemed.',
   };
 
   // What a status alone says, for answers without a body (HEAD) or with an unknown one.
