@@ -16,13 +16,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp
 
-from metadisk import SERVICE
 from metadisk.config import Config, ConfigError, load_config
 from metadisk.datadir import OWNER_ONLY
 from metadisk.db import DatabaseUnavailable
 from metadisk.logs import LOG_FORMATS, log_observer, offer_log_observer
 from metadisk.node import Node, build_node
 from metadisk.periodic import Periodic
+from metadisk.service import SERVICE
 from metadisk.web.connections import ConnectionGuard
 from metadisk.web.descriptors import DescriptorBudget, raise_open_file_limit
 from metadisk.web.site import MetaDiskSite

@@ -1,5 +1,5 @@
 """twistd finds the node here (`twistd metadisk`); the console script metadisk-node does not."""
 
-from metadisk import SERVICE
+from metadisk.service import SERVICE
 
 metadisk = SERVICE
