@@ -1,5 +1,5 @@
 """
-The swappable parts of a node. L{metadisk.tap} is the only place that chooses
+The swappable parts of a node. L{metadisk.node} is the only place that chooses
 their implementations.
 """
 
@@ -74,8 +74,8 @@ class IFileHost(Interface):
 
 class IChain(Interface):
     """
-    A blockchain node reached by JSON-RPC, seen as the entries of DESIGN
-    section 4: one entry per transaction, published and read back block by
+    A blockchain node reached by JSON-RPC, seen as the entries of docs/protocol.md
+    section 5: one entry per transaction, published and read back block by
     block. Calls fail with L{metadisk.chain.rpc.ChainError}: L{RPCError} when
     the node refused (nothing happened), L{ChainUnavailable} when there was no
     usable answer (it may or may not have happened).

@@ -27,8 +27,8 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=ut
 INCOMING = "incoming"
 OUTGOING = "outgoing"
 DIRECTIONS = (INCOMING, OUTGOING)
-# Up to ten minutes: a request may be a transfer of gigabytes.
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
+# Up to ten minutes: a request may be a transfer of gigabytes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 600)
 
 

@@ -1,5 +1,5 @@
 """
-The on-chain format (DESIGN section 4): known answers, computed with the
+The on-chain format (docs/protocol.md, section 5): known answers, computed with the
 bzip2 and base64 command-line tools over regions cut with dd, and hostile input.
 """
 

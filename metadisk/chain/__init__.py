@@ -1,12 +1,13 @@
 """
-The blockchain: publishing where files went (DESIGN section 4, the metachains
+The blockchain: publishing where files went (docs/protocol.md section 5, the metachains
 format) and reading what other nodes published.
 
 - L{rpc}: JSON-RPC over treq; L{codec}: records, batches, regions and entries;
 - L{florincoin}, L{bitcoinlike}: the two L{metadisk.interfaces.IChain} adapters
   (L{adapter}: what they hand back);
 - L{queue}: the blockchain queue; L{publisher}: from it to the chain;
-- L{reader}: the chain into the catalog; L{service}: the loops and the status.
+- L{reader}: the chain into claims (L{metadisk.store.claims}); L{service}: the loops and
+  the status.
 
 The blobs of records read from the chain are fetched from their http(s) URLs by
 L{metadisk.store.hosts.url}: a file host like the others.

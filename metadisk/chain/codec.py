@@ -1,5 +1,5 @@
 """
-The on-chain format of metachains (DESIGN section 4).
+The on-chain format of metachains (docs/protocol.md, section 5).
 
 A batch is the JSON array of file records (the C{find} payload). It is cut
 into regions of at most 332 characters; region i travels as the entry

@@ -1,6 +1,6 @@
 """
 The publisher: due records from the blockchain queue go out in batches, one
-transaction per region (DESIGN section 4), and each record exactly once.
+transaction per region (docs/protocol.md, section 5), and each record exactly once.
 
 What makes "exactly once" hold across crashes and nodes sharing a database:
 - claiming records for a batch is one transaction that only takes rows still

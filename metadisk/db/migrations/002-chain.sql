@@ -1,4 +1,4 @@
--- The blockchain (DESIGN section 4). Shared SQL: it must run on SQLite and on PostgreSQL.
+-- The blockchain (docs/protocol.md, section 5). Shared SQL: it must run on SQLite and on PostgreSQL.
 
 -- Files whose record is to be published, one row per file, never deleted: the state says
 -- how far it got, so a record is published at most once, across restarts and across nodes
