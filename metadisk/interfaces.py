@@ -5,6 +5,8 @@ their implementations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from zope.interface import Attribute, Interface
 
 
@@ -59,6 +61,14 @@ class IFileHost(Interface):
         Upload the blob at C{path}; fire with the URL where it now lives, for
         the record, or "" when it has none to give (a local directory that no
         web server serves).
+        """
+
+    def store_all(blobs: Sequence[tuple[str, str]]):
+        """
+        Upload several blobs, C{(filehash, path)} pairs, as one job where the
+        host can make it one (one tool run, one flush to stable storage);
+        fire with what L{store} gives for each, in order: its URL, or the
+        L{metadisk.store.hosts.HostError} that kept it off the host.
         """
 
     def fetch(filehash: str, url: str, destination: str, size: int):

@@ -88,6 +88,26 @@ class FileHostTestsMixin:
         verifyObject(IFileHost, self.host)
         self.assertIsInstance(self.host.name, str)
 
+    async def test_store_all(self) -> None:
+        """Several blobs as one job: each as store() would leave it; a bad one fails alone."""
+        blobs = [self.blob(seed=b"%d" % i) for i in range(3)]
+        missing = self.work / "blobs" / "gone"
+        given = [(filehash, str(path)) for filehash, path, _ in blobs]
+        given.insert(1, ("not a filehash", str(blobs[0][1])))
+        given.append(("ab" * 32, str(missing)))  # a blob whose file is not there
+        results = await self.host.store_all(given)
+        self.assertEqual(len(results), len(given))
+        self.assertIsInstance(results[1], HostError)
+        self.assertIsInstance(results[-1], HostError)
+        stored = [results[0], *results[2:-1]]
+        for (filehash, _, content), url in zip(blobs, stored, strict=True):
+            self.assertIsInstance(url, str)
+            self.assertIs(await self.host.exists(filehash, url), True)
+            destination = self.work / f"fetched-{filehash}"
+            await self.host.fetch(filehash, url, str(destination), BLOB_SIZE)
+            self.assertEqual(destination.read_bytes(), content)
+        self.assertEqual(await self.host.store_all([]), [])
+
     async def test_round_trip(self) -> None:
         """A stored blob exists and comes back byte for byte."""
         filehash, path, content = self.blob()
@@ -299,6 +319,26 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
 
     async def lose(self, filehash: str, url: str) -> None:
         (self.server.root / "blobs" / filehash).unlink()
+
+    async def test_store_all_is_one_run(self) -> None:
+        """Many blobs, one rclone process: a process a blob is most of a small blob's cost."""
+        runs: list[tuple[str, ...]] = []
+        runner = self.host._runner
+
+        class Counting:
+            timeout = runner.timeout
+
+            def run(self, tool: Any, args: tuple[str, ...], **options: Any) -> Any:
+                runs.append(args)
+                return runner.run(tool, args, **options)
+
+        self.host._runner = Counting()
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        urls = await self.host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
+        self.assertEqual([args[0] for args in runs], ["copy"])
+        for (filehash, _, content), url in zip(blobs, urls, strict=True):
+            self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+            self.assertEqual(url, object_url(self.server.remote(), filehash))
 
     async def break_host(self) -> None:
         await self.server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,29 @@ def blob_size(path: str | Path) -> int:
     """The size of the blob to store at C{path}, or a L{HostError} if it cannot be read."""
     with host_errors():
         return os.stat(path).st_size
+
+
+# What a host's store_all gives for each blob: its URL, or why it is not there.
+Stored = str | HostError
+
+
+async def store_each(host: IFileHost, blobs: Sequence[tuple[str, str]]) -> list[Stored]:
+    """L{IFileHost.store_all} for a host that stores one blob at a time."""
+    results: list[Stored] = []
+    for filehash, path in blobs:
+        try:
+            results.append(await host.store(filehash, path))
+        except HostError as e:
+            results.append(e)
+    return results
+
+
+def one(results: list[Stored]) -> str:
+    """The URL of the one blob a store_all was given, or its error raised."""
+    [result] = results
+    if isinstance(result, HostError):
+        raise result
+    return result
 
 
 def check_filehash(filehash: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +23,7 @@ from zope.interface import implementer
 from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, check_filehash, host_errors
+from metadisk.store.hosts import HostError, Stored, check_filehash, host_errors, one
 
 # copy_file_range cannot do this copy (another filesystem, an old kernel, a special file…).
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -56,17 +57,59 @@ def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
 
 
 def _copy(source: Path, destination: Path) -> None:
-    partial = destination.with_name(destination.name + ".partial")
-    with host_errors():
-        try:
-            # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
-            with open(source, "rb", buffering=0) as src, open(partial, "wb", buffering=0) as dst:
-                _copy_contents(src, dst)
-                os.fsync(dst.fileno())
-            os.replace(partial, destination)
-        except OSError:
-            partial.unlink(missing_ok=True)
-            raise
+    """Copy a file durably: it is at C{destination} whole, or not at all (a L{HostError})."""
+    [error] = _copy_all([(source, destination)])
+    if error is not None:
+        raise error
+
+
+def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
+    """
+    Copy files durably, each at its destination whole or not at all; for
+    each, None or why it failed. All are written, then flushed, then put in
+    place, then their folders flushed: the journal takes the flushes of a
+    batch together (about a third of the time of a flush after each write).
+    """
+    outcome: list[HostError | None] = [None] * len(copies)
+    partials = [destination.with_name(destination.name + ".partial") for _, destination in copies]
+
+    def step(i: int, action: Callable[[], object]) -> None:
+        if outcome[i] is None:
+            try:
+                with host_errors():
+                    action()
+            except HostError as e:
+                outcome[i] = e
+                partials[i].unlink(missing_ok=True)
+
+    for i, (source, _) in enumerate(copies):
+        step(i, lambda source=source, partial=partials[i]: _write(source, partial))
+    for i in range(len(copies)):
+        step(i, lambda partial=partials[i]: _flush(partial))
+    for i, (_, destination) in enumerate(copies):
+        step(
+            i, lambda partial=partials[i], destination=destination: os.replace(partial, destination)
+        )
+    placed = {destination.parent for i, (_, destination) in enumerate(copies) if not outcome[i]}
+    for folder in placed:
+        with host_errors():
+            _flush(folder)  # the renames: a crash must not lose a copy recorded as made
+    return outcome
+
+
+def _write(source: Path, destination: Path) -> None:
+    # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
+    with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
+        _copy_contents(src, dst)
+
+
+def _flush(path: Path) -> None:
+    """Make a file's bytes, or a folder's entries, durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 MARKER = ".metadisk-host"
@@ -139,19 +182,31 @@ class LocalDirectoryHost:
             raise HostError(f"{self.root} has no {MARKER}: not mounted, or not this host's folder")
 
     def store(self, filehash: str, path: str) -> Deferred[str]:
-        target = self._object(filehash)
+        return self.store_all([(filehash, path)]).addCallback(one)
 
-        def store() -> str:
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        def store_all() -> list[Stored]:
+            copies, results = [], []
+            for filehash, path in blobs:
+                try:
+                    copies.append((Path(path), self._object(filehash)))
+                    results.append(self._url(filehash))
+                except HostError as e:
+                    results.append(e)
             with host_errors():
                 if self._new and not self.marker.is_file():
                     self.root.mkdir(parents=True, exist_ok=True)  # a concurrent store may too
                     self._mark()
                 self._check_marked()
-                _copy(Path(path), target)
-                self._new = False
-                return f"{self.public_url.rstrip('/')}/{filehash}" if self.public_url else ""
+            failures = iter(_copy_all(copies))
+            self._new = False
+            # Each blob that could be copied has its URL, or the error its copy met.
+            return [r if isinstance(r, HostError) else next(failures) or r for r in results]
 
-        return self._run_blocking(store)
+        return self._run_blocking(store_all)
+
+    def _url(self, filehash: str) -> str:
+        return f"{self.public_url.rstrip('/')}/{filehash}" if self.public_url else ""
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         # The object is found by its filehash, never by a URL that came from elsewhere.

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from attrs import define, field
@@ -19,7 +20,14 @@ from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
-from metadisk.store.hosts import HostError, blob_size, check_filehash, transfer_timeout
+from metadisk.store.hosts import (
+    HostError,
+    Stored,
+    blob_size,
+    check_filehash,
+    store_each,
+    transfer_timeout,
+)
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
 
 # plowshare's core.sh: the same codes for every plow* command.
@@ -98,6 +106,9 @@ class PlowshareHost:
             return url
 
         return Deferred.fromCoroutine(store())
+
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        return Deferred.fromCoroutine(store_each(self, blobs))  # plowup: one file a run
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         target = Path(destination)

@@ -9,6 +9,9 @@ import json
 import os
 import re
 import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -21,8 +24,10 @@ from metadisk.store.blocking import RunBlocking
 from metadisk.store.hosts import (
     SLOWEST_RATE,
     HostError,
+    Stored,
     blob_size,
     check_filehash,
+    store_each,
     transfer_timeout,
 )
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, Tool
@@ -167,6 +172,41 @@ class RcloneHost:
 
         return Deferred.fromCoroutine(store())
 
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        """
+        Many blobs in one rclone run (one process, its parallel transfers):
+        named by filehash in a folder of links, copied as they are. If the run
+        fails, each blob is tried alone, to tell which ones did not make it.
+        """
+        if len(blobs) < 2:
+            return Deferred.fromCoroutine(store_each(self, blobs))
+
+        async def store_all() -> list[Stored]:
+            try:
+                for filehash, _ in blobs:
+                    check_filehash(filehash)
+                size = sum([blob_size(path) for _, path in blobs])
+            except HostError:
+                return await store_each(self, blobs)  # each its own answer
+            folder = await self._run_blocking(_links, blobs)
+            try:
+                await self._rclone(
+                    "copy",
+                    "--ignore-times",
+                    "--copy-links",
+                    "--no-traverse",
+                    folder,
+                    self.remote,
+                    timeout=self._transfer_timeout(size),
+                )
+            except HostError:
+                return await store_each(self, blobs)
+            finally:
+                await self._run_blocking(shutil.rmtree, folder, True)
+            return [object_url(self.remote, filehash) for filehash, _ in blobs]
+
+        return Deferred.fromCoroutine(store_all())
+
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         target = Path(os.path.abspath(destination))
         # A private name: a killed rclone that still writes cannot touch the destination.
@@ -216,3 +256,14 @@ class RcloneHost:
             )
 
         return Deferred.fromCoroutine(exists())
+
+
+def _links(blobs: Sequence[tuple[str, str]]) -> str:
+    """
+    A folder, in the system's temporary folder (a crash's leftover disturbs
+    nothing), holding a link named by its filehash to each blob.
+    """
+    folder = tempfile.mkdtemp(prefix="metadisk-rclone-")
+    for filehash, path in blobs:
+        os.symlink(os.path.abspath(path), os.path.join(folder, filehash))
+    return folder

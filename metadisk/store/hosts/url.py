@@ -12,11 +12,12 @@ The URL is a stranger's: its agent connects only to public addresses
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from attrs import define
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -26,7 +27,7 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
-from metadisk.store.hosts import SLOWEST_RATE, HostError, check_filehash
+from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, check_filehash
 
 PROGRESS_WINDOW = 30.0  # seconds: in each, at least SLOWEST_RATE bytes a second must arrive
 _PRINTABLE = re.compile(r"[!-~]+")  # ASCII, no space, no control character (no CRLF)
@@ -68,6 +69,9 @@ class URLHost:
 
     def store(self, filehash: str, path: str) -> Deferred[str]:
         raise HostError("a URL host cannot store")
+
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        return succeed([HostError("a URL host cannot store") for _ in blobs])
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         return Deferred.fromCoroutine(self._fetch(filehash, url, destination, size))
