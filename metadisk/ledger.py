@@ -165,23 +165,37 @@ class Ledger:
         """End a reservation, keeping C{cost} of it and giving back the rest."""
         if reservation.id is None:
             return
-        cost = max(0, min(cost, reservation.amount))
-        if await self._db.transaction(lambda txn: self._close(txn, reservation, cost)):
-            self.metrics.settled(cost, reservation.amount - cost)
+        if await self._db.transaction(lambda txn: self.settle_in(txn, reservation, cost)):
+            self.counted(reservation, cost)
 
     async def refund(self, reservation: Reservation) -> None:
         await self.settle(reservation, 0)
 
-    async def _close(self, txn: ITransaction, reservation: Reservation, cost: int) -> bool:
+    @staticmethod
+    async def settle_in(txn: ITransaction, reservation: Reservation, cost: int) -> bool:
+        """
+        L{settle} inside another transaction (one commit for a transfer's
+        record and its charge); True if this ended the reservation. Once it
+        has committed, L{counted} counts it.
+        """
+        if reservation.id is None:
+            return False
         # Deleting first makes settling idempotent: the refund happens once.
         if not await txn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)):
             return False
-        if reservation.amount > cost:
+        kept = _kept(reservation, cost)
+        if reservation.amount > kept:
             await txn.execute(
                 "UPDATE tokens SET balance = balance + ? WHERE token = ?",
-                (reservation.amount - cost, reservation.token),
+                (reservation.amount - kept, reservation.token),
             )
         return True
+
+    def counted(self, reservation: Reservation, cost: int) -> None:
+        """A settlement committed: count what was kept and given back."""
+        if reservation.id is not None:
+            kept = _kept(reservation, cost)
+            self.metrics.settled(kept, reservation.amount - kept)
 
     async def refund_abandoned(self) -> int:
         """Refund the reservations this node held when it stopped without settling them."""
@@ -218,3 +232,8 @@ async def _take(txn: ITransaction, token: str, amount: int) -> bool:
             (amount, token, amount),
         )
     )
+
+
+def _kept(reservation: Reservation, cost: int) -> int:
+    """What a settlement keeps: the cost, never more than was reserved, never below zero."""
+    return max(0, min(cost, reservation.amount))

@@ -43,6 +43,11 @@ def evictable(catalog: Catalog, claims: Claims, copies: int) -> Evictable:
 
 
 Recorded = Callable[[ITransaction, str, float], Awaitable[None]]
+Work = Callable[[ITransaction], Awaitable[object]]
+
+
+async def _no_work(txn: ITransaction) -> None:
+    """Nothing else to do in the transaction."""
 
 
 async def _nothing(txn: ITransaction, filehash: str, when: float) -> None:
@@ -91,12 +96,20 @@ class FileStore:
                 self.cache.discard(filehash)
 
     async def ingest(
-        self, plaintext: Path, sha256_hex: str, size: int, name: str, allocation: Allocation
+        self,
+        plaintext: Path,
+        sha256_hex: str,
+        size: int,
+        name: str,
+        allocation: Allocation,
+        also: Work = _no_work,
     ) -> tuple[str, bytes]:
         """
         Encrypt a received file into the cache, record it and queue it for
         the hosts. Return (filehash, key). The plaintext file is encrypted
         over itself and becomes the blob (or is removed, if the cache has it).
+        C{also} runs in the transaction that records the file (the upload's
+        charge: one commit for both).
         """
         key = convergent_key(self._convergence_secret, sha256_hex)
         blob = plaintext
@@ -118,6 +131,7 @@ class FileStore:
             await self._recorded(txn, filehash, self._clock.seconds())
             if await self.catalog.holders(txn, filehash) < self.sync.copies:
                 await self.sync.queue.add(txn, filehash)
+            await also(txn)
 
         await self._db.transaction(record)
         self.sync.kick()

@@ -14,6 +14,7 @@ from twisted.internet.task import Cooperator
 from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
+from metadisk.interfaces import ITransaction
 from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
@@ -130,6 +131,11 @@ class FilesAPI:
         if getattr(request, "upload", None) is None:
             raise error(400, "no-file")  # a path the request plumbing did not take for an upload
         received: ReceivedUpload = await request.upload.result()
+        reservation, cost = received.reservation, UPLOAD_COST * received.size
+
+        async def charge(txn: ITransaction) -> None:
+            await Ledger.settle_in(txn, reservation, cost)  # one commit: the file and its charge
+
         try:
             filehash, key = await self._store.ingest(
                 received.path,
@@ -137,11 +143,13 @@ class FilesAPI:
                 received.size,
                 received.filename,
                 received.allocation,
+                also=charge,
             )
         except BaseException:
-            await self._settle(received.reservation, 0)
+            await self._settle(reservation, 0)
             raise
-        await self._settle(received.reservation, UPLOAD_COST * received.size)
+        if self._ledger is not None:
+            self._ledger.counted(reservation, cost)
         return write_json(request, 201, {"filehash": filehash, "key": key.hex()})
 
     @app.route("/download/<filehash>", methods=["GET", "HEAD"])
