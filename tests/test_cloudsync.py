@@ -33,8 +33,8 @@ from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessRunner
 from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
-from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, eventually, require_tool
-from tests.support import json_of, multipart, start_node, test_config
+from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, require_tool
+from tests.support import eventually, json_of, multipart, start_node, test_config
 
 
 class Grid:
@@ -577,13 +577,13 @@ class NodeOnRcloneTests(TestCase):
         return sorted(upload["host_name"] for upload in record["uploads"])
 
     async def until_hosts(self, filehash: str, expected: list[str]) -> None:
-        for _ in range(600):  # 30 s at most
-            if await self.hosts_of(filehash) == expected:
-                return
-            waited: Deferred[None] = Deferred()
-            reactor.callLater(0.05, waited.callback, None)
-            await waited
-        self.assertEqual(await self.hosts_of(filehash), expected)
+        async def listed() -> bool:
+            return await self.hosts_of(filehash) == expected
+
+        try:
+            await eventually(listed, 30)
+        except AssertionError:
+            self.assertEqual(await self.hosts_of(filehash), expected)  # says how they differ
 
     async def test_heals(self) -> None:
         node = self.running.node
@@ -606,7 +606,7 @@ class NodeOnRcloneTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), data)
         # …and the corrupt copy is replaced by a good one (on a live host).
-        await eventually(lambda: self.copy(0, filehash).read_bytes() == ciphertext, timeout=30)
+        await eventually(lambda: self.copy(0, filehash).read_bytes() == ciphertext, 30)
         await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
 
         # A copy deleted from a remote: repair finds it gone and puts it back.

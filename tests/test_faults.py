@@ -21,14 +21,21 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from tests.fake_florincoind import FakeFlorincoind
-from tests.support import funded_token, json_of, multipart, start_node, test_config, upload
+from tests.support import (
+    eventually,
+    funded_token,
+    json_of,
+    multipart,
+    start_node,
+    test_config,
+    upload,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDIT = 10**10
@@ -39,15 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Poll C{condition} (async) until it holds; a bounded wait on a real process."""
-    deadline = reactor.seconds() + timeout
-    while not await condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 class _Ended(ProcessProtocol):
@@ -105,7 +103,7 @@ class NodeProcess:
             except Exception:
                 return False
 
-        await wait_for(answers, START_TIMEOUT, "the node to answer")
+        await eventually(answers, START_TIMEOUT, what="the node to answer")
         self.secret = (self.data / "secret_key").read_text().strip()
 
     async def kill(self) -> None:
@@ -192,7 +190,7 @@ class KilledNodeTests(TestCase):
             reserved = await node.balance(token) == CREDIT - 4 * len(body)
             return reserved and any(p.stat().st_size > 0 for p in incoming.glob("*.part"))
 
-        await wait_for(receiving, 30, "the upload to be half received")
+        await eventually(receiving, 30, what="the upload to be half received")
         await node.kill()
         sender.transport.abortConnection()
 
@@ -220,7 +218,7 @@ class KilledNodeTests(TestCase):
         async def replicating() -> bool:
             return (node.hosts / "local1" / filehash).is_file()
 
-        await wait_for(replicating, 30, "replication to start")
+        await eventually(replicating, 30, what="replication to start")
         status = await node.get_json("/api/status")
         self.assertEqual(status["sync"]["cloud_queue"], {"count": 1, "size": len(data)})
         await node.kill()
@@ -232,7 +230,7 @@ class KilledNodeTests(TestCase):
             record = await node.get_json(f"/api/find/{filehash}")
             return len(record["uploads"]) == 3
 
-        await wait_for(replicated, 30, "replication to finish")
+        await eventually(replicated, 30, what="replication to finish")
         for i in (1, 2, 3):
             blob = (node.hosts / f"local{i}" / filehash).read_bytes()
             self.assertEqual(hashlib.sha256(blob).hexdigest(), filehash)
@@ -263,7 +261,7 @@ class KilledNodeTests(TestCase):
         async def streaming() -> bool:
             return len(receiver.received) > 1000 and await node.balance(token) == before - len(data)
 
-        await wait_for(streaming, 30, "the download to be under way")
+        await eventually(streaming, 30, what="the download to be under way")
         await node.kill()
         receiver.transport.abortConnection()
         self.assertLess(len(receiver.received), len(data))  # it really was cut short
@@ -292,7 +290,7 @@ class KilledNodeTests(TestCase):
         async def sending() -> bool:
             return held.called
 
-        await wait_for(sending, 30, "the node to publish")
+        await eventually(sending, 30, what="the node to publish")
         self.assertEqual(chain.calls.count("sendtoaddress"), 1)  # the first entry, unanswered
         await node.kill()
         chain.mine()
@@ -303,7 +301,7 @@ class KilledNodeTests(TestCase):
             status = await node.get_json("/api/status")
             return status["sync"]["blockchain_queue"]["count"] == 0
 
-        await wait_for(published, 30, "the record to be published")
+        await eventually(published, 30, what="the record to be published")
         chain.mine()
         # A few more rounds of the publisher and the reader: still one send.
         calls = len(chain.calls)
@@ -311,7 +309,7 @@ class KilledNodeTests(TestCase):
         async def more_rounds() -> bool:
             return len(chain.calls) > calls + 10
 
-        await wait_for(more_rounds, 30, "more chain rounds")
+        await eventually(more_rounds, 30, what="more chain rounds")
         # Each entry of the batch (a record with long URLs takes several) went out exactly once,
         # the one in flight at the kill included: recovered from the wallet, not sent again.
         tags = sorted(tx["comment"] for tx in chain.wallet)

@@ -276,7 +276,7 @@ class TwistdTests(TestCase):
         async def listening() -> bool:
             return any("listening on" in line["message"] for line in protocol.lines())
 
-        await eventually(listening, turns=3000)  # a real process: at most 30 s
+        await eventually(listening, 30)  # a real process
         token = "SECRETTOKEN12345"
         node_url = f"http://127.0.0.1:{port}"
         response = await _client(self).get(f"{node_url}/api/find/{'0' * 64}?token={token}")
@@ -286,7 +286,7 @@ class TwistdTests(TestCase):
         async def logged() -> bool:
             return any(line["namespace"] == ACCESS_NAMESPACE for line in protocol.lines())
 
-        await eventually(logged, turns=3000)
+        await eventually(logged, 30)
         [line] = [line for line in protocol.lines() if line["namespace"] == ACCESS_NAMESPACE]
         self.assertEqual(line["path"], f"/api/find/{'0' * 64}?token=SECR...")
         self.assertEqual((line["method"], line["status"], line["level"]), ("GET", "404", "info"))

@@ -697,13 +697,14 @@ class IdleConnectionFloodTests(TestCase):
         )
         self.assertEqual(status, 201, answer)
         filehash = json.loads(answer)["filehash"]
-        for _ in range(int(WAIT / 0.1)):
-            status, _, answer = await kept.request(
+
+        async def on_three_hosts() -> bytes | None:
+            _, _, answer = await kept.request(
                 b"GET /api/find/%s HTTP/1.1\r\nHost: x\r\n\r\n" % filehash.encode()
             )
-            if len(json.loads(answer)["uploads"]) == 3:
-                break
-            await deferLater(reactor, 0.1, lambda: None)
+            return answer if len(json.loads(answer)["uploads"]) == 3 else None
+
+        answer = await eventually(on_three_hosts, WAIT)
         self.assertEqual(len(json.loads(answer)["uploads"]), 3, answer)
         self.assert_no_descriptor_errors(node)
 

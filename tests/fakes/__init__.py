@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
@@ -81,15 +80,6 @@ def is_gone(pid: int) -> bool:
         except ProcessLookupError:
             return True
         return False
-
-
-async def eventually(check: Any, timeout: float = 10.0, step: float = 0.05) -> None:
-    """Wait, boundedly, for a real process or server to reach a state."""
-    for _ in range(int(timeout / step)):
-        if check():
-            return
-        await deferLater(reactor, step, lambda: None)
-    raise AssertionError(f"not reached within {timeout} s: {check}")
 
 
 class _Server(ProcessProtocol):
