@@ -1,7 +1,8 @@
 """
 Nodes as real processes (C{twistd -n metadisk}, the repository on
-PYTHONPATH) for the tests and the benchmarks, and a JSON client for the
-accounts API of any node. Every wait on a process is bounded.
+PYTHONPATH) for the tests and the benchmarks, a JSON client for the
+accounts API of any node, and L{free_port} for the programs that must be
+told their port. Every wait on a process is bounded.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,28 @@ from twisted.python.failure import Failure
 REPOSITORY = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
 _LISTENING = re.compile(rb"starting on (\d+)")
+
+
+def free_port() -> int:
+    """
+    A TCP port of 127.0.0.1 that nothing listened on a moment ago.
+
+    Racy: another process (a test running in parallel, a client given an
+    ephemeral port) can take it between this check and its use, and the
+    program then fails with "address in use". So wherever the program can
+    listen on port 0 and say which port it got, let it: the nodes do
+    (L{NodeProcess} reads "starting on N" from their output), rclone does
+    (L{tests.fakes.WebDAVServer}), a test's own servers do
+    (C{reactor.listenTCP(0, ...)}). The callers left cannot: PostgreSQL
+    (L{tests.pg.ThrowawayCluster}, stopped and started again on the same
+    port), litecoind's C{-rpcport} (tests/test_chain_litecoin.py), a port
+    where nothing listens (tests/test_cli.py's unreachable node), and the
+    ports Tahoe-LAFS writes into its configuration when it creates a node
+    (bench/transfer.py).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class NodeFailed(Exception):

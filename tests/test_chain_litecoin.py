@@ -7,7 +7,6 @@ entries out and back, the coinbase's witness commitment, the mempool's
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,11 @@ from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
 from metadisk.store.catalog import Catalog
 from metadisk.store.claims import Claims
 from tests.fakes import require_tool
+from tests.nodes import free_port
 from tests.support import eventually
 from tests.test_chain_sync import ChainTestCase
 
 USER, PASSWORD = "metadisk", "regtest-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_client() -> HTTPClient:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from tests.fake_florincoind import FakeFlorincoind
+from tests.nodes import free_port
 from tests.support import (
     eventually,
     funded_token,
@@ -40,12 +40,6 @@ from tests.support import (
 ROOT = Path(__file__).resolve().parent.parent
 CREDIT = 10**10
 START_TIMEOUT = 60.0  # seconds for a node process to answer, on a busy machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Ended(ProcessProtocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,6 @@ class _Collect(ProcessProtocol):
 
 class TwistdTests(TestCase):
     async def test_twistd_writes_json_lines(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         data_dir = Path(self.mktemp()).resolve()
         protocol = _Collect()
         args = [
@@ -257,7 +254,7 @@ class TwistdTests(TestCase):
             "--pidfile=",
             "metadisk",
             "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",  # the port it gets is in its log
             "--data-dir",
             str(data_dir),
             "--log-format",
@@ -277,6 +274,11 @@ class TwistdTests(TestCase):
             return any("listening on" in line["message"] for line in protocol.lines())
 
         await eventually(listening, 30)  # a real process
+        [port] = [
+            match.group(1)
+            for line in protocol.lines()
+            if (match := re.search(r"starting on (\d+)", line["message"]))
+        ]
         token = "SECRETTOKEN12345"
         node_url = f"http://127.0.0.1:{port}"
         response = await _client(self).get(f"{node_url}/api/find/{'0' * 64}?token={token}")
