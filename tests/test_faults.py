@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.nodes import Client, NodeProcess, node_toml
 from tests.support import (
     eventually,

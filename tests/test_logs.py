@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metadisk.logs import ACCESS_NAMESPACE, JSONLinesObserver, event_as_json
 from metadisk.tap import Options, makeService
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
 
 REPO = Path(__file__).resolve().parent.parent

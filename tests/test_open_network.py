@@ -40,7 +40,7 @@ from metadisk.chain.rpc import JSONRPCClient
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.db import open_database
 from metadisk.logs import ACCESS_NAMESPACE
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.flood import (
     WAIT,
     ClientSocket,

@@ -1,7 +1,9 @@
 """
-Stand-ins for the tests of hosts and replication: a fake IReactorProcess, a
-real `rclone serve webdav` on loopback, the fake plowshare tools on PATH, and
-a host wrapper that breaks, hangs, corrupts and loses on command.
+Stand-ins for the tests: here, for hosts and replication, a fake
+IReactorProcess, a real `rclone serve webdav` on loopback, the fake plowshare
+tools on PATH (fakeplow.py) and a host wrapper that breaks, hangs and
+corrupts on command; in L{tests.fakes.florincoind}, an in-process florincoind
+for the chain's tests.
 """
 
 from __future__ import annotations
