@@ -2,8 +2,9 @@
 Stand-ins for the tests: here, for hosts and replication, a fake
 IReactorProcess, a real `rclone serve webdav` on loopback, the fake plowshare
 tools on PATH (fakeplow.py) and a host wrapper that breaks, hangs and
-corrupts on command; in L{tests.fakes.florincoind}, an in-process florincoind
-for the chain's tests.
+corrupts on command; in L{tests.fakes.grid}, a whole grid of those hosts over
+one database and cache; in L{tests.fakes.florincoind}, an in-process
+florincoind for the chain's tests.
 """
 
 from __future__ import annotations
@@ -268,8 +269,9 @@ class RecordingRunner:
 class FaultyHost:
     """
     Wraps a host and misbehaves on command (Tahoe's NoNetworkGrid style):
-    C{broken} fails every call, C{hanging} never answers (until cancelled),
-    C{corrupt} delivers flipped bytes, C{lose(filehash)} deletes a copy.
+    C{broken} fails every call, C{hanging} never answers (until cancelled;
+    the calls held are in C{hung}), C{corrupt} delivers flipped bytes. A
+    whole grid of them: L{tests.fakes.grid.Grid}.
     """
 
     inner: Any
