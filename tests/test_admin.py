@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -303,3 +304,30 @@ class AdminConfigTests(TestCase):
             self.assertEqual((ran.status, ran.stdout), (2, ""), argv)
             self.assertTrue(ran.stderr.startswith("usage: python -m metadisk.admin"), ran.stderr)
         self.assertFalse(self.data_dir.exists())
+
+
+class AdminEnvironmentTests(TestCase):
+    """A database or a data dir the command cannot use: one line, status 1."""
+
+    async def test_database_unreachable(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+            port = unused.getsockname()[1]
+            config = base / "metadisk.toml"
+            config.write_text(f'[database]\nurl = "postgresql://root@127.0.0.1:{port}/x"\n')
+            ran = await main_here(
+                "--config", str(config), "--data-dir", str(base / "d"), "token", "new"
+            )
+        self.assertEqual((ran.status, ran.stdout), (1, ""))
+        self.assertRegex(ran.stderr, r"^metadisk-admin: cannot connect to PostgreSQL: [^\n]+\n$")
+
+    async def test_data_dir_unusable(self) -> None:
+        in_the_way = Path(self.mktemp()).resolve()
+        in_the_way.write_text("a file where a directory should be")
+        data_dir = in_the_way / "data"
+        self.assertEqual(
+            await main_here("--data-dir", str(data_dir), "secret"),
+            failed(f"{data_dir}: Not a directory"),
+        )
