@@ -1,14 +1,27 @@
-"""What the benchmarks share: a node in a child process, its memory, curl transfers."""
+"""
+What the benchmarks share: a node in a child process, its memory, curl
+transfers, and finding where a server told to listen on port 0 listens.
+
+L{Node} is not the tests' L{tests.nodes.NodeProcess}, on purpose: the
+benchmarks drive the node with blocking tools (curl, wrk, C{subprocess.run},
+C{urllib}) and time them with C{time.perf_counter}, with no reactor in the
+driver; a NodeProcess needs a running reactor (its output and its exit come
+through a ProcessProtocol), and running one here would put the node's
+supervision on the thread that does the timing. Servers listen on port 0
+and say which port they got (L{address_in_log}); where one must be told its
+port beforehand (Tahoe-LAFS in transfer.py), the port comes from the tests'
+L{tests.nodes.free_port}.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,25 +31,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 1 << 20
+LISTENING = r"starting on (\d+)"  # what twistd logs when the node's port listens
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, what: str, seconds: float = 30) -> None:
-    """Wait until something listens on 127.0.0.1:C{port}, or fail if C{process} died first."""
+def address_in_log(
+    log: Path,
+    pattern: str,
+    process: subprocess.Popen,
+    what: str,
+    seconds: float = 30,
+    start: int = 0,
+) -> str:
+    """
+    Wait until C{process} writes a line matching C{pattern} to C{log} (past
+    byte C{start}): a server told to listen on port 0 says there which port
+    it got. Return the pattern's first group; fail if the process ends first
+    or C{seconds} pass.
+    """
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start listening on port {port}") from None
-            time.sleep(0.05)
+            with open(log, "rb") as f:
+                f.seek(start)
+                match = re.search(pattern.encode(), f.read())
+        except FileNotFoundError:
+            match = None
+        if match:
+            return match.group(1).decode()
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not say where it listens; see {log}")
+        time.sleep(0.05)
 
 
 def random_file(path: Path, size: int) -> None:
@@ -100,14 +124,14 @@ def stop_process(process: subprocess.Popen, seconds: float = 30) -> None:
 
 
 class Node:
-    """A MetaDisk node run by twistd in a child process, on a free port."""
+    """A MetaDisk node run by twistd in a child process, on the port it chose."""
 
     def __init__(self, workdir: Path, toml: str = "", listen_options: str = "") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.data = workdir / "node"
         config = workdir / "metadisk.toml"
         config.write_text(toml)
+        log = workdir / "node.log"
+        start = log.stat().st_size if log.exists() else 0  # twistd appends to its log
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
             [
@@ -117,18 +141,24 @@ class Node:
                 "--nodaemon",
                 "--pidfile=",
                 "--logfile",
-                str(workdir / "node.log"),
+                str(log),
                 "metadisk",
                 "--config",
                 str(config),
                 "--listen",
-                f"tcp:{self.port}:interface=127.0.0.1{listen_options}",
+                f"tcp:0:interface=127.0.0.1{listen_options}",
                 "--data-dir",
                 str(self.data),
             ],
             env=env,
             cwd=workdir,
         )
+        try:
+            self.port = int(address_in_log(log, LISTENING, self.process, "the node", start=start))
+        except RuntimeError:
+            self.stop()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -30,17 +30,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from _node import LISTENING, address_in_log
 from attrs import define, field
 
 MiB = 2**20
 BLOCK = 64 * 1024
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def jain(values: list[float]) -> float:
@@ -53,7 +48,7 @@ class Node:
     """The node under test, in its own process."""
 
     directory: Path
-    port: int = field(factory=free_port)
+    port: int = 0  # chosen by the node at each start
     process: subprocess.Popen | None = None
 
     def start(self, rate_incoming: int, rate_outgoing: int) -> None:
@@ -62,7 +57,7 @@ class Node:
         config.write_text(
             f"""
 [node]
-listen = "tcp:{self.port}:interface=127.0.0.1"
+listen = "tcp:0:interface=127.0.0.1"
 data_dir = "{data}"
 [storage]
 capacity = "4 GiB"
@@ -82,13 +77,20 @@ path = "{self.directory / "host"}"
         )
         twistd = Path(sys.executable).parent / "twistd"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        log = self.directory / "node.log"
+        start = log.stat().st_size if log.exists() else 0  # each start appends to it
         self.process = subprocess.Popen(
             [str(twistd), "-n", "--pidfile=", "metadisk", "--config", str(config)],
             cwd=self.directory,
             env=env,
-            stdout=open(self.directory / "node.log", "ab"),
+            stdout=open(log, "ab"),
             stderr=subprocess.STDOUT,
         )
+        try:
+            self.port = int(address_in_log(log, LISTENING, self.process, "the node", start=start))
+        except RuntimeError as e:
+            self.stop()
+            raise SystemExit(str(e)) from None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

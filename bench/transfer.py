@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _node import (
+    ROOT,
     Node,
+    address_in_log,
     curl,
     curl_many,
-    free_port,
     peak_rss_mib,
     random_file,
     refresh,
@@ -53,8 +54,11 @@ from _node import (
     rss_mib,
     sha256_of,
     stop_process,
-    wait_for_port,
 )
+
+sys.path.insert(0, str(ROOT))
+
+from tests.nodes import free_port
 
 MB = 1e6
 MiB = 2**20
@@ -140,16 +144,18 @@ class Rclone(System):
     def start(self, work: Path) -> None:
         self.root = work / "rclone"
         self.root.mkdir()
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        log = work / "rclone.log"
         self.process = subprocess.Popen(
-            ["rclone", "serve", "webdav", str(self.root), "--addr", f"127.0.0.1:{port}"],
+            # Port 0: rclone picks a free port and says which in its log.
+            ["rclone", "serve", "webdav", str(self.root), "--addr", "127.0.0.1:0"],
             env={**os.environ, "RCLONE_CONFIG": str(work / "rclone.conf")},
             stdout=subprocess.DEVNULL,
-            stderr=open(work / "rclone.log", "w"),
+            stderr=open(log, "w"),
         )
         self.pid = self.process.pid
-        wait_for_port(port, self.process, "rclone serve webdav")
+        self.url = address_in_log(
+            log, r"started on \[?(http://[0-9.]+:[0-9]+)", self.process, "rclone serve webdav"
+        )
 
     def stop(self) -> None:
         if hasattr(self, "process"):

@@ -15,7 +15,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from metadisk.config import ConfigError, load_config
-from metadisk.db import open_database
+from metadisk.db import DatabaseUnavailable, open_database
 from metadisk.ledger import BalanceFull, Ledger, UnknownToken
 from metadisk.node import node_identity
 from metadisk.web.params import byte_count
@@ -94,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     async def command(reactor: Any) -> None:
         try:
             print(await run(reactor, args))
-        except (AdminError, ConfigError) as e:
+        except (AdminError, ConfigError, DatabaseUnavailable) as e:
             raise SystemExit(f"metadisk-admin: {e}") from None
+        except OSError as e:  # the data dir: a file in the way, no rights
+            where = f"{e.filename}: " if e.filename else ""
+            raise SystemExit(f"metadisk-admin: {where}{e.strerror or e}") from None
         except UnknownToken:
             raise SystemExit("metadisk-admin: unknown token") from None
         except BalanceFull:

@@ -16,12 +16,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.nodes import NodeProcess, node_toml, start_node_process
-from tests.support import json_of
+from tests.support import eventually, json_of
 from tests.test_openapi import raw_parts
 
 WAIT = 20.0  # seconds: the bound on any wait for a node process (a busy machine)
@@ -157,11 +156,9 @@ async def node_process(
 
 async def replicated(node: Any, filehash: str, copies: int = 3) -> None:
     """Wait (bounded) until C{find} lists C{copies} hosts for the file."""
-    deadline = reactor.seconds() + WAIT
-    while True:
+
+    async def listed() -> bool:
         record = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
-        if len(record["uploads"]) >= copies:
-            return
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"not replicated: {record}")
-        await deferLater(reactor, 0.1, lambda: None)
+        return len(record["uploads"]) >= copies
+
+    await eventually(listed, WAIT, what=f"{filehash} on {copies} hosts")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from contextlib import closing
@@ -24,6 +23,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import psycopg2
 from attrs import define
 from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.nodes import free_port
 
 ADMIN_URL = os.environ.get("METADISK_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 _reachable: dict[str, str | None] = {}
@@ -85,12 +86,6 @@ def terminate_connections(url: str) -> int:
         (database_name(url),),
     )
     return int(rows[0][0])
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:

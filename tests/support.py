@@ -1,20 +1,22 @@
 """
 What the tests share: a node on a real port, multipart bodies, raw HTTP, web
-servers that count their connections.
+servers that count their connections, and L{eventually}, the one bounded wait
+for what real sockets, processes and threads bring about.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
 from attrs import define
 from treq.client import HTTPClient
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -209,16 +211,64 @@ async def raw_http(
             watchdog.cancel()
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], turns: int = 500) -> None:
+POLL = 0.01  # seconds between two tries of a condition L{eventually} waits for
+
+
+async def eventually(
+    condition: Callable[[], object], timeout: float = 5.0, *, what: str | None = None
+) -> Any:
     """
-    Wait for the node to get somewhere on its own (a thread, a socket), a
-    reactor turn at a time, within a bound; fail if it never does.
+    Wait for something that a real socket, process or thread brings about:
+    try C{condition} (a function, sync or async) every L{POLL} seconds on
+    the real reactor until it gives a true value, and return that value.
+
+    Fail after C{timeout} seconds with an C{AssertionError} naming C{what}
+    never happened (by default the condition's name, file and line), and its
+    last answer; a try still running at the deadline is cancelled, so even a
+    request to a node that hangs cannot stretch the wait. An exception from
+    the condition ends the wait at once. Tests on a L{Clock} never wait: they
+    advance the clock.
     """
-    for _ in range(turns):
-        if await condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("the condition never held")
+    deadline = reactor.seconds() + timeout
+    while True:
+        answer = condition()
+        if isawaitable(answer):
+            # A try begun at the deadline still gets a poll's time.
+            bound = max(deadline - reactor.seconds(), POLL)
+            try:
+                answer = await ensureDeferred(answer).addTimeout(bound, reactor)
+            except defer.TimeoutError as e:
+                if reactor.seconds() < deadline:
+                    raise  # the condition's own
+                raise AssertionError(
+                    f"timed out after {timeout:g} s waiting for {what or _described(condition)};"
+                    " its last try was still running"
+                ) from e
+        if answer:
+            return answer
+        if reactor.seconds() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what or _described(condition)};"
+                f" its last answer: {_short(answer)}"
+            )
+        await deferLater(reactor, POLL, lambda: None)
+
+
+def _described(condition: Any) -> str:
+    """A condition, for a failure message: its name, file and line."""
+    code = getattr(getattr(condition, "__func__", condition), "__code__", None)
+    name = getattr(condition, "__name__", None) or repr(condition)
+    if code is None:
+        return f"{name} to hold"
+    where = f"{Path(code.co_filename).name}:{code.co_firstlineno}"
+    if name == "<lambda>":
+        return f"the condition at {where} to hold"
+    return f"{name}() ({where}) to hold"
+
+
+def _short(answer: object) -> str:
+    text = repr(answer)
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 def status_line(response: bytes) -> int:

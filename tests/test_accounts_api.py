@@ -306,7 +306,7 @@ class PostgresOutageAPITests(TestCase):
             code, _ = await client.call("GET", f"/accounts/token/balance/{token}")
             return code == 200
 
-        await eventually(back, turns=1000)
+        await eventually(back, 10)
         self.assertEqual(await client.balance(token), 1000)
         self.assertEqual(await client.withdraw(token, 10), OK)
         self.assertEqual(await client.balance(token), 990)

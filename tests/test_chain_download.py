@@ -35,7 +35,7 @@ from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_ciph
 from metadisk.store.hosts import SLOWEST_RATE, HostError
 from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
 from metadisk.store.hosts.url import PROGRESS_WINDOW, BlobReceiver, URLHost
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.support import json_of, start_node, test_config
 
 LOOPBACK = ["127.0.0.0/8"]  # where the test servers are: to be let through

@@ -12,26 +12,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from metadisk.config import Config
 from tests.fakes import WebDAVServer
-from tests.support import RunningNode, json_of, local_host, start_node, test_config, upload
+from tests.support import (
+    RunningNode,
+    eventually,
+    json_of,
+    local_host,
+    start_node,
+    test_config,
+    upload,
+)
 from tests.test_chain_litecoin import litecoind
 
 POLL = 0.2  # seconds between the nodes' chain rounds
-
-
-async def within(seconds: float, condition: Any) -> Any:
-    """Wait, boundedly, for real processes (litecoind, rclone, the nodes' loops)."""
-    for _ in range(int(seconds / 0.05)):
-        result = await condition()
-        if result:
-            return result
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"not reached within {seconds} s")
 
 
 class EndToEndTests(TestCase):
@@ -96,7 +92,7 @@ class EndToEndTests(TestCase):
             )
             return rows == [("published",)]
 
-        await within(60, published)
+        await eventually(published, 60)
         self.assertEqual((await self.status(a))["sync"]["blockchain_queue"]["count"], 0)
         self.assertGreater(len(await self.litecoind.rpc().call("getrawmempool")), 0)
         record = await self.find(a, filehash)
@@ -104,7 +100,7 @@ class EndToEndTests(TestCase):
         self.assertIsNone(await self.find(b, filehash))
 
         await self.litecoind.mine()
-        found = await within(30, lambda: self.find(b, filehash))
+        found = await eventually(lambda: self.find(b, filehash), 30, what="node B to find the file")
         self.assertEqual(found, record)
         self.assertEqual(await self.download(b, filehash, key), data)
 
@@ -119,7 +115,8 @@ class EndToEndTests(TestCase):
         # A node started later reads the whole chain from block 0.
         await self.litecoind.mine(3)
         c = await start_node(self, self.config("c"))
-        self.assertEqual(await within(30, lambda: self.find(c, filehash)), record)
+        found = await eventually(lambda: self.find(c, filehash), 30, what="node C to find the file")
+        self.assertEqual(found, record)
         self.assertEqual(await self.download(c, filehash, key), data)
 
     async def test_the_chain_down_stops_nothing(self) -> None:
@@ -136,6 +133,6 @@ class EndToEndTests(TestCase):
             refused = "refused" in (status["datacoin"]["error"] or "")
             return status if queued and refused else None
 
-        status = await within(30, waiting)
+        status = await eventually(waiting, 30)
         self.assertEqual(status["sync"]["blockchain_queue"]["size"], len(data))
         self.assertIn("refused", status["datacoin"]["error"])

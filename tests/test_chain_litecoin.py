@@ -7,7 +7,6 @@ entries out and back, the coinbase's witness commitment, the mempool's
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -32,15 +30,11 @@ from metadisk.chain.rpc import ChainUnavailable, JSONRPCClient, RPCError
 from metadisk.store.catalog import Catalog
 from metadisk.store.claims import Claims
 from tests.fakes import require_tool
+from tests.nodes import free_port
+from tests.support import eventually
 from tests.test_chain_sync import ChainTestCase
 
 USER, PASSWORD = "metadisk", "regtest-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_client() -> HTTPClient:
@@ -103,16 +97,18 @@ class Litecoind:
             env={**os.environ},
         )
         rpc = self.rpc(timeout=2)
-        for _ in range(300):  # bounded: 30 s for a daemon that starts in well under one
+
+        async def answers() -> bool:
             if self._child.ended.called:
                 raise AssertionError(f"litecoind ended: {bytes(self._child.output)!r}")
             try:
                 await rpc.call("getblockcount")
-                break
+                return True
             except (ChainUnavailable, RPCError):  # not listening yet / -28 warming up
-                await deferLater(reactor, 0.1, lambda: None)
-        else:
-            raise AssertionError("litecoind did not answer within 30 s")
+                return False
+
+        # A daemon that starts in well under a second.
+        await eventually(answers, 30, what="litecoind to answer")
         rpc = self.rpc()
         await rpc.call("createwallet", "w")
         self.address = await rpc.call("getnewaddress")

@@ -30,7 +30,7 @@ from metadisk.db import open_database
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.catalog import Catalog, FileRecord
 from metadisk.store.claims import Claims
-from tests.fake_florincoind import MAX_TX_COMMENT_LEN, FakeFlorincoind, RPCFailure
+from tests.fakes.florincoind import MAX_TX_COMMENT_LEN, FakeFlorincoind, RPCFailure
 from tests.pg import create_database
 
 WAIT = 3600.0

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tomllib
@@ -28,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metadisk.client import command, download, errors
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
+from tests.nodes import free_port
 from tests.support import RunningNode, funded_token, start_node, test_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,12 +75,6 @@ def expected_upload(data: bytes) -> tuple[str, str]:
     """(filehash, key) of C{data} under the default convergence secret."""
     key = convergent_key(DEFAULT_CONVERGENCE_SECRET, hashlib.sha256(data).hexdigest())
     return hashlib.sha256(ctr_cipher(key).encrypt(data)).hexdigest(), key.hex()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CLITestCase(TestCase):

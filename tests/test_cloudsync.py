@@ -1,8 +1,9 @@
 """
 Replication that heals itself. Unit tests drive CloudSync and Repair with a
-Clock over hosts wrapped in L{FaultyHost} (break / hang / corrupt / lose),
-plus a plowshare host whose process hangs on a fake IReactorProcess; an
-integration test runs a node on four real `rclone serve webdav` remotes.
+Clock on a L{tests.fakes.grid.Grid}, hosts wrapped in L{FaultyHost} (break /
+hang / corrupt / lose), plus a plowshare host whose process hangs on a fake
+IReactorProcess; an integration test runs a node on four real `rclone serve
+webdav` remotes.
 """
 
 from __future__ import annotations
@@ -13,88 +14,22 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from metadisk.db import open_database
-from metadisk.interfaces import ITransaction
 from metadisk.periodic import Periodic
 from metadisk.store.blocking import in_caller
-from metadisk.store.cache import BlobCache
-from metadisk.store.catalog import Catalog
 from metadisk.store.claims import ClaimFetcher, Claims
-from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, CloudSync, NoCopyAvailable
+from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, NoCopyAvailable
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE
-from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessRunner
 from metadisk.store.hosts.url import URLHost
-from metadisk.store.repair import Repair
-from tests.fakes import FakeProcessReactor, FaultyHost, WebDAVServer, eventually, require_tool
-from tests.support import json_of, multipart, start_node, test_config
-
-
-class Grid:
-    """A database, a cache, hosts behind L{FaultyHost}, a CloudSync and a Repair on a Clock."""
-
-    def __init__(self, case: TestCase, base: Path, db: Any, hosts: list[Any], copies: int):
-        self.case = case
-        self.base = base
-        self.db = db
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.catalog = Catalog(db)
-        self.cache = BlobCache(
-            base / "cache", 64 * 2**20, lambda fhs: self.catalog.replicated(fhs, copies)
-        )
-        self.cache.load()
-        self.hosts = hosts
-        self.sync = CloudSync(
-            db, self.catalog, self.cache, hosts, self.clock, in_caller, "node1", copies
-        )
-        self.repair = Repair(db, self.sync, self.cache, hosts, self.clock, in_caller, sample=100)
-
-    @classmethod
-    async def create(
-        cls, case: TestCase, hosts: int = 3, copies: int = 3, extra: list[Any] = ()
-    ) -> Grid:
-        base = Path(case.mktemp()).resolve()
-        base.mkdir()
-        db = await open_database(f"sqlite:///{base / 'db.sqlite'}", reactor)
-        case.addCleanup(db.close)
-        faulty = [
-            FaultyHost(LocalDirectoryHost(f"h{i}", base / f"h{i}", in_caller)) for i in range(hosts)
-        ]
-        return cls(case, base, db, [*extra, *faulty], copies)
-
-    def host(self, name: str) -> Any:
-        return next(h for h in self.hosts if h.name == name)
-
-    async def add(self, content: bytes) -> str:
-        """A blob in the cache, recorded and queued, as an upload leaves it."""
-        filehash = hashlib.sha256(content).hexdigest()
-        source = self.base / "incoming"
-        source.write_bytes(content)
-        self.cache.add(filehash, source, await self.cache.allocate(len(content)))
-
-        async def record(txn: ITransaction) -> None:
-            await self.catalog.add_file(txn, filehash, "a.txt", len(content), 1)
-            await self.sync.queue.add(txn, filehash)
-
-        await self.db.transaction(record)
-        return filehash
-
-    async def holders(self, filehash: str) -> list[str]:
-        return sorted(name for name, _ in await self.catalog.hosts_of(filehash))
-
-    async def queued(self) -> list[tuple[str, int]]:
-        return await self.db.query("SELECT filehash, attempts FROM cloud_queue ORDER BY filehash")
-
-    def copy_on(self, name: str, filehash: str) -> Path:
-        return self.base / name / filehash
+from tests.fakes import FakeProcessReactor, WebDAVServer, require_tool
+from tests.fakes.grid import Grid
+from tests.support import eventually, json_of, multipart, start_node, test_config
 
 
 class ReplicationTests(TestCase):
@@ -577,13 +512,13 @@ class NodeOnRcloneTests(TestCase):
         return sorted(upload["host_name"] for upload in record["uploads"])
 
     async def until_hosts(self, filehash: str, expected: list[str]) -> None:
-        for _ in range(600):  # 30 s at most
-            if await self.hosts_of(filehash) == expected:
-                return
-            waited: Deferred[None] = Deferred()
-            reactor.callLater(0.05, waited.callback, None)
-            await waited
-        self.assertEqual(await self.hosts_of(filehash), expected)
+        async def listed() -> bool:
+            return await self.hosts_of(filehash) == expected
+
+        try:
+            await eventually(listed, 30)
+        except AssertionError:
+            self.assertEqual(await self.hosts_of(filehash), expected)  # says how they differ
 
     async def test_heals(self) -> None:
         node = self.running.node
@@ -606,7 +541,7 @@ class NodeOnRcloneTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), data)
         # …and the corrupt copy is replaced by a good one (on a live host).
-        await eventually(lambda: self.copy(0, filehash).read_bytes() == ciphertext, timeout=30)
+        await eventually(lambda: self.copy(0, filehash).read_bytes() == ciphertext, 30)
         await self.until_hosts(filehash, ["dav0", "dav1", "dav2"])
 
         # A copy deleted from a remote: repair finds it gone and puts it back.

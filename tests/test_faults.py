@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
-import sys
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,128 +17,57 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
-from tests.fake_florincoind import FakeFlorincoind
-from tests.support import funded_token, json_of, multipart, start_node, test_config, upload
+from tests.fakes.florincoind import FakeFlorincoind
+from tests.nodes import Client, NodeProcess, node_toml
+from tests.support import (
+    eventually,
+    funded_token,
+    json_of,
+    multipart,
+    start_node,
+    test_config,
+    upload,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 CREDIT = 10**10
 START_TIMEOUT = 60.0  # seconds for a node process to answer, on a busy machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def node_process(case: TestCase, toml: str = "") -> NodeProcess:
+    """
+    A node process, not started yet: its data in C{data/}, three local hosts
+    in C{hosts/}, C{toml} added to its config; stopped when the test ends.
+    """
+    base = Path(case.mktemp()).resolve()
+    secret = secrets.token_urlsafe(24)
+    hosts = [base / "hosts" / f"local{i}" for i in (1, 2, 3)]
+    config = node_toml(base / "data", secret=secret, hosts=hosts) + toml
+    pool = HTTPConnectionPool(reactor, persistent=False)  # no connection outlives a kill
+    node = NodeProcess(base, config, secret, HTTPClient(Agent(reactor, pool=pool)), reactor)
+    case.addCleanup(lambda: Deferred.fromCoroutine(node.stop()))
+    return node
 
 
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Poll C{condition} (async) until it holds; a bounded wait on a real process."""
-    deadline = reactor.seconds() + timeout
-    while not await condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.05, lambda: None)
+async def get_json(node: NodeProcess, path: str) -> Any:
+    return await json_of(await node.http.get(node.url + path))
 
 
-class _Ended(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred[None] = Deferred()
+async def funded(node: NodeProcess, amount: int) -> str:
+    client = Client(node)
+    token = await client.new_token()
+    assert await client.deposit(token, amount) == (200, {"status": "ok"})
+    return token
 
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
 
-
-class NodeProcess:
-    """A node run by twistd in a child process on one data dir, restartable after a kill."""
-
-    def __init__(self, case: TestCase, base: Path, toml: str = "") -> None:
-        self.base = base
-        base.mkdir(parents=True, exist_ok=True)
-        self.data = base / "data"
-        self.hosts = base / "hosts"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        hosts = "".join(
-            f'[[hosts]]\nname = "local{i}"\nkind = "local"\npath = "{self.hosts / f"local{i}"}"\n'
-            for i in (1, 2, 3)
-        )
-        self.config = base / "metadisk.toml"
-        self.config.write_text(
-            f'[storage]\ncapacity = "64 MiB"\nmax_file_size = "16 MiB"\n'
-            f"[replication]\ninterval = 0.2\n{toml}\n{hosts}"
-        )
-        pool = HTTPConnectionPool(reactor, persistent=False)  # no connection outlives a kill
-        self.http = HTTPClient(Agent(reactor, pool=pool))
-        self._protocol: _Ended | None = None
-        self._process: Any = None
-        case.addCleanup(self.kill)
-
-    async def start(self) -> None:
-        self._protocol = _Ended()
-        argv = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--nodaemon", "--pidfile=", "--logfile", str(self.base / "node.log"),
-            "metadisk", "--config", str(self.config),
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data),
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self._process = reactor.spawnProcess(self._protocol, argv[0], argv, env=env, path=str(ROOT))
-
-        async def answers() -> bool:
-            if self._protocol.ended.called:
-                log = (self.base / "node.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"the node exited at start:\n{log}")
-            try:
-                response = await self.http.get(self.url + "/api/status")
-                await response.content()
-                return response.code == 200
-            except Exception:
-                return False
-
-        await wait_for(answers, START_TIMEOUT, "the node to answer")
-        self.secret = (self.data / "secret_key").read_text().strip()
-
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a power cut or the OOM killer."""
-        if self._protocol is None or self._protocol.ended.called:
-            return
-        try:
-            self._process.signalProcess(signal.SIGKILL)
-        except ProcessExitedAlready:
-            pass
-        await self._protocol.ended
-
-    async def get_json(self, path: str) -> Any:
-        return await json_of(await self.http.get(self.url + path))
-
-    async def balance(self, token: str) -> int:
-        return (await self.get_json(f"/accounts/token/balance/{token}"))["balance"]
-
-    async def token(self, amount: int) -> str:
-        token = (await json_of(await self.http.post(self.url + "/accounts/token/new")))["token"]
-        response = await self.http.post(
-            self.url + f"/accounts/token/deposit/{token}",
-            json={"bytes": amount},
-            headers={"Authentication": self.secret},
-        )
-        assert (await json_of(response)) == {"status": "ok"}
-        return token
-
-    async def upload(self, data: bytes, token: str) -> dict[str, str]:
-        content_type, body = multipart(("token", None, token.encode()), ("file", "f.bin", data))
-        response = await self.http.post(
-            self.url + "/api/upload", data=body, headers={"Content-Type": content_type}
-        )
-        assert response.code == 201, response.code
-        return await json_of(response)
+async def uploaded(node: NodeProcess, data: bytes, token: str) -> dict[str, str]:
+    response = await upload(node, data, token, name="f.bin")
+    assert response.code == 201, response.code
+    return await json_of(response)
 
 
 class _Trickle(Protocol):
@@ -175,9 +102,10 @@ class KilledNodeTests(TestCase):
 
     async def test_killed_while_receiving_an_upload(self) -> None:
         """The half-received upload is gone after a restart, and its reservation refunded."""
-        node = NodeProcess(self, Path(self.mktemp()).resolve())
-        await node.start()
-        token = await node.token(CREDIT)
+        node = node_process(self)
+        await node.start(START_TIMEOUT)
+        balance = Client(node).balance
+        token = await funded(node, CREDIT)
         content_type, body = multipart(
             ("token", None, token.encode()), ("file", "big.bin", os.urandom(4 * 2**20))
         )
@@ -186,90 +114,91 @@ class KilledNodeTests(TestCase):
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         sender = await open_connection(node.port, head + body[: 2**20])
-        incoming = node.data / "incoming"
+        incoming = node.directory / "data" / "incoming"
 
         async def receiving() -> bool:
-            reserved = await node.balance(token) == CREDIT - 4 * len(body)
+            reserved = await balance(token) == CREDIT - 4 * len(body)
             return reserved and any(p.stat().st_size > 0 for p in incoming.glob("*.part"))
 
-        await wait_for(receiving, 30, "the upload to be half received")
+        await eventually(receiving, 30, what="the upload to be half received")
         await node.kill()
         sender.transport.abortConnection()
 
-        await node.start()
-        self.assertEqual(await node.balance(token), CREDIT)
+        await node.start(START_TIMEOUT)
+        self.assertEqual(await balance(token), CREDIT)
         self.assertEqual(os.listdir(incoming), [])
-        status = await node.get_json("/api/status")
+        status = await get_json(node, "/api/status")
         self.assertEqual(status["storage"]["used"], 0)
         self.assertEqual(status["sync"]["cloud_queue"], {"count": 0, "size": 0})
 
     async def test_killed_while_replicating(self) -> None:
         """An accepted upload survives: replication finishes after the restart, charged once."""
-        node = NodeProcess(self, Path(self.mktemp()).resolve())
+        node = node_process(self)
+        hosts = node.directory / "hosts"
+        balance = Client(node).balance
         data = os.urandom(300_000)
         filehash = filehash_of(data)
         # local3 hangs on this blob: its temporary file is a FIFO nobody reads.
-        (node.hosts / "local3").mkdir(parents=True)
-        stuck = node.hosts / "local3" / f"{filehash}.partial"
+        (hosts / "local3").mkdir(parents=True)
+        stuck = hosts / "local3" / f"{filehash}.partial"
         os.mkfifo(stuck)
-        await node.start()
-        token = await node.token(CREDIT)
-        result = await node.upload(data, token)
+        await node.start(START_TIMEOUT)
+        token = await funded(node, CREDIT)
+        result = await uploaded(node, data, token)
         self.assertEqual(result["filehash"], filehash)
 
         async def replicating() -> bool:
-            return (node.hosts / "local1" / filehash).is_file()
+            return (hosts / "local1" / filehash).is_file()
 
-        await wait_for(replicating, 30, "replication to start")
-        status = await node.get_json("/api/status")
+        await eventually(replicating, 30, what="replication to start")
+        status = await get_json(node, "/api/status")
         self.assertEqual(status["sync"]["cloud_queue"], {"count": 1, "size": len(data)})
         await node.kill()
 
         stuck.unlink()  # the host is well again
-        await node.start()
+        await node.start(START_TIMEOUT)
 
         async def replicated() -> bool:
-            record = await node.get_json(f"/api/find/{filehash}")
+            record = await get_json(node, f"/api/find/{filehash}")
             return len(record["uploads"]) == 3
 
-        await wait_for(replicated, 30, "replication to finish")
+        await eventually(replicated, 30, what="replication to finish")
         for i in (1, 2, 3):
-            blob = (node.hosts / f"local{i}" / filehash).read_bytes()
+            blob = (hosts / f"local{i}" / filehash).read_bytes()
             self.assertEqual(hashlib.sha256(blob).hexdigest(), filehash)
         response = await node.http.get(
             node.url + f"/api/download/{filehash}", params={"key": result["key"], "token": token}
         )
         self.assertEqual(await response.content(), data)
-        self.assertEqual(await node.balance(token), CREDIT - 4 * len(data) - len(data))
-        status = await node.get_json("/api/status")
+        self.assertEqual(await balance(token), CREDIT - 4 * len(data) - len(data))
+        status = await get_json(node, "/api/status")
         self.assertEqual(status["sync"]["cloud_queue"], {"count": 0, "size": 0})
         self.assertEqual(status["storage"]["used"], len(data))
 
     async def test_killed_while_serving_a_download(self) -> None:
         """The reservation of a download cut short by the kill is refunded at restart."""
-        node = NodeProcess(
-            self, Path(self.mktemp()).resolve(), "[bandwidth]\nper_transfer_outgoing = 65536"
-        )
-        await node.start()
-        token = await node.token(CREDIT)
+        node = node_process(self, "[bandwidth]\nper_transfer_outgoing = 65536\n")
+        await node.start(START_TIMEOUT)
+        balance = Client(node).balance
+        token = await funded(node, CREDIT)
         data = os.urandom(2**20)
-        result = await node.upload(data, token)
-        before = await node.balance(token)
+        result = await uploaded(node, data, token)
+        before = await balance(token)
         receiver = await open_connection(
             node.port,
             f"GET /api/download/{result['filehash']}?token={token} HTTP/1.1\r\n\r\n".encode(),
         )
 
         async def streaming() -> bool:
-            return len(receiver.received) > 1000 and await node.balance(token) == before - len(data)
+            return len(receiver.received) > 1000 and await balance(token) == before - len(data)
 
-        await wait_for(streaming, 30, "the download to be under way")
+        await eventually(streaming, 30, what="the download to be under way")
         await node.kill()
         receiver.transport.abortConnection()
         self.assertLess(len(receiver.received), len(data))  # it really was cut short
 
-        await node.start()
-        self.assertEqual(await node.balance(token), before)
+        await node.start(START_TIMEOUT)
+        self.assertEqual(await balance(token), before)
 
     async def test_killed_while_publishing(self) -> None:
         """A send in flight at the kill is found in the wallet after the restart, not repeated."""
@@ -280,30 +209,30 @@ class KilledNodeTests(TestCase):
             f'[chain]\nkind = "florincoin"\nurl = "{url}"\npoll_interval = 0.2\n'
             "timeout = 0.5\nmin_confirmations = 0\n"
         )
-        node = NodeProcess(self, Path(self.mktemp()).resolve(), toml)
+        node = node_process(self, toml)
         # The wallet sends the entry, but the node never hears back: then it is killed.
         chain.lose_answer.add("sendtoaddress")
         held = chain.held()
-        await node.start()
-        token = await node.token(CREDIT)
+        await node.start(START_TIMEOUT)
+        token = await funded(node, CREDIT)
         data = os.urandom(10_000)
-        result = await node.upload(data, token)
+        result = await uploaded(node, data, token)
 
         async def sending() -> bool:
             return held.called
 
-        await wait_for(sending, 30, "the node to publish")
+        await eventually(sending, 30, what="the node to publish")
         self.assertEqual(chain.calls.count("sendtoaddress"), 1)  # the first entry, unanswered
         await node.kill()
         chain.mine()
 
-        await node.start()
+        await node.start(START_TIMEOUT)
 
         async def published() -> bool:
-            status = await node.get_json("/api/status")
+            status = await get_json(node, "/api/status")
             return status["sync"]["blockchain_queue"]["count"] == 0
 
-        await wait_for(published, 30, "the record to be published")
+        await eventually(published, 30, what="the record to be published")
         chain.mine()
         # A few more rounds of the publisher and the reader: still one send.
         calls = len(chain.calls)
@@ -311,16 +240,16 @@ class KilledNodeTests(TestCase):
         async def more_rounds() -> bool:
             return len(chain.calls) > calls + 10
 
-        await wait_for(more_rounds, 30, "more chain rounds")
+        await eventually(more_rounds, 30, what="more chain rounds")
         # Each entry of the batch (a record with long URLs takes several) went out exactly once,
         # the one in flight at the kill included: recovered from the wallet, not sent again.
         tags = sorted(tx["comment"] for tx in chain.wallet)
         batch = tags[0].split()[1]
         self.assertEqual(tags, [f"metadisk {batch} {i}" for i in range(len(tags))])
         self.assertEqual(chain.calls.count("sendtoaddress"), len(tags))
-        record = await node.get_json(f"/api/find/{result['filehash']}")
+        record = await get_json(node, f"/api/find/{result['filehash']}")
         self.assertEqual(len(record["uploads"]), 3)
-        self.assertEqual(await node.balance(token), CREDIT - 4 * len(data))
+        self.assertEqual(await Client(node).balance(token), CREDIT - 4 * len(data))
 
 
 class HostDownTests(TestCase):

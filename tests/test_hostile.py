@@ -124,7 +124,7 @@ class HostileCase(TestCase):
         if await settled():
             return
         try:
-            await eventually(settled, turns=200)
+            await eventually(settled, 2)
         except AssertionError:
             self.assertEqual(await self.state(), before)
 

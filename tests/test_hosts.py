@@ -32,13 +32,13 @@ from metadisk.store.hosts.rclone import RcloneHost, object_url, public_location
 from tests.fakes import (
     RecordingRunner,
     WebDAVServer,
-    eventually,
     hung_pids,
     is_gone,
     plowshare_env,
     require_tool,
     set_plowshare_mode,
 )
+from tests.support import eventually
 
 HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
 BLOB_SIZE = 256 * 1024  # bytes of a test blob, unless a test says otherwise
@@ -193,7 +193,7 @@ class FileHostTestsMixin:
             await self.host.exists(filehash, url)
         self.assertLess(reactor.seconds() - started, HANG_TIMEOUT + 5)
         # The killed tool is reaped and its slot given back.
-        await eventually(lambda: self.host._runner.running == 0)
+        await eventually(lambda: self.host._runner.running == 0, 10)
 
 
 class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
@@ -445,7 +445,7 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
         # plowshare runs curl under bash: the tool and its child are both gone.
         pids = hung_pids(self.sites)
         self.assertEqual(len(pids), 2)
-        await eventually(lambda: all(is_gone(pid) for pid in pids))
+        await eventually(lambda: all(is_gone(pid) for pid in pids), 10)
 
     async def test_url_from_last_token(self) -> None:
         """plowup prints '#DEL <link>' first and the download link last."""

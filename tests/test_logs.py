@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metadisk.logs import ACCESS_NAMESPACE, JSONLinesObserver, event_as_json
 from metadisk.tap import Options, makeService
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,9 +251,6 @@ class _Collect(ProcessProtocol):
 
 class TwistdTests(TestCase):
     async def test_twistd_writes_json_lines(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         data_dir = Path(self.mktemp()).resolve()
         protocol = _Collect()
         args = [
@@ -264,7 +261,7 @@ class TwistdTests(TestCase):
             "--pidfile=",
             "metadisk",
             "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",  # the port it gets is in its log
             "--data-dir",
             str(data_dir),
             "--log-format",
@@ -283,7 +280,12 @@ class TwistdTests(TestCase):
         async def listening() -> bool:
             return any("listening on" in line["message"] for line in protocol.lines())
 
-        await eventually(listening, turns=3000)  # a real process: at most 30 s
+        await eventually(listening, 30)  # a real process
+        [port] = [
+            match.group(1)
+            for line in protocol.lines()
+            if (match := re.search(r"starting on (\d+)", line["message"]))
+        ]
         token = "SECRETTOKEN12345"
         node_url = f"http://127.0.0.1:{port}"
         response = await _client(self).get(f"{node_url}/api/find/{'0' * 64}?token={token}")
@@ -293,7 +295,7 @@ class TwistdTests(TestCase):
         async def logged() -> bool:
             return any(line["namespace"] == ACCESS_NAMESPACE for line in protocol.lines())
 
-        await eventually(logged, turns=3000)
+        await eventually(logged, 30)
         [line] = [line for line in protocol.lines() if line["namespace"] == ACCESS_NAMESPACE]
         self.assertEqual(line["path"], f"/api/find/{'0' * 64}?token=SECR...")
         self.assertEqual((line["method"], line["status"], line["level"]), ("GET", "404", "info"))

@@ -40,7 +40,7 @@ from metadisk.chain.rpc import JSONRPCClient
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.db import open_database
 from metadisk.logs import ACCESS_NAMESPACE
-from tests.fake_florincoind import FakeFlorincoind
+from tests.fakes.florincoind import FakeFlorincoind
 from tests.flood import (
     WAIT,
     ClientSocket,
@@ -697,13 +697,14 @@ class IdleConnectionFloodTests(TestCase):
         )
         self.assertEqual(status, 201, answer)
         filehash = json.loads(answer)["filehash"]
-        for _ in range(int(WAIT / 0.1)):
-            status, _, answer = await kept.request(
+
+        async def on_three_hosts() -> bytes | None:
+            _, _, answer = await kept.request(
                 b"GET /api/find/%s HTTP/1.1\r\nHost: x\r\n\r\n" % filehash.encode()
             )
-            if len(json.loads(answer)["uploads"]) == 3:
-                break
-            await deferLater(reactor, 0.1, lambda: None)
+            return answer if len(json.loads(answer)["uploads"]) == 3 else None
+
+        answer = await eventually(on_three_hosts, WAIT)
         self.assertEqual(len(json.loads(answer)["uploads"]), 3, answer)
         self.assert_no_descriptor_errors(node)
 

@@ -27,7 +27,8 @@ from metadisk.store.hosts.process import (
     Tool,
     ToolNotFound,
 )
-from tests.fakes import FakeProcessReactor, eventually, is_gone
+from tests.fakes import FakeProcessReactor, is_gone
+from tests.support import eventually
 
 TOOL = Tool("mytool", {3: "network error", 13: "link dead"})
 
@@ -252,12 +253,12 @@ class RealProcessTests(TestCase):
         )
         runner = ProcessRunner(reactor, reactor, env=env, timeout=1.5, kill_grace=2)
         d = runner.run(Tool("hanger"), [])
-        await eventually(lambda: pids.exists() and pids.read_text())
+        await eventually(lambda: pids.exists() and pids.read_text(), 10)
         grandchild = int(pids.read_text())
         self.assertFalse(is_gone(grandchild))
         with self.assertRaises(ProcessTimedOut):
             await d
-        await eventually(lambda: is_gone(grandchild) and runner.running == 0)
+        await eventually(lambda: is_gone(grandchild) and runner.running == 0, 10)
 
     async def test_cancel_real(self) -> None:
         env = install_tool(self, "sleeper", "import time\ntime.sleep(600)\n")
@@ -269,4 +270,4 @@ class RealProcessTests(TestCase):
         d.cancel()
         with self.assertRaises(CancelledError):
             await d
-        await eventually(lambda: runner.running == 0)
+        await eventually(lambda: runner.running == 0, 10)

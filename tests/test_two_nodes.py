@@ -112,7 +112,7 @@ class TwoNodeProcessesTests(TestCase):
                     return False
             return True
 
-        await eventually(replicated, turns=2000)
+        await eventually(replicated, 20)
         for i, (result, data) in enumerate(seeds):
             other = nodes[(i + 1) % 2]
             fetched = await other.http.get(

@@ -1,7 +1,10 @@
 """
-Stand-ins for the tests of hosts and replication: a fake IReactorProcess, a
-real `rclone serve webdav` on loopback, the fake plowshare tools on PATH, and
-a host wrapper that breaks, hangs, corrupts and loses on command.
+Stand-ins for the tests: here, for hosts and replication, a fake
+IReactorProcess, a real `rclone serve webdav` on loopback, the fake plowshare
+tools on PATH (fakeplow.py) and a host wrapper that breaks, hangs and
+corrupts on command; in L{tests.fakes.grid}, a whole grid of those hosts over
+one database and cache; in L{tests.fakes.florincoind}, an in-process
+florincoind for the chain's tests.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
@@ -81,15 +83,6 @@ def is_gone(pid: int) -> bool:
         except ProcessLookupError:
             return True
         return False
-
-
-async def eventually(check: Any, timeout: float = 10.0, step: float = 0.05) -> None:
-    """Wait, boundedly, for a real process or server to reach a state."""
-    for _ in range(int(timeout / step)):
-        if check():
-            return
-        await deferLater(reactor, step, lambda: None)
-    raise AssertionError(f"not reached within {timeout} s: {check}")
 
 
 class _Server(ProcessProtocol):
@@ -276,8 +269,9 @@ class RecordingRunner:
 class FaultyHost:
     """
     Wraps a host and misbehaves on command (Tahoe's NoNetworkGrid style):
-    C{broken} fails every call, C{hanging} never answers (until cancelled),
-    C{corrupt} delivers flipped bytes, C{lose(filehash)} deletes a copy.
+    C{broken} fails every call, C{hanging} never answers (until cancelled;
+    the calls held are in C{hung}), C{corrupt} delivers flipped bytes. A
+    whole grid of them: L{tests.fakes.grid.Grid}.
     """
 
     inner: Any

@@ -8,9 +8,12 @@ C{getrawtransaction} + C{decoderawtransaction} give the comment back in the
 field C{tx-comment}; errors are HTTP 500 (404 for an unknown method) with a
 JSON C{error} object; bad credentials get 401 with an empty body.
 
-Tests drive the chain: C{mine()}, C{reorganise()}, C{hang} (answers nothing), C{fail} (method name
--> (code, message) for its next call), C{lose_answer} (method names whose next
-call is carried out but never answered).
+Tests drive the chain: C{mine()}, C{reorganise()}, C{publish()} (someone
+else's records), C{hang} (answers nothing), C{fail} (method name -> (code,
+message) for its next call), C{lose_answer} (method names whose next call is
+carried out but never answered), C{held()} (fires when a call is left
+unanswered). C{listen(reactor)} serves it on a loopback port of its own
+(port 0) and gives the URL a node's C{[chain] url} takes.
 """
 
 from __future__ import annotations
