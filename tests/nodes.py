@@ -40,9 +40,10 @@ def free_port() -> int:
     (C{reactor.listenTCP(0, ...)}). The callers left cannot: PostgreSQL
     (L{tests.pg.ThrowawayCluster}, stopped and started again on the same
     port), litecoind's C{-rpcport} (tests/test_chain_litecoin.py), a port
-    where nothing listens (tests/test_cli.py's unreachable node), and the
-    ports Tahoe-LAFS writes into its configuration when it creates a node
-    (bench/transfer.py).
+    where nothing listens (tests/test_cli.py's unreachable node: a socket
+    bound and never listening, held for the test as tests/test_db.py and
+    tests/test_admin.py do, would have no race), and the ports Tahoe-LAFS
+    writes into its configuration when it creates a node (bench/transfer.py).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

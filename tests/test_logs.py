@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +105,12 @@ class RequestLogTests(TestCase):
             node.url + f"/api/download/{filehash}", params={"key": key, "token": token}
         )
         self.assertEqual(await response.content(), data)
-
-        def logged(n: int) -> Callable[[], Awaitable[bool]]:
-            async def condition() -> bool:
-                return len(access_events(observer)) >= n
-
-            return condition
-
-        # A download is logged once the client has acknowledged its last byte: maybe after
-        # the client's next request.
-        await eventually(logged(4))
+        # A download ends (and is logged) once the client's kernel has acknowledged it and its
+        # charge is settled, a moment after the last byte came: then comes the next request.
+        await eventually(lambda: len(access_events(observer)) >= 4, what="the download's line")
         await (await node.http.get(node.url + f"/accounts/token/balance/{token}")).content()
         await (await node.http.get(node.url + "/nowhere")).content()
-        await eventually(logged(6))
+        await eventually(lambda: len(access_events(observer)) >= 6, what="six lines")
         events = access_events(observer)
         self.assertEqual(
             [(e["method"], e["route"], e["status"]) for e in events],
