@@ -235,8 +235,8 @@ class Metrics:
         self.ledger_charged.inc(max(0, charged))
         self.ledger_refunded.inc(max(0, refunded))
 
-    def host_failed(self, host: str, operation: str) -> None:
-        self.host_failures.labels(host, operation).inc()
+    def host_failed(self, host: str, operation: str, times: int = 1) -> None:
+        self.host_failures.labels(host, operation).inc(times)
 
     def throttled(self, direction: str, seconds: float) -> None:
         """A transfer waited C{seconds} for the bandwidth throttle."""

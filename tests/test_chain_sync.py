@@ -104,7 +104,10 @@ class ChainTestCase(TestCase):
 
         await db.transaction(record)
         for i in range(hosts):
-            await catalog.add_upload(h, f"host{i}", f"http://host{i}.example/{h}", float(i))
+            url = f"http://host{i}.example/{h}"
+            await db.transaction(
+                lambda txn, i=i, url=url: catalog.add_upload(txn, h, f"host{i}", url, float(i))
+            )
         return h
 
     def publisher(self, db: IDatabase, node_id: str = "node-a", chain: Any = None) -> Publisher:
@@ -167,7 +170,9 @@ class PublishAndReadTests(ChainTestCase):
         h = await self.add_file(db, 1, hosts=1)
         await self.publisher(db).publish_once()
         published = (await Catalog(db).find(h)).to_json()
-        await Catalog(db).add_upload(h, "late-host", "http://late.example/x", 99.0)
+        await db.transaction(
+            lambda txn: Catalog.add_upload(txn, h, "late-host", "http://late.example/x", 99.0)
+        )
         self.assertEqual((await Catalog(db).find(h)).to_json(), published)
         self.assertEqual(len((await Catalog(db).current(h)).uploads), 2)
 

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from metadisk.periodic import Periodic
 from metadisk.store.blocking import in_caller
+from metadisk.store.catalog import Catalog
 from metadisk.store.claims import ClaimFetcher, Claims
 from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, NoCopyAvailable
 from metadisk.store.files import FileStore
@@ -43,6 +44,17 @@ class ReplicationTests(TestCase):
             self.assertEqual(grid.copy_on(name, filehash).read_bytes(), b"hello" * 1000)
         self.assertEqual(await grid.queued(), [])
         self.assertEqual(await grid.sync.queue.pending(), (0, 0))
+
+    async def test_a_round_is_one_job_a_host(self) -> None:
+        """Many blobs due: each host gets them all in one store_all, not one call a blob."""
+        grid = await Grid.create(self)
+        blobs = [await grid.add(b"blob %d" % i) for i in range(20)]
+        self.assertEqual(await grid.sync.run_once(), 20)
+        for name in ("h0", "h1", "h2"):
+            self.assertEqual(grid.host(name).calls, ["store"])
+        for filehash in blobs:
+            self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(await grid.queued(), [])
 
     async def test_one_host_dead_three_copies_on_the_others(self) -> None:
         grid = await Grid.create(self, hosts=4)
@@ -78,18 +90,21 @@ class ReplicationTests(TestCase):
         h2 = grid.host("h2")
         h2.broken = True
         filehash = await grid.add(b"backoff")
-        for attempt in range(FAILURES_BEFORE_UNHEALTHY):
-            await grid.sync.replicate(filehash, attempt)
+        for _ in range(FAILURES_BEFORE_UNHEALTHY):
+            await grid.sync.queue.resume()  # the blob due again at once, whatever its backoff
+            await grid.sync.run_once()
         self.assertEqual(h2.calls, ["store"] * FAILURES_BEFORE_UNHEALTHY)
         self.assertEqual(grid.sync.unhealthy(), ["h2"])
         # While it backs off, it is not asked at all.
         grid.clock.advance(7)
-        await grid.sync.replicate(filehash, 3)
+        await grid.sync.queue.resume()
+        await grid.sync.run_once()
         self.assertEqual(len(h2.calls), FAILURES_BEFORE_UNHEALTHY)
         # Its backoff over, it is tried again; it has recovered.
         h2.broken = False
         grid.clock.advance(1)
-        await grid.sync.replicate(filehash, 4)
+        await grid.sync.queue.resume()
+        await grid.sync.run_once()
         self.assertEqual(len(h2.calls), FAILURES_BEFORE_UNHEALTHY + 1)
         self.assertEqual(grid.sync.unhealthy(), [])
         self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
@@ -155,8 +170,8 @@ class ReplicationTests(TestCase):
     async def test_stop_cancels_the_copies_in_flight(self) -> None:
         """
         Stopping does not wait for a copy that may take hours: it is cancelled,
-        the blob stays queued as it was, the host is not blamed, and no other
-        blob is started.
+        the blobs of the round stay queued as they were (with the copies made
+        on the other hosts), the host is not blamed, and no other round starts.
         """
         grid = await Grid.create(self)
         grid.host("h0").hanging = True
@@ -168,7 +183,7 @@ class ReplicationTests(TestCase):
         await eventually(lambda: stopped.called)  # no clock advance: no timeout waited for
         self.assertTrue(grid.host("h0").hung[0].called)
         self.assertEqual(await grid.holders(first), ["h1", "h2"])
-        self.assertEqual(await grid.holders(second), [])
+        self.assertEqual(await grid.holders(second), ["h1", "h2"])  # one round, one job a host
         self.assertEqual(await grid.queued(), sorted([(first, 0), (second, 0)]))
         self.assertEqual(
             grid.sync.metrics.registry.get_sample_value(
@@ -435,10 +450,13 @@ class RepairTests(TestCase):
     async def test_skips_foreign_and_unhealthy_hosts(self) -> None:
         grid = await Grid.create(self)
         filehash = await self.replicated(grid, b"mine")
-        await grid.catalog.add_upload(filehash, "elsewhere", "http://x.example/1", 0)
+        await grid.db.transaction(
+            lambda txn: Catalog.add_upload(txn, filehash, "elsewhere", "http://x.example/1", 0)
+        )
         grid.host("h2").broken = True
         for attempt in range(FAILURES_BEFORE_UNHEALTHY):
-            await grid.sync.replicate(await grid.add(b"other %d" % attempt), 0)
+            await grid.add(b"other %d" % attempt)
+            await grid.sync.run_once()  # a round with a blob new to h2: it fails
         self.assertEqual(grid.sync.unhealthy(), ["h2"])
         calls = len(grid.host("h2").calls)
         result = await grid.repair.run_once()

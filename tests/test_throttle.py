@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.cloudsync import CloudSync
-from metadisk.store.hosts import make_host
+from metadisk.store.hosts import Stored, make_host, store_each
 from metadisk.throttle import (
     INTERVAL,
     Bandwidth,
@@ -613,6 +614,9 @@ class FakeHost:
     def store(self, filehash: str, path: str) -> Deferred[str]:
         return succeed(f"fake://{self.name}/{filehash}")
 
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        return Deferred.fromCoroutine(store_each(self, blobs))
+
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         Path(destination).write_bytes(self.blob)
         return succeed(None)
@@ -673,8 +677,8 @@ class HostTransferTests(Case):
         path.write_bytes(blob)
         remote, disk = FakeHost("cloud", blob), FakeHost("disk", blob)
         sync = self.sync(clock, [remote, disk], meters)
-        self.successResultOf(sync._store(remote, "a" * 64, str(path)))
-        self.successResultOf(sync._store(disk, "a" * 64, str(path)))
+        self.successResultOf(sync._store_all(remote, [("a" * 64, str(path))]))
+        self.successResultOf(sync._store_all(disk, [("a" * 64, str(path))]))
         self.assertEqual(meters.total(OUTGOING), 5000)
         fetched = Path(self.mktemp())
         filehash = hashlib.sha256(blob).hexdigest()

@@ -11,6 +11,7 @@ import os
 import random
 import secrets
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from metadisk.store.blocking import in_caller
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
+from metadisk.store.hosts import Stored, store_each
 from tests.nodes import Client, NodeProcess, node_toml, start_node_process
 from tests.pg import admin, create_database, require_postgres
 from tests.support import eventually, json_of, upload
@@ -218,6 +220,9 @@ class CountingHost:
     def store(self, filehash: str, path: str) -> Deferred[str]:
         self.stored[filehash] += 1
         return succeed(f"memory://{self.name}/{filehash}")
+
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        return Deferred.fromCoroutine(store_each(self, blobs))
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         raise NotImplementedError

@@ -13,7 +13,7 @@ import unicodedata
 
 from attrs import define, frozen
 
-from metadisk.db import matching
+from metadisk.db import IN_BATCH, matching
 from metadisk.interfaces import IDatabase, ITransaction
 
 FORMAT_VERSION = "0.2"
@@ -117,8 +117,26 @@ class Catalog:
         )
         return tuple((name, url) for name, url in rows)
 
-    async def add_upload(self, filehash: str, host_name: str, url: str, when: float) -> None:
-        await self._db.execute(
+    async def holders_of(self, filehashes: list[str]) -> dict[str, set[str]]:
+        """The names of this node's hosts that hold each of C{filehashes}."""
+        holding: dict[str, set[str]] = {filehash: set() for filehash in filehashes}
+        for start in range(0, len(filehashes), IN_BATCH):
+            batch = tuple(filehashes[start : start + IN_BATCH])
+            rows = await self._db.query(
+                "SELECT filehash, host_name FROM uploads"
+                f" WHERE filehash IN ({', '.join('?' * len(batch))})",
+                batch,
+            )
+            for filehash, host_name in rows:
+                holding[filehash].add(host_name)
+        return holding
+
+    @staticmethod
+    async def add_upload(
+        txn: ITransaction, filehash: str, host_name: str, url: str, when: float
+    ) -> None:
+        """A host of this node's holds the blob now, at C{url}."""
+        await txn.execute(
             "INSERT INTO uploads (filehash, host_name, url, added) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (filehash, host_name) DO UPDATE SET url = excluded.url",
             (filehash, host_name, url, when),

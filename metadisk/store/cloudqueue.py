@@ -36,12 +36,14 @@ class CloudQueue:
         )
         return [(filehash, attempts) for filehash, attempts in rows]
 
-    async def done(self, filehash: str) -> None:
-        await self._db.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
+    @staticmethod
+    async def done(txn: ITransaction, filehash: str) -> None:
+        """The blob is on its hosts."""
+        await txn.execute("DELETE FROM cloud_queue WHERE filehash = ?", (filehash,))
 
-    async def failed(self, filehash: str, attempts: int, error: str) -> None:
+    async def failed(self, txn: ITransaction, filehash: str, attempts: int, error: str) -> None:
         """The C{attempts}-th attempt failed: due again after a backoff."""
-        await self._db.execute(
+        await txn.execute(
             "UPDATE cloud_queue SET attempts = ?, next_attempt = ?, last_error = ?"
             " WHERE filehash = ?",
             (attempts, self._clock.seconds() + backoff(attempts), error[:1000], filehash),

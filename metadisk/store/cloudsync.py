@@ -24,11 +24,11 @@ from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudqueue import CloudQueue
-from metadisk.store.hosts import SLOWEST_RATE, blob_size, transfer_timeout
+from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, blob_size, transfer_timeout
 
 T = TypeVar("T")
 
-BATCH = 8  # blobs replicated per round
+BATCH = 256  # blobs a round takes from the queue: one job per host for them all
 FAILURES_BEFORE_UNHEALTHY = 3
 
 
@@ -77,18 +77,17 @@ class CloudSync:
     # Fetches from the URL of a host this node lacks (records learned from the chain).
     url_fetcher: IFileHost | None = None
     queue: CloudQueue = field(init=False)
+    _by_name: dict[str, IFileHost] = field(init=False)
 
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
         self._health = {host.name: HostHealth() for host in self._hosts}
+        self._by_name = {host.name: host for host in self._hosts}
         self.queue = CloudQueue(self._db, self._clock, self._node_id)
 
     def host(self, name: str) -> IFileHost | None:
-        for host in self._hosts:
-            if host.name == name:
-                return host
-        return None
+        return self._by_name.get(name)
 
     def unhealthy(self) -> list[str]:
         now = self._clock.seconds()
@@ -141,65 +140,105 @@ class CloudSync:
             self._running = None
 
     async def run_once(self) -> int:
-        """Replicate the blobs that are due; return how many were tried."""
-        rows = await self.queue.due(BATCH)
-        for filehash, attempts in rows:
-            if self._stopping:
-                break
-            await self.replicate(filehash, attempts)
-        return len(rows)
-
-    async def replicate(self, filehash: str, attempts: int) -> None:
-        """Copy the blob to hosts until C{copies} hold it; reschedule if that fails."""
-        errors: list[str] = []
-        if filehash not in self._cache:
-            # Repair found a copy lost and the cache has evicted the blob since:
-            # restore it from a host that still holds a good copy.
-            try:
-                await self._recache(filehash)
-            except CancelledError:
-                return  # the node stops: the blob stays queued as it was
-            except Exception as e:
-                errors.append(f"no copy to restore from: {e!r}")
+        """
+        Copy the blobs that are due to hosts until C{copies} hold each, as one
+        job per host (L{IFileHost.store_all}: one tool run, one flush), and
+        record the round in one transaction; a blob still short is due again
+        after a backoff. Return how many blobs were tried.
+        """
+        due = dict(await self.queue.due(BATCH))
+        if not due:
+            return 0
+        errors: dict[str, list[str]] = {filehash: [] for filehash in due}
+        for filehash in due:
+            if filehash not in self._cache and not self._stopping:
+                # Repair found a copy lost and the cache has evicted the blob since:
+                # restore it from a host that still holds a good copy.
+                try:
+                    await self._recache(filehash)
+                except CancelledError:
+                    return len(due)  # the node stops: the blobs stay queued as they were
+                except Exception as e:
+                    errors[filehash].append(f"no copy to restore from: {e!r}")
         # Read after any fetch: a corrupt copy met on the way no longer counts.
-        holding = {name for name, _ in await self._catalog.hosts_of(filehash)}
-        need = self.copies - len(holding)
-        now = self._clock.seconds()
-        candidates = [
-            host
-            for host in self._hosts
-            if host.name not in holding
-            and self._health[host.name].healthy(now)
-            and filehash in self._cache
-        ]
-        path = str(self._cache.path(filehash))
-        while need > 0 and candidates and not self._stopping:
-            batch, candidates = candidates[:need], candidates[need:]
-            results = await DeferredList(
-                [self._store(host, filehash, path) for host in batch], consumeErrors=True
+        holding = await self._catalog.holders_of(list(due))
+        need = {filehash: self.copies - len(holding[filehash]) for filehash in due}
+        tried: dict[str, set[str]] = {filehash: set() for filehash in due}
+        made: list[tuple[str, str, str]] = []  # (filehash, host, url)
+        while not self._stopping and (plan := self._plan(need, holding, tried)):
+            outcomes = await DeferredList(
+                [
+                    self._store_all(self._by_name[name], [(f, self._cached(f)) for f in blobs])
+                    for name, blobs in plan.items()
+                ],
+                consumeErrors=True,
             )
-            for host, (ok, result) in zip(batch, results, strict=True):
-                if ok:
-                    await self._catalog.add_upload(
-                        filehash, host.name, result, self._clock.seconds()
-                    )
-                    need -= 1
-                else:
-                    errors.append(f"{host.name}: {result.getErrorMessage()}")
-        if need <= 0:
-            await self.queue.done(filehash)
-            self.log.info("{filehash} is on {copies} hosts", filehash=filehash, copies=self.copies)
-            return
-        if self._stopping:
-            return  # cut short, not failed: due again at the next start, as it was
-        error = "; ".join(errors) or "not enough healthy hosts"
-        self.log.warn(
-            "{filehash}: {need} copies still missing ({error})",
-            filehash=filehash,
-            need=need,
-            error=error,
-        )
-        await self.queue.failed(filehash, attempts + 1, error)
+            for (name, filehashes), (ok, result) in zip(plan.items(), outcomes, strict=True):
+                if not ok:
+                    if result.check(CancelledError):
+                        continue  # the node stops: no fault of the host's
+                    result = [HostError(result.getErrorMessage())] * len(filehashes)
+                for filehash, stored in zip(filehashes, result, strict=True):
+                    if isinstance(stored, HostError):
+                        errors[filehash].append(f"{name}: {stored}")
+                    else:
+                        made.append((filehash, name, stored))
+                        holding[filehash].add(name)
+                        need[filehash] -= 1
+        await self._record(due, need, made, errors)
+        return len(due)
+
+    def _plan(
+        self, need: dict[str, int], holding: dict[str, set[str]], tried: dict[str, set[str]]
+    ) -> dict[str, list[str]]:
+        """
+        The copies to try next, by host name: each blob that is short goes to
+        as many healthy hosts as it needs, among those that hold it not and
+        have not failed it.
+        """
+        now = self._clock.seconds()
+        healthy = [host for host in self._hosts if self._health[host.name].healthy(now)]
+        plan: dict[str, list[str]] = {}
+        for filehash, short in need.items():
+            if short <= 0 or filehash not in self._cache:
+                continue
+            taken = holding[filehash] | tried[filehash]
+            for host in [host for host in healthy if host.name not in taken][:short]:
+                plan.setdefault(host.name, []).append(filehash)
+                tried[filehash].add(host.name)
+        return plan
+
+    async def _record(
+        self,
+        due: dict[str, int],
+        need: dict[str, int],
+        made: list[tuple[str, str, str]],
+        errors: dict[str, list[str]],
+    ) -> None:
+        """The copies made in a round, and what is left of the queue, in one transaction."""
+        now = self._clock.seconds()
+        short = {f: "; ".join(errors[f]) or "not enough healthy hosts" for f in due if need[f] > 0}
+
+        async def record(txn: ITransaction) -> None:
+            for filehash, host, url in made:
+                await self._catalog.add_upload(txn, filehash, host, url, now)
+            for filehash, attempts in due.items():
+                if need[filehash] <= 0:
+                    await self.queue.done(txn, filehash)
+                elif not self._stopping:  # cut short is not failed: due again as it was
+                    await self.queue.failed(txn, filehash, attempts + 1, short[filehash])
+
+        await self._db.transaction(record)
+        copied = len(due) - len(short)
+        if short and not self._stopping:
+            self.log.warn(
+                "{n} of {due} blobs still short of {copies} copies: {errors}",
+                n=len(short),
+                due=len(due),
+                copies=self.copies,
+                errors="; ".join(f"{f}: {error}" for f, error in list(short.items())[:5]),
+            )
+        self.log.debug("{n} blobs on {copies} hosts", n=copied, copies=self.copies)
 
     async def _recache(self, filehash: str) -> None:
         """Fetch a blob back into the cache (verified by L{fetch})."""
@@ -231,13 +270,18 @@ class CloudSync:
 
         await self._db.transaction(forget)
 
-    def _store(self, host: IFileHost, filehash: str, path: str) -> Deferred[str]:
-        async def store() -> str:
+    def _cached(self, filehash: str) -> str:
+        return str(self._cache.path(filehash))
+
+    def _store_all(self, host: IFileHost, blobs: list[tuple[str, str]]) -> Deferred[list[Stored]]:
+        """One host's share of a round, C{(filehash, path)} pairs: one job, timed by its size."""
+
+        async def store_all() -> list[Stored]:
             health = self._health[host.name]
             try:
-                timeout = self._transfer_timeout(blob_size(path))
-                url = await self._transfer(
-                    host.store(filehash, path).addTimeout(timeout, self._clock)
+                size = sum([blob_size(path) for _, path in blobs])
+                results = await self._transfer(
+                    host.store_all(blobs).addTimeout(self._transfer_timeout(size), self._clock)
                 )
             except CancelledError:
                 raise  # the node stops: no fault of the host's
@@ -246,11 +290,26 @@ class CloudSync:
                 self.metrics.host_failed(host.name, "store")
                 self.log.warn("host {host} failed: {e}", host=host.name, e=e)
                 raise
-            health.succeeded()
-            self._count(host, OUTGOING, path)
-            return url
+            failed = [result for result in results if isinstance(result, HostError)]
+            if len(failed) < len(results):
+                health.succeeded()
+            elif failed:
+                health.failed(self._clock.seconds())
+            if failed:
+                self.metrics.host_failed(host.name, "store", len(failed))
+                self.log.warn(
+                    "host {host}: {n} of {all} blobs not stored: {e}",
+                    host=host.name,
+                    n=len(failed),
+                    all=len(results),
+                    e=failed[0],
+                )
+            for (_, path), result in zip(blobs, results, strict=True):
+                if not isinstance(result, HostError):
+                    self._count(host, OUTGOING, path)
+            return results
 
-        return Deferred.fromCoroutine(store())
+        return Deferred.fromCoroutine(store_all())
 
     def _transfer_timeout(self, size: int) -> float:
         return transfer_timeout(self.timeout, size, self.slowest_rate)

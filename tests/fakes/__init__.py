@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
 from metadisk.interfaces import IFileHost
-from metadisk.store.hosts import HostError
+from metadisk.store.hosts import HostError, Stored
 from metadisk.store.hosts.process import ProcessResult
 
 FAKES = Path(__file__).resolve().parent
@@ -297,6 +297,9 @@ class FaultyHost:
 
     def store(self, filehash: str, path: str) -> Deferred[str]:
         return self._misbehave("store") or self.inner.store(filehash, path)
+
+    def store_all(self, blobs: Sequence[tuple[str, str]]) -> Deferred[list[Stored]]:
+        return self._misbehave("store") or self.inner.store_all(blobs)  # one job, one call
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         d = self._misbehave("fetch") or self.inner.fetch(filehash, url, destination, size)
