@@ -129,20 +129,19 @@ class Ledger:
 
     async def reserve(self, token: str, amount: int) -> Reservation:
         """Take C{amount} from the token now; L{settle} or L{refund} it later."""
+        return await self._db.transaction(lambda txn: self.reserve_in(txn, token, amount))
+
+    async def reserve_in(self, txn: ITransaction, token: str, amount: int) -> Reservation:
+        """L{reserve} inside another transaction (a download's lookup and its credit)."""
         reservation = Reservation(id=secrets.token_hex(16), token=token, amount=amount)
-
-        async def work(txn: ITransaction) -> None:
-            if not await _take(txn, token, amount):
-                if not await txn.query("SELECT 1 FROM tokens WHERE token = ?", (token,)):
-                    raise UnknownToken()
-                raise BalanceInsufficient()
-            await txn.execute(
-                "INSERT INTO reservations (id, token, amount, node_id, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (reservation.id, token, amount, self._node_id, self._now()),
-            )
-
-        await self._db.transaction(work)
+        if not await _take(txn, token, amount):
+            if not await txn.query("SELECT 1 FROM tokens WHERE token = ?", (token,)):
+                raise UnknownToken()
+            raise BalanceInsufficient()
+        await txn.execute(
+            "INSERT INTO reservations (id, token, amount, node_id, created) VALUES (?, ?, ?, ?, ?)",
+            (reservation.id, token, amount, self._node_id, self._now()),
+        )
         return reservation
 
     async def extend(self, reservation: Reservation, amount: int) -> Reservation:

@@ -79,21 +79,29 @@ class Catalog:
             )
         )
 
-    async def find(self, filehash: str) -> FileRecord | None:
-        """This node's record of its file: as published, if it is; else as it stands now."""
-        # The file and its published record in one statement, read at one moment: the
-        # publisher may write the record between two reads.
-        rows = await self._db.query(
-            "SELECT r.record, f.filename, f.filesize, f.datetime, f.version FROM files f"
-            " LEFT JOIN chain_records r ON r.filehash = f.filehash WHERE f.filehash = ?",
+    async def find(
+        self, filehash: str, using: IDatabase | ITransaction | None = None
+    ) -> FileRecord | None:
+        """
+        This node's record of its file: as published, if it is; else as it
+        stands now. C{using}: a transaction to read in (else the database).
+        """
+        # The file, its published record and its copies in one statement, read at one
+        # moment (the publisher may write the record between two reads): a row a copy.
+        rows = await (using or self._db).query(
+            "SELECT r.record, f.filename, f.filesize, f.datetime, f.version, u.host_name, u.url"
+            " FROM files f LEFT JOIN chain_records r ON r.filehash = f.filehash"
+            " LEFT JOIN uploads u ON u.filehash = f.filehash WHERE f.filehash = ?"
+            " ORDER BY u.added, u.host_name",
             (filehash,),
         )
         if not rows:
             return None
-        published, *fields = rows[0]
+        published, filename, filesize, when, version, _, _ = rows[0]
         if published is not None:
             return FileRecord.from_json(json.loads(published))
-        return await self._with_hosts(filehash, *fields)
+        uploads = tuple((host, url) for *_, host, url in rows if host is not None)
+        return FileRecord(filehash, filename, filesize, when, version, uploads)
 
     async def current(self, filehash: str) -> FileRecord | None:
         """The record as this node's tables have it now."""

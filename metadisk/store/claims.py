@@ -79,14 +79,18 @@ class Claims:
         """A reorganisation replaced the blocks above C{height}: what they said is unsaid."""
         await txn.execute("DELETE FROM chain_claims WHERE height > ?", (height,))
 
-    async def earliest(self, filehash: str) -> FileRecord | None:
+    async def earliest(
+        self, filehash: str, using: IDatabase | ITransaction | None = None
+    ) -> FileRecord | None:
         """The claim C{find} answers: the earliest one not disproved."""
-        found = await self.standing(filehash, 1)
+        found = await self.standing(filehash, 1, using)
         return found[0] if found else None
 
-    async def standing(self, filehash: str, limit: int) -> list[FileRecord]:
+    async def standing(
+        self, filehash: str, limit: int, using: IDatabase | ITransaction | None = None
+    ) -> list[FileRecord]:
         """Up to C{limit} claims not disproved, earliest first."""
-        rows = await self._db.query(
+        rows = await (using or self._db).query(
             f"SELECT record FROM chain_claims WHERE filehash = ? AND discarded = 0 {_ORDER}"
             " LIMIT ?",
             (filehash, limit),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredList
@@ -42,6 +42,7 @@ def evictable(catalog: Catalog, claims: Claims, copies: int) -> Evictable:
     return safe
 
 
+T = TypeVar("T")
 Recorded = Callable[[ITransaction, str, float], Awaitable[None]]
 Work = Callable[[ITransaction], Awaitable[object]]
 
@@ -137,9 +138,17 @@ class FileStore:
         self.sync.kick()
         return filehash, key
 
-    async def find(self, filehash: str) -> FileRecord | None:
+    async def find(
+        self, filehash: str, using: IDatabase | ITransaction | None = None
+    ) -> FileRecord | None:
         """This node's record of its file, or else the earliest claim not disproved."""
-        return await self.catalog.find(filehash) or await self.claims.earliest(filehash)
+        return await self.catalog.find(filehash, using) or await self.claims.earliest(
+            filehash, using
+        )
+
+    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
+        """Work in one transaction on the store's database (a lookup and what it decides)."""
+        return self._db.transaction(work)
 
     def cached(self, filehash: str) -> bool:
         return filehash in self.cache

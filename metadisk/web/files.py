@@ -160,31 +160,37 @@ class FilesAPI:
         key_hex = query_argument(request, "key")
         if key_hex is not None and not is_hex64(key_hex):
             raise error(400, "invalid-key")
-        record = await self._store.find(filehash)
-        if record is None:
-            raise error(404, "file-not-found")
-        span = byte_range(request.getHeader(b"range"), record.filesize)
-        start, end = span if span is not None else (0, record.filesize - 1)
-        length = end - start + 1
-        if request.method == b"HEAD" or length == 0:
-            self._download_headers(request, record, span)
-            return b""
 
-        # A blob not in the cache is fetched whole first, whatever the range: that costs its
-        # size, paid up front, and kept once the node has fetched it.
-        fetch = 0 if self._store.cached(filehash) else record.filesize
-        self._meters.check(OUTGOING, length)
-        if fetch:
-            self._meters.check(INCOMING, fetch)
-        charge = Charge(self._ledger, await self._reserve(request, fetch + length), fetch, length)
+        async def look_up(txn: ITransaction) -> tuple[FileRecord, Charge | None]:
+            # The record and the credit it calls for in one transaction: one round trip.
+            record = await self._store.find(filehash, txn)
+            if record is None:
+                raise error(404, "file-not-found")
+            start, end = self._span(request, record)
+            if request.method == b"HEAD" or end < start:
+                return record, None  # free: headers only, or nothing to send
+            # A blob not in the cache is fetched whole first, whatever the range: that costs
+            # its size, paid up front, and kept once the node has fetched it.
+            fetch = 0 if self._store.cached(filehash) else record.filesize
+            length = end - start + 1
+            self._meters.check(OUTGOING, length)
+            if fetch:
+                self._meters.check(INCOMING, fetch)
+            reservation = await self._reserve(request, fetch + length, txn)
+            return record, Charge(self._ledger, reservation, fetch, length)
+
+        record, charge = await self._store.transaction(look_up)
+        if charge is None:
+            self._download_headers(request, record)
+            return b""
         delivery = delivery_of(request)
         sent = 0
-        end = 0  # where the body sent so far ends in the connection's output
+        position = 0  # where the body sent so far ends in the connection's output
 
         def count(n: int) -> None:
-            nonlocal sent, end
+            nonlocal sent, position
             sent += n
-            end = delivery.position()
+            position = delivery.position()
             self._meters.record(OUTGOING, n)
 
         try:
@@ -193,19 +199,20 @@ class FilesAPI:
             if size != record.filesize:
                 # A claim that said another size: the file is the verified blob.
                 record = await self._store.find(filehash) or evolve(record, filesize=size)
-                span = byte_range(request.getHeader(b"range"), record.filesize)
-                start, end = span if span is not None else (0, record.filesize - 1)
-                length = end - start + 1
-                await charge.cover(send=length)
-            self._download_headers(request, record, span)
+            start, end = self._span(request, record)
+            length = end - start + 1
+            await charge.cover(send=length)
+            self._download_headers(request, record)
             key = bytes.fromhex(key_hex) if key_hex is not None else None
             share = self._outgoing.share() if self._outgoing is not None else None
-            producer = BlobProducer(blob, start, length, key, self._cooperator, count, share)
+            producer = BlobProducer(
+                blob, start, end - start + 1, key, self._cooperator, count, share
+            )
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
         finally:
             # What was not sent, or was sent but never reached the client, is given back.
-            await charge.settle(await delivery.acknowledged(end - sent, end))
+            await charge.settle(await delivery.acknowledged(position - sent, position))
         return None
 
     async def _open(self, record: FileRecord, charge: Charge) -> BinaryIO:
@@ -222,9 +229,8 @@ class FilesAPI:
         return blob
 
     @staticmethod
-    def _download_headers(
-        request: IRequest, record: FileRecord, span: tuple[int, int] | None
-    ) -> None:
+    def _download_headers(request: IRequest, record: FileRecord) -> None:
+        span = byte_range(request.getHeader(b"range"), record.filesize)
         start, end = span if span is not None else (0, record.filesize - 1)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(
@@ -236,14 +242,20 @@ class FilesAPI:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", b"bytes %d-%d/%d" % (start, end, record.filesize))
 
-    async def _reserve(self, request: IRequest, amount: int) -> Reservation:
+    @staticmethod
+    def _span(request: IRequest, record: FileRecord) -> tuple[int, int]:
+        """The first and last byte to send (last < first: none)."""
+        span = byte_range(request.getHeader(b"range"), record.filesize)
+        return span if span is not None else (0, record.filesize - 1)
+
+    async def _reserve(self, request: IRequest, amount: int, txn: ITransaction) -> Reservation:
         if self._ledger is None:
             return FREE
         token = query_argument(request, "token")
         if token is None:
             raise error(401, "token-required")
         return await reserve_credit(
-            self._ledger, self._guard, request.getClientAddress(), token, amount
+            self._ledger, self._guard, request.getClientAddress(), token, amount, txn
         )
 
     async def _settle(self, reservation: Reservation, cost: int) -> None:

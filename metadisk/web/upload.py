@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from metadisk.interfaces import ITransaction
 from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
 from metadisk.meters import INCOMING, Meters
 from metadisk.store.cache import Allocation, BlobCache
@@ -37,16 +38,23 @@ UNPAID_RETRY = 10  # seconds: Retry-After when the unpaid budget is spent
 
 
 async def reserve_credit(
-    ledger: Ledger, guard: TokenGuard, address: Any, token: str, amount: int
+    ledger: Ledger,
+    guard: TokenGuard,
+    address: Any,
+    token: str,
+    amount: int,
+    txn: ITransaction | None = None,
 ) -> Reservation:
     """
-    Take C{amount} of credit from C{token} for a transfer, or refuse it as the
-    API documents: an unknown token is 401 (and counts as a guess), too little
-    credit is 402.
+    Take C{amount} of credit from C{token} for a transfer (in C{txn}, if
+    given), or refuse it as the API documents: an unknown token is 401 (and
+    counts as a guess), too little credit is 402.
     """
     try:
         if not TOKEN_PATTERN.fullmatch(token):
             raise UnknownToken()
+        if txn is not None:
+            return await ledger.reserve_in(txn, token, amount)
         return await ledger.reserve(token, amount)
     except UnknownToken:
         guard.unknown_token(address)
