@@ -25,8 +25,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,23 +235,72 @@ def curl_many(transfers: Iterable[Sequence[tuple[str, str]]], workdir: Path) -> 
     transfer is a list of (curl long option, value); a newline follows
     each answer on stdout. Return (seconds, stdout).
     """
+    seconds, [out] = curl_clients([list(transfers)], workdir)
+    return seconds, out
+
+
+def curl_clients(
+    clients: Sequence[Sequence[Sequence[tuple[str, str]]]], workdir: Path
+) -> tuple[float, list[str]]:
+    """
+    Several clients at once, each a curl process doing its transfers one after
+    the other on its own kept-alive connection (as L{curl_many}). Return the
+    seconds from the first start to the last end, and each client's stdout.
+    """
     _need_curl()
-    config = workdir / "curl-batch.conf"
-    with open(config, "w") as f:
-        f.write("silent\nshow-error\n")
-        for i, options in enumerate(transfers):
-            # After "next" only the global options (silent, show-error) still hold.
-            f.write('next\nfail\nwrite-out = "\\n"\n' if i else 'fail\nwrite-out = "\\n"\n')
-            for name, value in options:
-                f.write(f"{name} = {_quoted(value)}\n")
+    configs = []
+    for n, transfers in enumerate(clients):
+        config = workdir / f"curl-batch-{n}.conf"
+        with open(config, "w") as f:
+            f.write("silent\nshow-error\n")
+            for i, options in enumerate(transfers):
+                # After "next" only the global options (silent, show-error) still hold.
+                f.write('next\nfail\nwrite-out = "\\n"\n' if i else 'fail\nwrite-out = "\\n"\n')
+                for name, value in options:
+                    f.write(f"{name} = {_quoted(value)}\n")
+        configs.append(config)
     start = time.perf_counter()
-    result = subprocess.run(["curl", "-K", str(config)], capture_output=True, text=True)
+    processes = [
+        subprocess.Popen(
+            ["curl", "-K", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for config in configs
+    ]
+    outputs = [process.communicate() for process in processes]
     seconds = time.perf_counter() - start
-    config.unlink()
-    if result.returncode:
-        raise RuntimeError(f"curl failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    return seconds, result.stdout
+    for config in configs:
+        config.unlink()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        if process.returncode:
+            raise RuntimeError(f"curl failed ({process.returncode}): {err.strip()[-500:]}")
+    return seconds, [out for out, _ in outputs]
 
 
 def token_hex() -> str:
     return secrets.token_hex(4)
+
+
+def fresh_database(server: str) -> tuple[str, Callable[[], None]]:
+    """
+    A new PostgreSQL database on the server of C{server} (a postgresql:// URL
+    naming any database there): its URL, and what drops it.
+    """
+    import psycopg2  # only for --database runs
+
+    name = f"metadisk_bench_{token_hex()}"
+    parts = urllib.parse.urlsplit(server)
+
+    def admin(sql: str) -> None:
+        connection = psycopg2.connect(server)
+        connection.autocommit = True
+        try:
+            connection.cursor().execute(sql)
+        finally:
+            connection.close()
+
+    admin(f"CREATE DATABASE {name}")
+    url = urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    return url, lambda: admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

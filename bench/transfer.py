@@ -8,9 +8,14 @@ Twisted system with convergent encryption, 1-of-1 shares: its fastest).
 Each system gets the same client, curl: one large file up and down (the node's
 with its key, then once more as the stored ciphertext), then many small files
 up and down, one after the other on one kept-alive connection (one curl process
-for the lot). The large download runs twice and the faster counts: the first
-also warms the client's page cache (on a VM, memory the guest has not touched
-lately makes writing a new file several times slower, whoever serves it).
+for the lot), then many small files by 16 clients at once (16 curl processes),
+then 200 files of 1 MiB by one client. For the node it also prints the CPU
+seconds it spent per 1,000 small uploads and downloads, and how fast its cloud
+queue moved the small files to its three local hosts (and, in a phase of its
+own, to three rclone WebDAV hosts) against how fast it accepted them. The
+large download runs twice and the faster counts: the first also warms the
+client's page cache (on a VM, memory the guest has not touched lately makes
+writing a new file several times slower, whoever serves it).
 Every round uses fresh content (convergent systems skip work on content they
 have seen) and fresh servers, and the baseline and the node take turns at going
 first; what was downloaded is checked against what was uploaded. Printed: MB/s
@@ -21,6 +26,7 @@ and node / Tahoe-LAFS.
     python bench/transfer.py --quick          # 64 MiB, 200 x 10 KiB
     python bench/transfer.py --rounds 2       # best of 2 (a busy machine)
     python bench/transfer.py --no-tahoe --size-mib 256 --files 300
+    python bench/transfer.py --database postgresql://127.0.0.1/test   # the node on PostgreSQL
 
 Tahoe-LAFS is installed once with pip into --tahoe-venv (default
 ~/.cache/metadisk-bench/tahoe-venv); if that fails, the run says why and goes on.
@@ -46,7 +52,8 @@ from _node import (
     Node,
     address_in_log,
     curl,
-    curl_many,
+    curl_clients,
+    fresh_database,
     peak_rss_mib,
     random_file,
     refresh,
@@ -63,11 +70,15 @@ from tests.nodes import free_port
 MB = 1e6
 MiB = 2**20
 
-# What the issue asks of the node (ratios from one run).
-GOAL_PUT_VS_BASELINE = 0.5
-GOAL_GET_VS_BASELINE = 0.7
+# What the issues ask of the node (ratios from one run).
+GOAL_PUT_VS_BASELINE = 1.0  # large files
+GOAL_GET_VS_BASELINE = 0.9
+GOAL_SMALL_PUT_VS_BASELINE = 0.5  # small files, one client and 16
+GOAL_SMALL_GET_VS_BASELINE = 0.8
 GOAL_VS_TAHOE = 2.0
 GOAL_RSS_MIB = 100
+CLIENTS = 16  # the concurrent phase
+MEDIUM = 200, 1 << 20  # the 1 MiB phase: files, bytes each
 
 
 @dataclass
@@ -79,14 +90,32 @@ class Figures:
     get_ciphertext: float | None = None  # the node only: the blob as stored, no key
     small_put: float = 0.0  # files/s
     small_get: float = 0.0
+    many_put: float = 0.0  # files/s, CLIENTS at once
+    many_get: float = 0.0
+    medium_put: float = 0.0  # files/s, the 1 MiB phase
+    medium_get: float = 0.0
     rss_large: float = 0.0  # MiB
     rss_small: float = 0.0
     replication: float | None = None  # seconds until the large file was on all hosts
+    # The node only: CPU seconds per 1,000 small files (one client), and its cloud queue in
+    # the concurrent phase: files/s accepted, and blobs/s on their 3 hosts (from the start).
+    cpu_put: float | None = None
+    cpu_get: float | None = None
+    accepted: float | None = None
+    replicated: float | None = None
     rounds: list[dict] = field(default_factory=list)
 
     def merge(self, other: Figures) -> None:
-        for name in ("put", "get", "small_put", "small_get"):
+        for name in ("put", "get", "small_put", "small_get", "many_put", "many_get"):
             setattr(self, name, max(getattr(self, name), getattr(other, name)))
+        for name in ("medium_put", "medium_get", "accepted", "replicated"):
+            value = getattr(other, name)
+            if value is not None:
+                setattr(self, name, max(getattr(self, name) or 0.0, value))
+        for name in ("cpu_put", "cpu_get"):
+            value = getattr(other, name)
+            if value is not None:
+                setattr(self, name, min(getattr(self, name) or 1e9, value))
         if other.get_ciphertext is not None:
             self.get_ciphertext = max(self.get_ciphertext or 0.0, other.get_ciphertext)
         if other.replication is not None:
@@ -106,6 +135,8 @@ class Workload:
     small_size: int
     sink: str  # "file": downloads are written to disk and checked; "null": /dev/null
     work: Path
+    many: list[Path] = field(default_factory=list)  # the concurrent phase's small files
+    medium: list[Path] = field(default_factory=list)
 
     def out(self, name: str) -> Path:
         return Path(os.devnull) if self.sink == "null" else self.work / name
@@ -130,12 +161,46 @@ class System:
     def get_url(self, handle: str) -> str:
         raise NotImplementedError
 
-    def put_many(self, paths: list[Path], work: Path) -> list[str]:
+    def put_options(self, path: Path) -> list[tuple[str, str]]:
+        """curl's options to upload one file, for L{put_many}."""
         raise NotImplementedError
+
+    def handle(self, path: Path, answer: str) -> str:
+        """What L{get_url} needs, from the answer to an upload of C{path}."""
+        return answer.strip()
+
+    def put_many(self, paths: list[Path], work: Path, clients: int = 1) -> tuple[float, list[str]]:
+        """Upload files, C{clients} at once, each on its connection; (seconds, handles)."""
+        groups = [paths[i::clients] for i in range(clients)]
+        seconds, outs = curl_clients(
+            [[self.put_options(path) for path in group] for group in groups], work
+        )
+        handles = {}
+        for group, out in zip(groups, outs, strict=True):
+            answers = [line for line in out.splitlines() if line.strip()]
+            if len(answers) != len(group):
+                raise RuntimeError(f"{self.name}: {len(answers)} answers to {len(group)} PUTs")
+            for path, answer in zip(group, answers, strict=True):
+                handles[path] = self.handle(path, answer)
+        return seconds, [handles[path] for path in paths]
+
+    def get_many(self, handles: list[str], outs: list[Path], work: Path, clients: int = 1) -> float:
+        """Download, C{clients} at once, each on its connection; the seconds it took."""
+        pairs = list(zip(handles, outs, strict=True))
+        groups = [pairs[i::clients] for i in range(clients)]
+        seconds, _ = curl_clients(
+            [[[("url", self.get_url(h)), ("output", str(o))] for h, o in g] for g in groups], work
+        )
+        return seconds
 
     def settle(self) -> float | None:
         """After uploads: wait for work the server does in the background; its seconds."""
         return None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server's process has used so far (user and system)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Rclone(System):
@@ -168,29 +233,46 @@ class Rclone(System):
     def get_url(self, handle: str) -> str:
         return f"{self.url}/{handle}"
 
-    def put_many(self, paths: list[Path], work: Path) -> list[str]:
-        curl_many(([("upload-file", str(p)), ("url", f"{self.url}/{p.name}")] for p in paths), work)
-        return [p.name for p in paths]
+    def put_options(self, path: Path) -> list[tuple[str, str]]:
+        return [("upload-file", str(path)), ("url", f"{self.url}/{path.name}")]
+
+    def handle(self, path: Path, answer: str) -> str:
+        return path.name
 
 
 class MetaDisk(System):
     name = "node"
 
-    def __init__(self, accounts: bool, capacity: int, max_file_size: int) -> None:
+    def __init__(
+        self,
+        accounts: bool,
+        capacity: int,
+        max_file_size: int,
+        database: str | None = None,
+        hosts: str = "",
+    ) -> None:
         self.accounts = accounts
         self.capacity = capacity
         self.max_file_size = max_file_size
+        self.database = database
+        self.hosts = hosts  # [[hosts]] tables; "": three local directories
 
     def start(self, work: Path) -> None:
+        database = ""
+        if self.database:
+            url, self.drop = fresh_database(self.database)
+            database = f'[database]\nurl = "{url}"\n'
         self.node = Node(
             work,
             f"""
+[node]
+max_connections_per_address = 1000
 [storage]
 capacity = {self.capacity}
 max_file_size = {self.max_file_size}
 [accounts]
 enabled = {"true" if self.accounts else "false"}
-""",
+{database}{self.hosts}""",
         )
         self.pid = self.node.pid
         self.idle_rss = rss_mib(self.pid)
@@ -203,6 +285,9 @@ enabled = {"true" if self.accounts else "false"}
         if hasattr(self, "node"):
             self.node.stop()
             del self.node
+        if hasattr(self, "drop"):
+            self.drop()
+            del self.drop
 
     def _remember(self, answer: str) -> str:
         result = json.loads(answer)
@@ -217,15 +302,11 @@ enabled = {"true" if self.accounts else "false"}
         query = "&".join(q for q in (self.query, key and f"key={self.keys[handle]}") if q)
         return f"{self.node.url}/api/download/{handle}?{query}"
 
-    def put_many(self, paths: list[Path], work: Path) -> list[str]:
-        _, out = curl_many(
-            (
-                [("form", f"file=@{p}"), ("url", f"{self.node.url}/api/upload?{self.query}")]
-                for p in paths
-            ),
-            work,
-        )
-        return [self._remember(line) for line in out.splitlines() if line.strip()]
+    def put_options(self, path: Path) -> list[tuple[str, str]]:
+        return [("form", f"file=@{path}"), ("url", f"{self.node.url}/api/upload?{self.query}")]
+
+    def handle(self, path: Path, answer: str) -> str:
+        return self._remember(answer)
 
     def settle(self) -> float:
         return self.node.wait_replicated()
@@ -309,11 +390,8 @@ class Tahoe(System):
     def get_url(self, handle: str) -> str:
         return f"{self.url}/uri/{handle}"
 
-    def put_many(self, paths: list[Path], work: Path) -> list[str]:
-        _, out = curl_many(
-            ([("upload-file", str(p)), ("url", f"{self.url}/uri")] for p in paths), work
-        )
-        return [line.strip() for line in out.splitlines() if line.strip()]
+    def put_options(self, path: Path) -> list[tuple[str, str]]:
+        return [("upload-file", str(path)), ("url", f"{self.url}/uri")]
 
 
 def tahoe_venv(venv: Path, log: Callable[[str], None]) -> tuple[Path | None, str]:
@@ -354,10 +432,54 @@ def tahoe_venv(venv: Path, log: Callable[[str], None]) -> tuple[Path | None, str
     return venv, version
 
 
+def replication_to_rclone(args: argparse.Namespace, work: Path, files: list[Path]) -> tuple:
+    """
+    A node whose hosts are three `rclone serve webdav` remotes: small files
+    uploaded by CLIENTS clients; (files/s it took them, blobs/s on their three
+    hosts, from the first upload).
+    """
+    servers = []
+    hosts = ""
+    try:
+        for i in range(3):
+            root = work / f"webdav{i}"
+            root.mkdir()
+            server = Rclone()
+            server.start(root)
+            servers.append(server)
+            remote = f":webdav,url='{server.url}':blobs"
+            hosts += f'[[hosts]]\nname = "dav{i}"\nkind = "rclone"\nremote = "{remote}"\n'
+        node = MetaDisk(
+            args.accounts, capacity=2**31, max_file_size=2**20, database=args.database, hosts=hosts
+        )
+        for path in files:
+            refresh(path)
+        node.start(work)
+        try:
+            start = time.perf_counter()
+            seconds, _ = node.put_many(files, work, CLIENTS)
+            node.settle()
+            return len(files) / seconds, len(files) / (time.perf_counter() - start)
+        finally:
+            node.stop()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def check(system: System, load: Workload, sources: list[Path], copies: list[Path]) -> None:
+    """What came back is what went up (downloads written to files)."""
+    if load.sink == "file":
+        for source, copy in zip(sources, copies, strict=True):
+            if source.read_bytes() != copy.read_bytes():
+                raise RuntimeError(f"{system.name}: {source.name} came back different")
+            copy.unlink()
+
+
 def measure(system: System, load: Workload, log: Callable[[str], None]) -> Figures:
     figures = Figures()
     refresh(load.large)
-    for path in load.small:
+    for path in [*load.small, *load.many, *load.medium]:
         refresh(path)
     try:
         system.start(load.work)
@@ -391,30 +513,52 @@ def measure(system: System, load: Workload, log: Callable[[str], None]) -> Figur
                 out.unlink()
         figures.rss_large = peak_rss_mib(pid)
 
-        # The small files: all up, then all down.
+        # The small files: all up, then all down, one client.
         reset_peak(pid)
-        start = time.perf_counter()
-        handles = system.put_many(load.small, load.work)
-        figures.small_put = len(load.small) / (time.perf_counter() - start)
-        if len(handles) != len(load.small):
-            raise RuntimeError(f"{system.name}: {len(handles)} answers to {len(load.small)} PUTs")
+        cpu = system.cpu_seconds()
+        seconds, handles = system.put_many(load.small, load.work)
+        figures.small_put = len(load.small) / seconds
+        if isinstance(system, MetaDisk):
+            figures.cpu_put = (system.cpu_seconds() - cpu) * 1000 / len(load.small)
         system.settle()
+        cpu = system.cpu_seconds()
         outs = [load.out(f"small-{i:05d}.out") for i in range(len(handles))]
-        seconds, _ = curl_many(
-            (
-                [("url", system.get_url(h)), ("output", str(o))]
-                for h, o in zip(handles, outs, strict=True)
-            ),
-            load.work,
-        )
-        figures.small_get = len(handles) / seconds
+        figures.small_get = len(handles) / system.get_many(handles, outs, load.work)
+        if isinstance(system, MetaDisk):
+            figures.cpu_get = (system.cpu_seconds() - cpu) * 1000 / len(handles)
         figures.rss_small = peak_rss_mib(pid)
         log(f"  {system.name}: small PUT {figures.small_put:.0f}/s, GET {figures.small_get:.0f}/s")
-        if load.sink == "file":
-            for source, copy in zip(load.small, outs, strict=True):
-                if source.read_bytes() != copy.read_bytes():
-                    raise RuntimeError(f"{system.name}: {source.name} came back different")
-                copy.unlink()
+        check(system, load, load.small, outs)
+
+        if isinstance(system, Tahoe):
+            return figures  # the peer of the first two phases only: it takes minutes more
+        # Many small files from CLIENTS clients at once; for the node, how fast its cloud
+        # queue put them on their hosts, from the first upload, against how fast it took them.
+        start = time.perf_counter()
+        seconds, handles = system.put_many(load.many, load.work, CLIENTS)
+        figures.many_put = len(load.many) / seconds
+        if isinstance(system, MetaDisk):
+            system.settle()
+            figures.accepted = figures.many_put
+            figures.replicated = len(load.many) / (time.perf_counter() - start)
+        outs = [load.out(f"many-{i:05d}.out") for i in range(len(handles))]
+        figures.many_get = len(handles) / system.get_many(handles, outs, load.work, CLIENTS)
+        log(
+            f"  {system.name}: {CLIENTS} clients PUT {figures.many_put:.0f}/s, GET "
+            f"{figures.many_get:.0f}/s"
+        )
+        check(system, load, load.many, outs)
+
+        # 1 MiB files, one client.
+        seconds, handles = system.put_many(load.medium, load.work)
+        figures.medium_put = len(load.medium) / seconds
+        system.settle()
+        outs = [load.out(f"medium-{i:05d}.out") for i in range(len(handles))]
+        figures.medium_get = len(handles) / system.get_many(handles, outs, load.work)
+        log(
+            f"  {system.name}: 1 MiB PUT {figures.medium_put:.0f}/s, GET {figures.medium_get:.0f}/s"
+        )
+        check(system, load, load.medium, outs)
     finally:
         system.stop()
     return figures
@@ -468,6 +612,26 @@ def report(results: dict[str, Figures], args: argparse.Namespace, context: dict)
         ".0f",
     )
     row(
+        f"{args.many} x {args.file_kib} KiB upload, {CLIENTS} clients, files/s",
+        [base.many_put, node.many_put, None],
+        ".0f",
+    )
+    row(
+        f"{args.many} x {args.file_kib} KiB download, {CLIENTS} clients, files/s",
+        [base.many_get, node.many_get, None],
+        ".0f",
+    )
+    row(
+        f"{MEDIUM[0]} x 1 MiB upload, files/s",
+        [base.medium_put, node.medium_put, None],
+        ".0f",
+    )
+    row(
+        f"{MEDIUM[0]} x 1 MiB download, files/s",
+        [base.medium_get, node.medium_get, None],
+        ".0f",
+    )
+    row(
         f"peak RSS, {size} phase, MiB",
         [base.rss_large, node.rss_large, of(tahoe, "rss_large")],
         ".1f",
@@ -484,6 +648,19 @@ def report(results: dict[str, Figures], args: argparse.Namespace, context: dict)
         f"node: idle RSS {context['idle_rss']:.1f} MiB; the {size} file was on its 3 hosts "
         f"{node.replication:.1f} s after the upload's answer (waited for before the download)"
     )
+    print(
+        f"node: CPU seconds per 1,000 x {args.file_kib} KiB (one client): uploads "
+        f"{node.cpu_put:.2f}, downloads {node.cpu_get:.2f}"
+    )
+    accepted, replicated = context["rclone_hosts"]
+    print(
+        f"node: {CLIENTS} clients' small uploads taken at {node.accepted:.0f} files/s, on 3 local "
+        f"hosts at {node.replicated:.0f} blobs/s; with 3 rclone WebDAV hosts "
+        f"({args.files} files): taken at {accepted:.0f} files/s, on the hosts at "
+        f"{replicated:.0f} blobs/s (both from the first upload until the queue was empty)"
+    )
+    database = "PostgreSQL (" + args.database + ")" if args.database else "SQLite"
+    print(f"node database: {database}")
     if args.rounds > 1:
         for name, figures in results.items():
             for i, r in enumerate(figures.rounds, 1):
@@ -497,6 +674,24 @@ def report(results: dict[str, Figures], args: argparse.Namespace, context: dict)
             node.get / base.get >= GOAL_GET_VS_BASELINE,
         ),
         (f"peak RSS <= {GOAL_RSS_MIB} MiB", node.rss_large <= GOAL_RSS_MIB),
+        (
+            f"small upload >= {GOAL_SMALL_PUT_VS_BASELINE}x rclone",
+            node.small_put / base.small_put >= GOAL_SMALL_PUT_VS_BASELINE,
+        ),
+        (
+            f"small download >= {GOAL_SMALL_GET_VS_BASELINE}x rclone",
+            node.small_get / base.small_get >= GOAL_SMALL_GET_VS_BASELINE,
+        ),
+        (
+            f"{CLIENTS} clients upload >= {GOAL_SMALL_PUT_VS_BASELINE}x rclone",
+            node.many_put / base.many_put >= GOAL_SMALL_PUT_VS_BASELINE,
+        ),
+        (
+            f"{CLIENTS} clients download >= {GOAL_SMALL_GET_VS_BASELINE}x rclone",
+            node.many_get / base.many_get >= GOAL_SMALL_GET_VS_BASELINE,
+        ),
+        ("replication keeps up (local hosts)", (node.replicated or 0) >= 0.95 * node.accepted),
+        ("replication keeps up (rclone hosts)", replicated >= 0.95 * accepted),
     ]
     if tahoe is not None:
         checks += [
@@ -541,6 +736,14 @@ def main() -> int:
         help="where curl writes downloads: a file, checked afterwards (default), or /dev/null",
     )
     parser.add_argument("--workdir", type=Path, help="where the files go (default: a temp dir)")
+    parser.add_argument(
+        "--many", type=int, default=4000, help=f"small files of the {CLIENTS}-client phase (4000)"
+    )
+    parser.add_argument(
+        "--database",
+        help="the node's database server, e.g. postgresql://127.0.0.1/test: each node start"
+        " gets a database of its own there (default: SQLite in its data dir)",
+    )
     args = parser.parse_args()
     args.size_mib = args.size_mib or (64 if args.quick else 1024)
     args.files = args.files or (200 if args.quick else 1000)
@@ -563,10 +766,12 @@ def main() -> int:
     systems: list[System] = [Rclone()]
     size = args.size_mib * MiB
     small_size = args.file_kib * 1024
+    capacity = 2 * (size + (args.files + args.many) * small_size + MEDIUM[0] * MEDIUM[1])
     node = MetaDisk(
         args.accounts,
-        capacity=2 * (size + args.files * small_size) + 2**30,
-        max_file_size=max(size, small_size),
+        capacity=capacity + 2**30,
+        max_file_size=max(size, small_size, MEDIUM[1]),
+        database=args.database,
     )
     systems.append(node)
     if args.tahoe:
@@ -588,8 +793,12 @@ def main() -> int:
         small_dir = work / "small"
         small_dir.mkdir()
         small = [small_dir / f"f{i:05d}.bin" for i in range(args.files)]
-        for path in small:
+        many = [small_dir / f"m{i:05d}.bin" for i in range(args.many)]
+        for path in [*small, *many]:
             path.write_bytes(os.urandom(small_size))
+        medium = [small_dir / f"medium{i:03d}.bin" for i in range(MEDIUM[0])]
+        for path in medium:
+            random_file(path, MEDIUM[1])
         for round_number in range(1, args.rounds + 1):
             # The baseline and the node take turns at going first: on a VM, who writes into
             # memory that was just freed (and not newly handed over by the host) runs faster.
@@ -600,7 +809,7 @@ def main() -> int:
                 log(f"round {round_number}: {system.name}")
                 run = work / f"{system.name}-{round_number}"
                 run.mkdir()
-                load = Workload(large, size, small, small_size, args.sink, run)
+                load = Workload(large, size, small, small_size, args.sink, run, many, medium)
                 try:
                     figures = measure(system, load, log)
                 except RuntimeError as e:
@@ -616,6 +825,13 @@ def main() -> int:
                 if isinstance(system, MetaDisk):
                     context["idle_rss"] = system.idle_rss
                 results[system.name].merge(figures)
+        log("replication to 3 rclone WebDAV hosts")
+        run = work / "replication"
+        run.mkdir()
+        try:
+            context["rclone_hosts"] = replication_to_rclone(args, run, many[: args.files])
+        finally:
+            shutil.rmtree(run, ignore_errors=True)
     return report(results, args, context)
 
 

@@ -22,7 +22,7 @@ from metadisk.periodic import Periodic
 from metadisk.store.blocking import in_caller
 from metadisk.store.catalog import Catalog
 from metadisk.store.claims import ClaimFetcher, Claims
-from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, NoCopyAvailable
+from metadisk.store.cloudsync import FAILURES_BEFORE_UNHEALTHY, GATHER, NoCopyAvailable
 from metadisk.store.files import FileStore
 from metadisk.store.hosts import SLOWEST_RATE
 from metadisk.store.hosts.plowshare import PlowshareHost
@@ -55,6 +55,26 @@ class ReplicationTests(TestCase):
         for filehash in blobs:
             self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
         self.assertEqual(await grid.queued(), [])
+
+    async def test_uploads_gather_into_one_round(self) -> None:
+        """An upload asks for a round soon: those that come meanwhile join it, one job a host."""
+        grid = await Grid.create(self)
+        blobs = [await grid.add(b"one"), await grid.add(b"two")]
+        grid.sync.soon()
+        grid.sync.soon()  # the second upload joins the round the first asked for
+        self.assertEqual(len(grid.clock.getDelayedCalls()), 1)
+        self.assertEqual(grid.host("h0").calls, [])
+        grid.clock.advance(GATHER)
+        await grid.sync.idle()
+        self.assertEqual(grid.host("h0").calls, ["store"])
+        for filehash in blobs:
+            self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        # Someone waiting for it need not wait for the others.
+        third = await grid.add(b"three")
+        grid.sync.soon()
+        await grid.sync.idle()
+        self.assertEqual(await grid.holders(third), ["h0", "h1", "h2"])
+        self.assertEqual(grid.clock.getDelayedCalls(), [])
 
     async def test_one_host_dead_three_copies_on_the_others(self) -> None:
         grid = await Grid.create(self, hosts=4)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from metadisk.crypto import sha256_file
@@ -29,6 +29,7 @@ from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, blob_size, tra
 T = TypeVar("T")
 
 BATCH = 256  # blobs a round takes from the queue: one job per host for them all
+GATHER = 0.05  # seconds an upload's round waits for the next uploads to join it
 FAILURES_BEFORE_UNHEALTHY = 3
 
 
@@ -68,6 +69,7 @@ class CloudSync:
     slowest_rate: float = SLOWEST_RATE
     _health: dict[str, HostHealth] = field(factory=dict)
     _running: Deferred | None = None
+    _soon: IDelayedCall | None = None  # the round asked for soon()
     _again: bool = False
     _stopping: bool = False
     _transfers: set[Deferred[Any]] = field(factory=set)  # the rounds' host transfers in flight
@@ -105,15 +107,39 @@ class CloudSync:
             self._running = running
         return running
 
+    def soon(self) -> None:
+        """
+        Run a round in a moment: the uploads that come meanwhile join it, and
+        many small files make a few jobs a host rather than one a file.
+        """
+        if self._stopping or self._soon is not None:
+            return
+        self._soon = self._clock.callLater(GATHER, self._gathered)
+
+    def _gathered(self) -> None:
+        self._soon = None
+        self.kick()
+
     async def idle(self) -> None:
-        """Wait for the round in progress, if any, and those asked for meanwhile, to end."""
-        while self._running is not None:
-            await self._running
+        """
+        Wait for the round in progress, if any, those asked for meanwhile, and
+        one asked for L{soon}, to end.
+        """
+        while self._running is not None or self._soon is not None:
+            if self._running is None:
+                assert self._soon is not None
+                self._soon.cancel()
+                self._gathered()  # no need to gather more: someone waits for it
+            if self._running is not None:
+                await self._running
 
     async def stop(self) -> None:
         """The node stops: cancel the rounds' host transfers in flight, start no other."""
         self._stopping = True
         self._again = False
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         for transfer in list(self._transfers):
             transfer.cancel()  # the queue keeps their blobs for the next start
         await self.idle()

@@ -135,7 +135,7 @@ class FileStore:
             await also(txn)
 
         await self._db.transaction(record)
-        self.sync.kick()
+        self.sync.soon()
         return filehash, key
 
     async def find(
