@@ -28,7 +28,7 @@ from metadisk.store.hosts import SLOWEST_RATE, HostError, make_host
 from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
-from metadisk.store.hosts.rclone import RcloneHost, object_url, public_location
+from metadisk.store.hosts.rclone import MIN_RUN, RcloneHost, object_url, public_location
 from tests.fakes import (
     RecordingRunner,
     WebDAVServer,
@@ -320,25 +320,32 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
     async def lose(self, filehash: str, url: str) -> None:
         (self.server.root / "blobs" / filehash).unlink()
 
-    async def test_store_all_is_one_run(self) -> None:
-        """Many blobs, one rclone process: a process a blob is most of a small blob's cost."""
+    async def test_store_all_is_few_runs(self) -> None:
+        """
+        Many blobs, a few rclone processes: a process a blob is most of a small
+        blob's cost, and one process waits on its backend's pacer, so a large
+        batch is split over the processes the runner allows, answers in order.
+        """
         runs: list[tuple[str, ...]] = []
         runner = self.host._runner
 
         class Counting:
             timeout = runner.timeout
+            max_processes = runner.max_processes
 
             def run(self, tool: Any, args: tuple[str, ...], **options: Any) -> Any:
                 runs.append(args)
                 return runner.run(tool, args, **options)
 
         self.host._runner = Counting()
-        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
-        urls = await self.host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
-        self.assertEqual([args[0] for args in runs], ["copy"])
-        for (filehash, _, content), url in zip(blobs, urls, strict=True):
-            self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
-            self.assertEqual(url, object_url(self.server.remote(), filehash))
+        for count, expected in [(5, 1), (2 * MIN_RUN + 1, 2)]:
+            del runs[:]
+            blobs = [self.blob(seed=b"%d-%d" % (count, i)) for i in range(count)]
+            urls = await self.host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
+            self.assertEqual([args[0] for args in runs], ["copy"] * expected)
+            for (filehash, _, content), url in zip(blobs, urls, strict=True):
+                self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+                self.assertEqual(url, object_url(self.server.remote(), filehash))
 
     async def break_host(self) -> None:
         await self.server.stop()
