@@ -74,6 +74,17 @@
     'error-downloading-file': 'No host delivered an intact copy of this file. The charge was refunded; try again later.',
     'invalid-range': 'The node cannot serve that part of the file.',
     'invalid-authentication': 'The node refused the secret key.',
+    'too-many-uploads': 'This token already has as many unfinished uploads as the node allows. Finish or cancel one, or try again {retry}.',
+    'upload-not-found': 'The node has no such unfinished upload (was it made on another node?). Start the upload again.',
+    'upload-expired': 'That unfinished upload expired and was removed (its credit refunded). Start the upload again.',
+    'upload-locked': 'Another request is still writing to this upload. Trying again in a moment.',
+    'upload-incomplete': 'Part of the file has not reached the node yet.',
+    'offset-mismatch': 'The node holds a different part of the file than the page thought; resuming from the node’s offset.',
+    'upload-length-exceeded': 'More bytes were sent than the upload’s declared size.',
+    'unsupported-version': 'The node speaks another version of the resumable upload protocol (tus).',
+    'unsupported-content-type': 'The upload’s bytes were sent with the wrong Content-Type.',
+    'unsupported-checksum': 'The node does not know that checksum algorithm (it takes sha1 and sha256).',
+    'checksum-mismatch': 'Part of the file arrived damaged; the node discarded it. Sending it again.',
     'error': 'The node does not know this access token, or the promocode is unknown or already redeemed.',
   };
 
