@@ -99,7 +99,7 @@ def _responses(
     C{answers} plus the common ones; 503 also names the monthly cap for
     transfers, and the budget of unpaid bytes for uploads.
     """
-    responses = {**answers, **_COMMON}
+    responses = {**_COMMON, **answers}  # an operation may say more of a common status
     if transfer:
         codes = ["database-unavailable", "node-busy", "transfer-limit-reached"]
         description = (

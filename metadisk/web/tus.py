@@ -47,6 +47,11 @@ def tus_error(status: int, code: str, **headers: str) -> APIError:
     return error(status, code, Tus_Resumable=VERSION, **headers)
 
 
+def with_version(failure: APIError) -> APIError:
+    """Any refusal of a tus request says which version the node speaks."""
+    return APIError(failure.status, failure.body, {**failure.headers, "Tus-Resumable": VERSION})
+
+
 def http_date(seconds: float) -> str:
     return email.utils.formatdate(seconds, usegmt=True)
 
@@ -54,7 +59,7 @@ def http_date(seconds: float) -> str:
 def parse_metadata(header: str) -> dict[str, str] | None:
     """C{Upload-Metadata}: comma-separated C{key base64(value)}; None when malformed."""
     pairs: dict[str, str] = {}
-    for item in header.split(","):
+    for item in header.split(",") if header.strip() else ():
         parts = item.strip().split(" ")
         if not parts[0] or len(parts) > 2 or parts[0] in pairs:
             return None
@@ -126,8 +131,8 @@ class TusIntake:
             if method == b"PATCH":
                 return self._patch(request, path, length)
             return self._create(request, path, length)
-        except APIError as e:
-            request.respond_early(e)
+        except Exception:  # an APIError, or this month's cap (TransferLimitReached)
+            request.respond_early(with_version(as_api_error(Failure())))
             return None
 
     def known(self, request: Any, upload_id: str) -> LiveUpload:
@@ -371,7 +376,7 @@ class TusReceiver:
     def _fail(self, failure: APIError) -> None:
         if self._failure is not None:
             return
-        self._failure = failure
+        self._failure = failure = with_version(failure)
         if not self._body_complete and not self._lost:
             self._request.respond_early(failure)
         self._maybe_end()
@@ -389,7 +394,7 @@ class TusReceiver:
 
     def _run(self, work: Any) -> None:
         def failed(failure: Failure) -> None:
-            self._finish(as_api_error(failure))
+            self._finish(with_version(as_api_error(failure)))
 
         Deferred.fromCoroutine(work).addErrback(failed)
 
