@@ -36,6 +36,7 @@ from tests.support import (
     upload,
 )
 from tests.test_cli import expected_upload
+from tests.test_faults import START_TIMEOUT, NodeProcess, open_connection, wait_for
 from tests.test_openapi import CONTRACT, raw_parts
 
 CREDIT = 10**10
@@ -549,3 +550,66 @@ class TuspyTests(TusCase):
         self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # once
         result = await json_of(await node.http.get(url))
         self.assertEqual(result, {"filehash": filehash, "key": key})
+
+
+class KilledNodeTests(TestCase):
+    """The node as a real process, killed with SIGKILL in the middle of a tus upload."""
+
+    timeout = 4 * START_TIMEOUT
+
+    async def test_the_upload_resumes_after_a_restart(self) -> None:
+        node = NodeProcess(self, Path(self.mktemp()).resolve())
+        await node.start()
+        token = await node.token(CREDIT)
+        data = os.urandom(12 * 2**20)
+        created = await node.http.post(
+            node.url + "/api/tus/",
+            headers={
+                **TUS,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": metadata(token=token),
+            },
+        )
+        location = created.headers.getRawHeaders("location")[0]
+        partial = node.data / "resumable" / location.rsplit("/", 1)[1]
+        acknowledged = 2**20
+        first = await node.http.patch(
+            node.url + location,
+            data=data[:acknowledged],
+            headers={**TUS, **STREAM, "Upload-Offset": "0"},
+        )
+        self.assertEqual(first.code, 204)
+        head = (
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {acknowledged}\r\n"
+            f"Content-Length: {len(data) - acknowledged}\r\n\r\n"
+        ).encode()
+        sender = await open_connection(node.port, head + data[acknowledged : 7 * 2**20])
+
+        async def half_written() -> bool:
+            return partial.stat().st_size >= 6 * 2**20
+
+        await wait_for(half_written, 30, "the PATCH to be half written")
+        await node.kill()
+        sender.transport.abortConnection()
+
+        await node.start()
+        self.assertEqual(await node.balance(token), CREDIT - 4 * len(data))  # still reserved
+        answer = await node.http.head(node.url + location, headers=TUS)
+        offset = int(answer.headers.getRawHeaders("upload-offset")[0])
+        self.assertGreaterEqual(offset, acknowledged)
+        self.assertLessEqual(offset, partial.stat().st_size)
+        self.assertEqual(partial.read_bytes()[:offset], data[:offset])
+        rest = await node.http.patch(
+            node.url + location,
+            data=data[offset:],
+            headers={**TUS, **STREAM, "Upload-Offset": str(offset)},
+        )
+        self.assertEqual(rest.code, 204)
+        filehash, key = expected_upload(data)
+        self.assertEqual(rest.headers.getRawHeaders("metadisk-filehash"), [filehash])
+        self.assertEqual(await node.balance(token), CREDIT - 4 * len(data))  # charged once
+        download = await node.http.get(
+            node.url + f"/api/download/{filehash}", params={"key": key, "token": token}
+        )
+        self.assertEqual(await download.content(), data)
