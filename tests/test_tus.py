@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from tests.support import (
     test_config,
     upload,
 )
-from tests.test_cli import expected_upload
+from tests.test_cli import expected_upload, metadisk
 from tests.test_faults import START_TIMEOUT, NodeProcess, open_connection, wait_for
 from tests.test_openapi import CONTRACT, raw_parts
 
@@ -613,3 +614,55 @@ class KilledNodeTests(TestCase):
             node.url + f"/api/download/{filehash}", params={"key": key, "token": token}
         )
         self.assertEqual(await download.content(), data)
+
+
+class CommandLineTests(TusCase):
+    """C{metadisk upload} of a large file: tus, resumed by itself and by running it again."""
+
+    async def start(self) -> tuple[str, bytes, Path, dict[str, str]]:
+        node = await self.node()
+        token = await funded_token(node, CREDIT)
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        data = os.urandom(10 * 2**20)  # over the 8 MiB from which the CLI uses tus
+        (base / "big.bin").write_bytes(data)
+        return token, data, base / "big.bin", {"XDG_CACHE_HOME": str(base / "cache")}
+
+    async def test_a_cut_upload_resumes_by_itself(self) -> None:
+        token, data, path, env = await self.start()
+        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20)
+        ran = await metadisk(
+            "upload", str(path), "--node", proxy.url, "--token", token, "--json", env=env
+        )
+        self.assertEqual(ran.code, 0, ran.stderr)
+        self.assertEqual(proxy.cuts, 1)
+        self.assertIn("connection lost", ran.stderr)
+        filehash, key = expected_upload(data)
+        self.assertEqual(ran.json(), {"filehash": filehash, "key": key})  # as a plain upload
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))
+        self.assertEqual(
+            json.loads((Path(env["XDG_CACHE_HOME"]) / "metadisk/uploads.json").read_text()), {}
+        )
+
+    async def test_the_same_command_resumes(self) -> None:
+        token, data, path, env = await self.start()
+        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20)
+        argv = ("upload", str(path), "--node", proxy.url, "--token", token, "--json")
+        cut = await metadisk(*argv, "--retries", "0", env=env)
+        self.assertEqual(cut.code, 3, cut.stderr)
+        self.assertIn("run the same command again to resume", cut.stderr)
+        uploads = list(self.running.node.resumable._uploads.values())
+
+        async def cut_handled() -> bool:  # the node has seen the cut (at once, but not before)
+            return not uploads[0].busy
+
+        await eventually(cut_handled)
+        again = await metadisk(*argv, env=env)
+        self.assertEqual(again.code, 0, again.stderr)
+        resumed = re.search(r"resuming the upload at (\d+) of (\d+) bytes", again.stderr)
+        self.assertIsNotNone(resumed, again.stderr)
+        self.assertGreater(int(resumed.group(1)), 2**20)
+        self.assertEqual(
+            again.json(), dict(zip(("filehash", "key"), expected_upload(data), strict=True))
+        )
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))
