@@ -489,7 +489,7 @@ _TUS_423 = _tus_error("Another request is writing to this upload; try again.", "
 
 
 def _tus_paths() -> dict[str, Schema]:
-    """The tus protocol's operations: docs/protocol.md section 2.4."""
+    """The tus protocol's operations: docs/protocol.md section 2.10."""
     offset_headers = {
         **_TUS_HEADERS,
         "Upload-Offset": _header("Bytes of the upload durably stored.", DIGITS),

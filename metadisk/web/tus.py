@@ -1,5 +1,5 @@
 """
-The tus 1.0.0 protocol at C{/api/tus/} (docs/protocol.md section 2.4): core,
+The tus 1.0.0 protocol at C{/api/tus/} (docs/protocol.md section 2.10): core,
 creation, creation-with-upload, termination, expiration and checksum, over
 L{ResumableUploads}.
 

@@ -1,4 +1,4 @@
--- Resumable uploads (the tus protocol, docs/protocol.md section 2.4): one row per upload
+-- Resumable uploads (the tus protocol, docs/protocol.md section 2.10): one row per upload
 -- created on a node, until it has expired for as long again. Shared SQL: SQLite and PostgreSQL.
 CREATE TABLE resumable_uploads (
     id TEXT PRIMARY KEY,         -- the last part of the upload URL: its capability, never logged

@@ -379,7 +379,7 @@
     offerResume(file);
   }
 
-  // ---- Resumable uploads (tus 1.0.0, docs/protocol.md section 2.4) -----------
+  // ---- Resumable uploads (tus 1.0.0, docs/protocol.md section 2.10) -----------
 
   // As tus-js-client does: the same name, size and modification time is the same file.
   const fingerprint = (file) => `${TUS_PREFIX}${NODE}|${file.name}|${file.size}|${file.lastModified}`;
