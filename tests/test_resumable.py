@@ -155,6 +155,30 @@ class ResumableTestsMixin:
             await deferLater(reactor, 0.01, lambda: None)
         self.fail("the upload stayed busy")
 
+    async def test_a_long_body_is_synced_as_it_goes(self) -> None:
+        """Every 30 s of a body, what it brought is made durable: a crash loses less."""
+        upload = await self.create(10_000)
+        receiver, _ = self.receiver(upload)
+        receiver.dataReceived(b"s" * 1000)
+        self.clock.advance(29)
+        receiver.dataReceived(b"s" * 1000)
+        self.assertEqual(upload.durable, 0)
+        self.clock.advance(1)
+        receiver.dataReceived(b"s" * 1000)  # 30 s: synced up to here
+        await self.wait_durable(upload, 3000)
+        receiver.dataReceived(b"s" * 500)
+        self.assertEqual((upload.durable, upload.written), (3000, 3500))
+        again = self.node()
+        await again.recover()  # a crash now: what was synced stays
+        self.assertEqual(again.get(upload.id).durable, 3000)
+
+    async def wait_durable(self, upload: LiveUpload, offset: int) -> None:
+        for _ in range(500):
+            if upload.durable == offset:
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"the offset stayed at {upload.durable}")
+
     async def test_checksum_mismatch_discards_the_chunk(self) -> None:
         upload = await self.create(10_000)
         await self.patch(upload, b"a" * 1000)

@@ -43,8 +43,10 @@ from metadisk.web.guard import TokenGuard
 from metadisk.web.unpaid import UnpaidBudget
 from metadisk.web.upload import UNPAID_RETRY, UPLOAD_COST, reserve_credit
 
-# Bytes of one PATCH between two syncs: what a crash can lose of a long one, at most.
-CHECKPOINT = 32 * 2**20
+# Seconds of a long body between two syncs: what a crash can lose of it, at most. The kernel
+# writes dirty pages back after 30 s anyway, so a sync this rare costs little extra writing,
+# and a body shorter than that is written once, as the file it becomes.
+CHECKPOINT = 30.0
 
 
 def new_upload_id() -> str:
@@ -88,7 +90,8 @@ class LiveUpload:
 
     @property
     def all_in(self) -> bool:
-        return self.state == RECEIVING and self.durable == self.length
+        """Every byte is in the partial file: the upload may be stored."""
+        return self.state == RECEIVING and self.written == self.length
 
 
 @define
@@ -168,7 +171,7 @@ class ResumableUploads:
     expiry: float
     per_token: int
     max_file_size: int
-    checkpoint: int = CHECKPOINT
+    checkpoint: float = CHECKPOINT
     _uploads: dict[str, LiveUpload] = field(factory=dict)
 
     log = Logger()
@@ -182,6 +185,9 @@ class ResumableUploads:
 
     def _now(self) -> int:
         return int(self._clock.seconds())
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
 
     def too_large(self, length: int) -> bool:
         """Over max_file_size; free uploads are unpaid bytes, bounded by an address's share."""
@@ -353,7 +359,7 @@ class ResumableUploads:
         return waiter
 
     async def _finish(self, upload: LiveUpload) -> tuple[str, str]:
-        assert upload.all_in, (upload.durable, upload.length)
+        assert upload.all_in, (upload.written, upload.length)
         if upload.hasher is not None:
             sha256 = upload.hasher.hexdigest()
         else:

@@ -221,7 +221,7 @@ class TusReceiver:
         self._checksum = checksum
         self._chunk: Chunk | None = None
         self._early: list[bytes] = []  # a POST's bytes before its upload exists: one read
-        self._since_sync = 0
+        self._synced_at = self._uploads.seconds()
         self._syncing: Deferred[None] | None = None
         self._failure: APIError | None = None
         self._body_complete = False
@@ -288,15 +288,17 @@ class TusReceiver:
             self.log.error("a resumable upload could not be written: {e}", e=e)
             self._fail(error(507, "storage-full"))
             return
-        self._since_sync += len(data)
-        if self._checksum is None and self._since_sync >= self._uploads.checkpoint:
+        if (
+            self._checksum is None
+            and self._uploads.seconds() - self._synced_at >= self._uploads.checkpoint
+        ):
             self._checkpoint()
 
     def _checkpoint(self) -> None:
         """A long body is made durable as it goes, so that a crash loses little of it."""
         if self._syncing is not None or self._chunk is None or self._upload is None:
             return
-        self._since_sync = 0
+        self._synced_at = self._uploads.seconds()
         d = Deferred.fromCoroutine(
             self._uploads.make_durable(self._upload, self._chunk.fd, self._upload.written)
         )
@@ -348,7 +350,9 @@ class TusReceiver:
                 return
             if chunk is not None:
                 try:
-                    if self._keeps(chunk):
+                    if self._keeps(chunk) and self._last_byte(upload):
+                        pass  # stored below: the file itself is synced, the offset moot
+                    elif self._keeps(chunk):
                         await self._uploads.make_durable(upload, chunk.fd, upload.written)
                     else:
                         chunk.discard()
@@ -364,6 +368,10 @@ class TusReceiver:
             if upload.all_in:
                 await self._uploads.finish(upload)
             self._finish(None)
+
+    def _last_byte(self, upload: LiveUpload) -> bool:
+        # A crash while it is stored loses only this body (never acknowledged): no sync first.
+        return self._body_complete and upload.written == upload.length
 
     def _keeps(self, chunk: Chunk) -> bool:
         """What arrived is kept (tus: as much as possible), unless its checksum cannot vouch."""
