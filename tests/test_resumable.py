@@ -90,7 +90,7 @@ class ResumableTestsMixin:
         intake = TusIntake(self.uploads, TokenGuard(self.clock, 20, 60), Throttle(self.clock, rate))
         return TusReceiver(intake, request, upload, checksum), request
 
-    async def patch(self, upload: LiveUpload, data: bytes, checksum: Any = None) -> LiveUpload:
+    async def send(self, upload: LiveUpload, data: bytes, checksum: Any = None) -> LiveUpload:
         receiver, _ = self.receiver(upload, checksum)
         receiver.dataReceived(data)
         receiver.bodyReceived()
@@ -114,7 +114,7 @@ class ResumableTestsMixin:
     async def test_offset_survives_a_restart(self) -> None:
         """Acknowledged bytes stay; bytes written but never synced and recorded are cut off."""
         upload = await self.create(10_000)
-        await self.patch(upload, b"a" * 3000)
+        await self.send(upload, b"a" * 3000)
         self.assertEqual((upload.durable, upload.written), (3000, 3000))
         # A body the crash cut: written, never acknowledged.
         receiver, _ = self.receiver(upload)
@@ -130,7 +130,7 @@ class ResumableTestsMixin:
         self.assertIsNone(restarted.hasher)  # the file is hashed again at the end
         self.assertEqual(restarted.reservation, upload.reservation)
         self.uploads = again
-        await self.patch(restarted, b"c" * 6000)
+        await self.send(restarted, b"c" * 6000)
         self.assertEqual(restarted.durable, 9000)
         self.assertEqual(restarted.path.read_bytes(), b"a" * 3000 + b"c" * 6000)
 
@@ -181,17 +181,17 @@ class ResumableTestsMixin:
 
     async def test_checksum_mismatch_discards_the_chunk(self) -> None:
         upload = await self.create(10_000)
-        await self.patch(upload, b"a" * 1000)
+        await self.send(upload, b"a" * 1000)
         wrong = ("sha256", hashlib.sha256(b"something else").digest())
         with self.assertRaises(APIError) as raised:
-            await self.patch(upload, b"b" * 1000, wrong)
+            await self.send(upload, b"b" * 1000, wrong)
         self.assertEqual(
             (raised.exception.status, raised.exception.body["error"]), (460, "checksum-mismatch")
         )
         self.assertEqual((upload.durable, upload.written), (1000, 1000))
         self.assertEqual(upload.path.read_bytes(), b"a" * 1000)
         right = ("sha1", hashlib.sha1(b"b" * 1000).digest())
-        await self.patch(upload, b"b" * 1000, right)
+        await self.send(upload, b"b" * 1000, right)
         self.assertEqual(upload.durable, 2000)
         expected = hashlib.sha256(b"a" * 1000 + b"b" * 1000).hexdigest()
         self.assertEqual(upload.hasher.hexdigest(), expected)  # the discarded bytes left no trace
@@ -208,7 +208,7 @@ class ResumableTestsMixin:
 
     async def test_expiry_refunds_then_forgets(self) -> None:
         upload = await self.create(1000)
-        await self.patch(upload, b"q" * 10)
+        await self.send(upload, b"q" * 10)
         self.clock.advance(EXPIRY - 1)
         await self.uploads.expire_due()
         self.assertEqual(await self.balance(), CREDIT - 4000)
@@ -241,7 +241,7 @@ class ResumableTestsMixin:
 
     async def test_terminate_refunds(self) -> None:
         upload = await self.create(1000)
-        await self.patch(upload, b"t" * 100)
+        await self.send(upload, b"t" * 100)
         await self.uploads.terminate(upload)
         self.assertEqual(await self.balance(), CREDIT)
         self.assertIsNone(self.uploads.get(upload.id))

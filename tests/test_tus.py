@@ -24,7 +24,9 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from metadisk.db import DatabaseUnavailable
 from metadisk.logs import ACCESS_NAMESPACE
+from metadisk.store.catalog import Catalog
 from tests.support import (
     RunningNode,
     eventually,
@@ -104,7 +106,7 @@ class TusCase(TestCase):
             headers.update(STREAM)
         return await self.call("POST", "/api/tus/", headers, body)
 
-    async def patch(self, location: str, offset: int, body: bytes, **more: str) -> Answer:
+    async def patch_upload(self, location: str, offset: int, body: bytes, **more: str) -> Answer:
         headers = {**TUS, **STREAM, "Upload-Offset": str(offset), **more}
         return await self.call("PATCH", location, headers, body)
 
@@ -142,12 +144,12 @@ class ProtocolTests(TusCase):
         self.assertEqual((head.code, head.header("Upload-Offset")), (200, "0"))
         self.assertEqual(head.header("Upload-Length"), str(len(data)))
         self.assertEqual(head.header("Cache-Control"), "no-store")
-        first = await self.patch(location, 0, data[:100_000])
+        first = await self.patch_upload(location, 0, data[:100_000])
         self.assertEqual((first.code, first.header("Upload-Offset")), (204, "100000"))
         self.assertIsNone(first.header("MetaDisk-Filehash"))
         incomplete = await self.call("GET", location, {})
         self.assertEqual((incomplete.code, incomplete.error), (409, "upload-incomplete"))
-        last = await self.patch(location, 100_000, data[100_000:])
+        last = await self.patch_upload(location, 100_000, data[100_000:])
         self.assertEqual((last.code, last.header("Upload-Offset")), (204, str(len(data))))
 
         filehash, key = expected_upload(data)
@@ -168,7 +170,7 @@ class ProtocolTests(TusCase):
         # A finished upload: HEAD says so, a PATCH of nothing at its end too.
         head = await self.call("HEAD", location, TUS)
         self.assertEqual(head.header("Upload-Offset"), str(len(data)))
-        again = await self.patch(location, len(data), b"")
+        again = await self.patch_upload(location, len(data), b"")
         self.assertEqual((again.code, again.header("MetaDisk-Key")), (204, key))
         self.assertEqual(os.listdir(node.node.config.node.data_dir / "resumable"), [])
 
@@ -178,7 +180,7 @@ class ProtocolTests(TusCase):
         data = os.urandom(5000)
         part = await self.create(len(data), token, data[:2000])
         self.assertEqual((part.code, part.header("Upload-Offset")), (201, "2000"))
-        done = await self.patch(part.header("Location"), 2000, data[2000:])
+        done = await self.patch_upload(part.header("Location"), 2000, data[2000:])
         self.assertEqual(done.header("MetaDisk-Filehash"), expected_upload(data)[0])
         whole = await self.create(len(data), token, data)
         self.assertEqual(whole.code, 201)
@@ -248,25 +250,27 @@ class ProtocolTests(TusCase):
             "unsupported-version",
         )
         await expect(
-            await self.patch(location, 0, b"a", **{"Content-Type": "text/plain"}),
+            await self.patch_upload(location, 0, b"a", **{"Content-Type": "text/plain"}),
             415,
             "unsupported-content-type",
         )
         await expect(
             await self.call("PATCH", location, {**TUS, **STREAM}, b"a"), 400, "bad-request"
         )
-        mismatch = await expect(await self.patch(location, 5, b"a"), 409, "offset-mismatch")
+        mismatch = await expect(await self.patch_upload(location, 5, b"a"), 409, "offset-mismatch")
         self.assertEqual(mismatch.header("Upload-Offset"), "0")
-        await expect(await self.patch(location, 0, b"a" * 1001), 413, "upload-length-exceeded")
+        await expect(
+            await self.patch_upload(location, 0, b"a" * 1001), 413, "upload-length-exceeded"
+        )
         wrong = "sha256 " + base64.b64encode(hashlib.sha256(b"b").digest()).decode()
         await expect(
-            await self.patch(location, 0, b"a" * 10, **{"Upload-Checksum": wrong}),
+            await self.patch_upload(location, 0, b"a" * 10, **{"Upload-Checksum": wrong}),
             460,
             "checksum-mismatch",
         )
         self.assertEqual((await self.call("HEAD", location, TUS)).header("Upload-Offset"), "0")
         right = "sha1 " + base64.b64encode(hashlib.sha1(b"a" * 10).digest()).decode()
-        ok = await self.patch(location, 0, b"a" * 10, **{"Upload-Checksum": right})
+        ok = await self.patch_upload(location, 0, b"a" * 10, **{"Upload-Checksum": right})
         self.assertEqual((ok.code, ok.header("Upload-Offset")), (204, "10"))
 
         # Unknown and expired.
@@ -275,23 +279,62 @@ class ProtocolTests(TusCase):
         for method in ("HEAD", "DELETE", "GET"):
             answer = await self.call(method, "/api/tus/" + "A" * 32, TUS)
             self.assertEqual(answer.code, 404)
-        await expect(await self.patch("/api/tus/" + "A" * 32, 0, b"a"), 404, "upload-not-found")
+        await expect(
+            await self.patch_upload("/api/tus/" + "A" * 32, 0, b"a"), 404, "upload-not-found"
+        )
         self.assertEqual(len(node.node.guard._failures["127.0.0.1"]) - before, 4)  # guesses
         live = node.node.resumable.get(location.rsplit("/", 1)[1])
         self.patch_expiry(live)
         await expect(await self.call("GET", location, {}), 410, "upload-expired")
-        await expect(await self.patch(location, 10, b"a"), 410, "upload-expired")
+        await expect(await self.patch_upload(location, 10, b"a"), 410, "upload-expired")
         self.assertEqual((await self.call("HEAD", location, TUS)).code, 410)
 
     def patch_expiry(self, upload: Any) -> None:
         """As if its expiry had come (the node's clock is the real one here)."""
         upload.row = evolve(upload.row, expires=int(reactor.seconds()) - 1)
 
+    async def test_a_failure_while_storing_spoils_nothing(self) -> None:
+        """
+        The file is encrypted into a new file, not over the partial one: a
+        failure (or a crash) while it is stored leaves every byte to store again.
+        """
+        node = await self.node()
+        token = await funded_token(node, CREDIT)
+        data = os.urandom(200_000)
+        location = (await self.create(len(data), token)).header("Location")
+        record = Catalog.add_file
+
+        async def unavailable_once(catalog: Catalog, *args: Any) -> bool:
+            self.patch(Catalog, "add_file", record)
+            raise DatabaseUnavailable("as if the database went away")
+
+        self.patch(Catalog, "add_file", unavailable_once)
+        failed = await self.patch_upload(location, 0, data)
+        self.assertEqual((failed.code, failed.error), (503, "database-unavailable"))
+        partial = node.node.config.node.data_dir / "resumable" / location.rsplit("/", 1)[1]
+        self.assertEqual(partial.read_bytes(), data)
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # still reserved
+        stored = await self.call("GET", location, {})
+        self.assertEqual(json.loads(stored.body)["key"], expected_upload(data)[1])
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # charged once
+
+    async def test_cache_room_at_creation(self) -> None:
+        """Room for the file is set aside when the upload is created: 507 then, not at the end."""
+        node = await self.node(storage={"capacity": 3 * 2**20, "max_file_size": 2 * 2**20})
+        token = await funded_token(node, CREDIT)
+        first = await self.create(2 * 2**20, token)
+        self.assertEqual(first.code, 201)
+        full = await self.create(2 * 2**20, token)
+        self.assertEqual((full.code, full.error), (507, "storage-full"))
+        self.assertEqual(await self.balance(token), CREDIT - 8 * 2**20)  # the refused one: none
+        await self.call("DELETE", first.header("Location"), TUS)
+        self.assertEqual((await self.create(2 * 2**20, token)).code, 201)  # its room came back
+
     async def test_termination_refunds(self) -> None:
         node = await self.node()
         token = await funded_token(node, CREDIT)
         location = (await self.create(1000, token)).header("Location")
-        await self.patch(location, 0, b"d" * 500)
+        await self.patch_upload(location, 0, b"d" * 500)
         self.assertEqual(await self.balance(token), CREDIT - 4000)
         gone = await self.call("DELETE", location, TUS)
         self.assertEqual(gone.code, 204)
@@ -318,7 +361,7 @@ class ProtocolTests(TusCase):
             return live is not None and live.written == 50_000
 
         await eventually(streaming)
-        second = await self.patch(location, 0, data)
+        second = await self.patch_upload(location, 0, data)
         self.assertEqual((second.code, second.error), (423, "upload-locked"))
         delete = await self.call("DELETE", location, TUS)
         self.assertEqual((delete.code, delete.error), (423, "upload-locked"))
@@ -357,7 +400,7 @@ class ProtocolTests(TusCase):
         await eventually(durable)
         offset = int((await self.call("HEAD", location, TUS)).header("Upload-Offset"))
         self.assertEqual(offset, 123_456)
-        done = await self.patch(location, offset, data[offset:])
+        done = await self.patch_upload(location, offset, data[offset:])
         self.assertEqual(done.header("MetaDisk-Filehash"), expected_upload(data)[0])
         self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))
 
@@ -411,7 +454,7 @@ class ProtocolTests(TusCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         location = (await self.create(10, token)).header("Location")
         upload_id = location.rsplit("/", 1)[1]
-        await self.patch(location, 0, b"0123456789")
+        await self.patch_upload(location, 0, b"0123456789")
         await self.call("HEAD", location, TUS)
         await self.call("GET", location, {})
         paths = [event["path"] for event in lines if event["route"] == "/api/tus/{upload_id}"]
@@ -429,10 +472,12 @@ class ProtocolTests(TusCase):
         big = await self.create(9000, None)
         self.assertEqual(big.code, 201)
         data = os.urandom(5000)
-        done = await self.patch(created.header("Location"), 0, data)
+        done = await self.patch_upload(created.header("Location"), 0, data)
         self.assertEqual(done.header("MetaDisk-Key"), expected_upload(data)[1])
         self.assertEqual(node.node.resumable._unpaid.held, 9000)
-        late = await self.patch(big.header("Location"), 0, b"b" * 6000)  # 5000 + 6000 > 10000
+        late = await self.patch_upload(
+            big.header("Location"), 0, b"b" * 6000
+        )  # 5000 + 6000 > 10000
         self.assertEqual((late.code, late.error), (503, "transfer-limit-reached"))
 
 
