@@ -67,12 +67,6 @@ class ResumableTable:
             ),
         )
 
-    async def find(self, upload_id: str) -> ResumableRow | None:
-        rows = await self._db.query(
-            f"SELECT {_COLUMNS} FROM resumable_uploads WHERE id = ?", (upload_id,)
-        )
-        return ResumableRow(*rows[0]) if rows else None
-
     async def of_node(self, node_id: str) -> list[ResumableRow]:
         """Every upload this node holds (its partial files are in its data directory)."""
         rows = await self._db.query(
