@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 from metadisk.db import DatabaseUnavailable
 from metadisk.logs import ACCESS_NAMESPACE
 from metadisk.store.catalog import Catalog
+from tests.pg import create_database
 from tests.support import (
     RunningNode,
     eventually,
@@ -604,7 +605,13 @@ class KilledNodeTests(TestCase):
     timeout = 4 * START_TIMEOUT
 
     async def test_the_upload_resumes_after_a_restart(self) -> None:
-        node = NodeProcess(self, Path(self.mktemp()).resolve())
+        await self.killed_and_resumed("")
+
+    async def test_the_upload_resumes_after_a_restart_on_postgresql(self) -> None:
+        await self.killed_and_resumed(f"[database]\nurl = {json.dumps(create_database(self))}\n")
+
+    async def killed_and_resumed(self, toml: str) -> None:
+        node = NodeProcess(self, Path(self.mktemp()).resolve(), toml)
         await node.start()
         token = await node.token(CREDIT)
         data = os.urandom(12 * 2**20)
