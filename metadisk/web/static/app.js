@@ -18,6 +18,7 @@
   const tusChunk = (size) => Math.min(64 * 1024 * 1024, Math.max(4 * 1024 * 1024, Math.ceil(size / 16)));
   const RETRY_DELAYS = [1, 2, 4, 8, 15, 30]; // seconds between attempts, the last repeated
   const MAX_ATTEMPTS = 20; // attempts in a row without progress before giving up
+  const STALL_SECONDS = 60; // a PATCH with no progress (nor answer) this long is cut
 
   const url = (path) => NODE + path;
 
@@ -493,7 +494,22 @@
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       upload.xhr = xhr;
-      xhr.upload.addEventListener('progress', (event) => onProgress(offset + event.loaded));
+      // A connection that moves nothing for a while is as good as cut: the next attempt resumes.
+      let stalled = false;
+      let watchdog = null;
+      const watch = () => {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => {
+          stalled = true;
+          xhr.abort();
+        }, STALL_SECONDS * 1000);
+      };
+      xhr.addEventListener('loadend', () => clearTimeout(watchdog));
+      xhr.upload.addEventListener('progress', (event) => {
+        watch();
+        onProgress(offset + event.loaded);
+      });
+      watch();
       xhr.addEventListener('load', () => {
         if (xhr.status === 204) {
           resolve((name) => xhr.getResponseHeader(name));
@@ -508,7 +524,9 @@
         reject(apiError(xhr.status, body, xhr.getResponseHeader('Retry-After')));
       });
       xhr.addEventListener('error', () => reject(new ApiError(0, 'network', MESSAGES.network)));
-      xhr.addEventListener('abort', () => reject(new ApiError(-1, 'aborted', 'aborted')));
+      xhr.addEventListener('abort', () => reject(stalled
+        ? new ApiError(0, 'network', MESSAGES.network)
+        : new ApiError(-1, 'aborted', 'aborted')));
       xhr.open('PATCH', url(tusPath(upload.id)));
       xhr.setRequestHeader('Tus-Resumable', '1.0.0');
       xhr.setRequestHeader('Upload-Offset', String(offset));
