@@ -350,14 +350,12 @@ class TusReceiver:
                 return
             if chunk is not None:
                 try:
-                    if self._keeps(chunk) and self._last_byte(upload):
-                        pass  # stored below: the file itself is synced, the offset moot
-                    elif self._keeps(chunk):
-                        await self._uploads.make_durable(upload, chunk.fd, upload.written)
-                    else:
+                    if not self._keeps(chunk):
                         chunk.discard()
                         if self._failure is None and self._body_complete:
                             self._failure = tus_error(460, "checksum-mismatch")
+                    elif not self._last_byte(upload):
+                        await self._uploads.make_durable(upload, chunk.fd, upload.written)
                 finally:
                     chunk.close()
         finally:
@@ -370,7 +368,8 @@ class TusReceiver:
             self._finish(None)
 
     def _last_byte(self, upload: LiveUpload) -> bool:
-        # A crash while it is stored loses only this body (never acknowledged): no sync first.
+        # Such a body is not synced apart: the file it completes is, when it is stored below,
+        # and a crash before that loses only this body, never acknowledged.
         return self._body_complete and upload.written == upload.length
 
     def _keeps(self, chunk: Chunk) -> bool:
