@@ -113,8 +113,8 @@ class Chunk:
     def __attrs_post_init__(self) -> None:
         upload = self.upload
         if upload.written != upload.durable:
-            # Bytes past the offset were never acknowledged (their sync failed): they go, and
-            # the file's hash is taken again at the end.
+            # Bytes past the offset were never acknowledged (their sync, or the storing of the
+            # file they completed, failed): they go, and the file is hashed again at the end.
             os.ftruncate(self.fd, upload.durable)
             upload.written = upload.durable
             upload.hasher = None
