@@ -293,6 +293,16 @@ class ChainConfig:
     fetch_allowed_networks: tuple[Network, ...] = field(default=(), converter=_networks)
 
 
+@frozen
+class UploadsConfig:
+    """Resumable uploads (the tus protocol, at /api/tus/)."""
+
+    # Seconds an upload may take from its creation; then it is removed and its credit refunded.
+    resumable_expiry: float = field(default=86400.0, validator=number(60))
+    # Unfinished resumable uploads one token may hold at once.
+    resumable_per_token: int = field(default=8, validator=whole(1, 10_000))
+
+
 _HOST_SETTING = {"local": "path", "rclone": "remote", "plowshare": "site"}
 
 
@@ -324,6 +334,7 @@ class Config:
     crypto: CryptoConfig = CryptoConfig()
     replication: ReplicationConfig = ReplicationConfig()
     chain: ChainConfig = ChainConfig()
+    uploads: UploadsConfig = UploadsConfig()
     hosts: tuple[HostConfig, ...] = ()  # empty: three local hosts in the data dir
 
     @property

@@ -197,9 +197,15 @@ class Ledger:
             self.metrics.settled(kept, reservation.amount - kept)
 
     async def refund_abandoned(self) -> int:
-        """Refund the reservations this node held when it stopped without settling them."""
+        """
+        Refund the reservations this node held when it stopped without settling
+        them, except those of resumable uploads: they live on across restarts,
+        and end when their upload does (L{metadisk.store.resumable}).
+        """
         rows = await self._db.query(
-            "SELECT id, token, amount FROM reservations WHERE node_id = ?", (self._node_id,)
+            "SELECT id, token, amount FROM reservations r WHERE node_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM resumable_uploads u WHERE u.reservation_id = r.id)",
+            (self._node_id,),
         )
         for id_, token, amount in rows:
             await self.refund(Reservation(id=id_, token=token, amount=amount))

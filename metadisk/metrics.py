@@ -35,7 +35,11 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 def transfer_direction(method: bytes, path: str) -> str | None:
     """C{"incoming"} for an upload, C{"outgoing"} for a download, else None."""
     route = route_of(path)  # a template: no filehash or token becomes a label value
-    if method == b"POST" and route == routes.UPLOAD:
+    if (method, route) in (
+        (b"POST", routes.UPLOAD),
+        (b"POST", routes.TUS),
+        (b"PATCH", routes.TUS_UPLOAD),
+    ):
         return INCOMING
     if method == b"GET" and route == routes.DOWNLOAD:
         return OUTGOING

@@ -44,13 +44,16 @@ from metadisk.store.hosts.publicnet import (
 )
 from metadisk.store.hosts.url import URLHost
 from metadisk.store.repair import Repair
+from metadisk.store.resumable import ResumableTable
 from metadisk.throttle import Bandwidth
 from metadisk.web.accounts import AccountsAPI
 from metadisk.web.addresses import TrustedProxies
 from metadisk.web.files import FilesAPI
 from metadisk.web.guard import TokenGuard
+from metadisk.web.resumable import ResumableUploads
 from metadisk.web.root import NodeRoot
 from metadisk.web.site import CORS, MetaDiskSite
+from metadisk.web.tus import TusAPI, TusIntake
 from metadisk.web.unpaid import UnpaidBudget
 from metadisk.web.upload import UploadPolicy
 
@@ -93,6 +96,7 @@ class Node:
     chain: ChainService | None = None  # None: the chain is disabled
     repair: Repair | None = None  # run by the node's service (tap.py)
     private_site: MetaDiskSite | None = None  # for [node] private_listen; None: not set
+    resumable: ResumableUploads | None = None  # expired by the node's service (tap.py)
     # Where the node listens, once it does: the URLs of records must not lead there.
     listening: ListeningAddresses = field(factory=ListeningAddresses)
 
@@ -267,7 +271,27 @@ async def build_node(
         if config.accounts.enabled
         else None
     )
-    root = NodeRoot(files_api, accounts_api, metrics=metrics)
+    resumable = ResumableUploads(
+        ResumableTable(db),
+        store,
+        ledger_if_enabled,
+        cache,
+        meters,
+        guard,
+        unpaid,
+        reactor,
+        run_blocking,
+        node_id,
+        config.node.data_dir / "resumable",
+        config.uploads.resumable_expiry,
+        config.uploads.resumable_per_token,
+        config.storage.max_file_size,
+    )
+    await resumable.recover()
+    tus = TusIntake(resumable, guard, bandwidth.incoming)
+    root = NodeRoot(
+        files_api, accounts_api, TusAPI(tus, config.storage.max_file_size), metrics=metrics
+    )
     policy = UploadPolicy(
         ledger=ledger_if_enabled,
         cache=cache,
@@ -288,6 +312,7 @@ async def build_node(
         metrics=metrics,
         header_timeout=config.node.header_timeout,
         proxies=proxies,
+        tus=tus,
     )
     repair = Repair(
         db, sync, cache, hosts, reactor, run_blocking, sample=config.replication.repair_sample
@@ -304,6 +329,7 @@ async def build_node(
             private=True,
             header_timeout=config.node.header_timeout,
             proxies=proxies,
+            tus=tus,
         )
         if config.node.private_listen
         else None
@@ -322,4 +348,5 @@ async def build_node(
         repair=repair,
         private_site=private_site,
         listening=listening,
+        resumable=resumable,
     )

@@ -16,6 +16,8 @@ UPLOAD = "/api/upload"
 DOWNLOAD = "/api/download/{filehash}"
 FIND = "/api/find/{filehash}"
 STATUS = "/api/status"
+TUS = "/api/tus/"  # resumable uploads: the tus protocol
+TUS_UPLOAD = "/api/tus/{upload_id}"
 OPENAPI = "/api/openapi.json"
 NEW_TOKEN = "/accounts/token/new"
 PRICES = "/accounts/token/prices"
@@ -32,6 +34,8 @@ TEMPLATES = (
     DOWNLOAD,
     FIND,
     STATUS,
+    TUS,
+    TUS_UPLOAD,
     OPENAPI,
     NEW_TOKEN,
     PRICES,
@@ -42,7 +46,9 @@ TEMPLATES = (
     METRICS,
     PAGE,
 )
-SECRET_PARAMETERS = {"token"}  # path parameters the access log never shows in full
+# Path parameters the access log never shows in full: a token, and a resumable upload's id
+# (its URL is its capability).
+SECRET_PARAMETERS = {"token", "upload_id"}
 _PARAMETER = re.compile(r"\{([a-z_]+)\}")
 _VALUES = {"asset": r"[A-Za-z0-9_-]+\.(?:css|js|svg|png|ico|html)"}
 _SLASHES = re.compile(rb"//+")

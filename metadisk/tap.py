@@ -28,6 +28,7 @@ from metadisk.web.descriptors import DescriptorBudget, raise_open_file_limit
 from metadisk.web.site import MetaDiskSite
 
 METERS_FLUSH_INTERVAL = 1.0
+EXPIRY_INTERVAL = 60.0  # seconds between two looks for expired resumable uploads
 
 
 class Options(usage.Options):
@@ -94,6 +95,17 @@ class NodeService(service.MultiService):
                 expected=(DatabaseUnavailable,),
             ),
         ]
+        if node.resumable is not None:
+            # Resumable uploads past their expiry: removed and refunded.
+            loops.append(
+                Periodic(
+                    "resumable uploads",
+                    node.resumable.expire_due,
+                    EXPIRY_INTERVAL,
+                    self._reactor,
+                    expected=(DatabaseUnavailable,),
+                )
+            )
         if node.repair is not None and self.config.replication.repair_sample > 0:
             # Checks a sample of stored copies each round and restores lost ones.
             interval = self.config.replication.repair_interval

@@ -181,6 +181,17 @@ class ErrorTests(SynchronousTestCase):
         )
         self.assertKey({"node": {"trusted_proxies": "127.0.0.1"}}, "node.trusted_proxies")
         self.assertKey({"node": {"trusted_proxies": ["127.0.0.300/32"]}}, "node.trusted_proxies")
+        self.assertKey({"uploads": {"resumable_expiry": 10}}, "uploads.resumable_expiry")
+        self.assertKey({"uploads": {"resumable_per_token": 0}}, "uploads.resumable_per_token")
+        self.assertKey({"uploads": {"resumable_per_token": "8"}}, "uploads.resumable_per_token")
+
+    def test_resumable_uploads(self) -> None:
+        uploads = load_config(None).uploads
+        self.assertEqual((uploads.resumable_expiry, uploads.resumable_per_token), (86400, 8))
+        changed = config_from_dict(
+            {"uploads": {"resumable_expiry": 600, "resumable_per_token": 2}}
+        ).uploads
+        self.assertEqual((changed.resumable_expiry, changed.resumable_per_token), (600, 2))
 
     def test_unreadable_file(self) -> None:
         with self.assertRaises(ConfigError) as caught:

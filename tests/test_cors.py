@@ -26,7 +26,11 @@ from tests.support import (
 
 PAGE = "https://page.example"
 OTHER = "https://evil.example"
-EXPOSED = "Content-Disposition, Content-Length, Content-Range, Retry-After"
+EXPOSED = (
+    "Content-Disposition, Content-Length, Content-Range, Retry-After, Location, Upload-Offset,"
+    " Upload-Length, Upload-Expires, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size,"
+    " Tus-Checksum-Algorithm, MetaDisk-Filehash, MetaDisk-Key"
+)
 
 
 async def cors_node(case: TestCase, *origins: str, **sections: Any) -> Any:

@@ -21,6 +21,7 @@ from metadisk.web.accounts import AccountsAPI
 from metadisk.web.files import FilesAPI
 from metadisk.web.openapi import document
 from metadisk.web.root import NodeRoot
+from metadisk.web.tus import TusAPI
 from tests.support import funded_token, raw_http, start_node, test_config, upload
 
 _METHODS = ("get", "head", "post", "put", "delete", "patch", "options", "trace")
@@ -103,6 +104,7 @@ def served_routes() -> set[tuple[str, str]]:
     branches = {
         "api_branch": ("/api", FilesAPI.app),
         "accounts_branch": ("/accounts", AccountsAPI.app),
+        "tus_branch": ("/api/tus", TusAPI.app),
     }
     routes: set[tuple[str, str]] = set()
 

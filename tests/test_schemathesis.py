@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import funded_token, start_node, test_config
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 MAX_EXAMPLES = 10  # per operation and phase: about 500 requests, 10 s on a quiet machine
 RUN_TIMEOUT = 240  # seconds; the run is killed past this
 CHECKS = ",".join(
@@ -57,9 +58,11 @@ class _Collect(ProcessProtocol):
             pass
 
 
-async def run_bounded(argv: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
+async def run_bounded(
+    argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     protocol = _Collect()
-    reactor.spawnProcess(protocol, argv[0], argv, env=dict(os.environ), path=str(cwd))
+    reactor.spawnProcess(protocol, argv[0], argv, env={**os.environ, **(env or {})}, path=str(cwd))
     killer = reactor.callLater(timeout, protocol.kill)
     try:
         code = await protocol.done
@@ -111,7 +114,9 @@ class SchemathesisTests(TestCase):
             "off",
             "--no-color",
         ]
-        code, output = await run_bounded(argv, work, RUN_TIMEOUT)
+        # Tus bodies (application/offset+octet-stream) are bytes: tests/schemathesis_hooks.py.
+        hooks = {"SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(REPOSITORY)}
+        code, output = await run_bounded(argv, work, RUN_TIMEOUT, hooks)
         tail = output[-6000:]
         self.assertIn("Test cases:", output, tail)
         self.assertEqual(code, 0, tail)

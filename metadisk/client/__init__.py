@@ -12,6 +12,7 @@ One module a job:
     errors.py    exit codes, CLIError, and the node's JSON errors as one line
     output.py    results as text or JSON, notes, progress bars; human() sizes
     upload.py    metadisk upload: a streamed multipart body, stopped on an early refusal
+    resumable.py metadisk upload of a large file: tus, resumed after a cut or a new run
     download.py  metadisk download: HEAD, ranged GETs that resume, verification
     lookup.py    metadisk find, metadisk status
     accounts.py  metadisk token new | balance | redeem | prices

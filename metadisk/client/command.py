@@ -4,7 +4,8 @@ command, turn its L{CLIError} into one line on stderr and an exit code.
 
     metadisk [--node URL] [--token TOKEN] [--json] COMMAND ...
 
-    upload FILE                           upload a file; prints its filehash and key
+    upload FILE [--retries N]             upload a file; prints its filehash and key; a file
+                                          from 8 MiB up goes through tus and resumes if cut
     download FILEHASH [--key KEY] [-o OUT]  download (and verify) a file; resumes if cut
     find FILEHASH                         where a file is stored
     status                                the node's bandwidth, storage, queues, chain
@@ -30,6 +31,7 @@ from metadisk.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError
 from metadisk.client.lookup import find, status
 from metadisk.client.node import NodeClient
 from metadisk.client.output import Output
+from metadisk.client.resumable import UploadState
 from metadisk.client.upload import upload
 
 DEFAULT_NODE = "http://127.0.0.1:8080"
@@ -87,8 +89,15 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, help_: str, subs: Any = commands) -> argparse.ArgumentParser:
         return subs.add_parser(name, parents=[common], help=help_, description=help_)
 
-    up = command("upload", "upload a file; prints its filehash and key")
+    up = command("upload", "upload a file; prints its filehash and key; resumes if cut")
     up.add_argument("file", metavar="FILE")
+    up.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help=f"resumes in a row after cuts without progress (default {DEFAULT_RETRIES});"
+        " files from 8 MiB up",
+    )
     down = command("download", "download a file, verify it, resume if cut")
     down.add_argument("filehash", metavar="FILEHASH")
     down.add_argument("--key", help="the file's key (without it: the encrypted blob)")
@@ -155,7 +164,9 @@ def _dispatch(args: argparse.Namespace, output: Output, environ: Mapping[str, st
     client = NodeClient(url, getattr(args, "timeout", DEFAULT_TIMEOUT))
     token = getattr(args, "token", None) or environ.get("METADISK_TOKEN") or None
     handlers: dict[str, Callable[[], int]] = {
-        "upload": lambda: upload(client, output, args.file, token),
+        "upload": lambda: upload(
+            client, output, args.file, token, args.retries, UploadState.default(environ)
+        ),
         "download": lambda: download(client, output, args, token, _binary(output.out)),
         "find": lambda: find(client, output, args),
         "status": lambda: status(client, output),

@@ -60,6 +60,18 @@ MESSAGES = {
     # The accounts API, whose body is {"status": code}.
     "error": "an unknown token, or a promocode that is unknown or redeemed already",
     "invalid-authentication": "the node refused the secret key",
+    # Resumable uploads (tus).
+    "too-many-uploads": "the token has as many unfinished uploads as the node allows",
+    "upload-not-found": "the node has no such unfinished upload; upload again",
+    "upload-expired": "the unfinished upload expired (its credit was refunded); upload again",
+    "upload-locked": "another request is still writing to this upload; try again in a moment",
+    "upload-incomplete": "part of the file has not reached the node yet",
+    "offset-mismatch": "the node holds a different part of the file than expected",
+    "upload-length-exceeded": "more bytes were sent than the upload's declared size",
+    "unsupported-version": "the node speaks another version of tus",
+    "unsupported-content-type": "the upload's bytes were sent with the wrong Content-Type",
+    "unsupported-checksum": "the node takes sha1 and sha256 checksums only",
+    "checksum-mismatch": "part of the file arrived damaged and was discarded",
 }
 
 

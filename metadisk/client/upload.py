@@ -1,6 +1,7 @@
 """
 C{metadisk upload}: the file streams into a multipart body, token first, and
-the sending stops as soon as the node answers early (a refusal).
+the sending stops as soon as the node answers early (a refusal). A large
+file goes through tus instead, and resumes (L{metadisk.client.resumable}).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from metadisk.client.errors import EXIT_OK, CLIError, Unreachable, node_error
+from metadisk.client.errors import EXIT_INTERRUPTED, EXIT_OK, CLIError, Unreachable, node_error
 from metadisk.client.node import CHUNK, NodeClient
 from metadisk.client.output import Output, human
+from metadisk.client.resumable import THRESHOLD, ResumableUpload, UploadState, fingerprint
 
 
 def _form_name(name: str) -> bytes:
@@ -56,7 +58,14 @@ def _chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def upload(client: NodeClient, output: Output, path: str, token: str | None) -> int:
+def upload(
+    client: NodeClient,
+    output: Output,
+    path: str,
+    token: str | None,
+    retries: int,
+    state: UploadState,
+) -> int:
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -67,6 +76,18 @@ def upload(client: NodeClient, output: Output, path: str, token: str | None) -> 
             raise CLIError(f"upload: {path} is not a regular file")
         size = info.st_size
         name = os.path.basename(path)
+        if size >= THRESHOLD:
+            key = fingerprint(client, path, info)
+            job = ResumableUpload(client, f, size, name, token, retries, state, key, output.note)
+            try:
+                with output.bar(size, 0, name) as bar:
+                    answer = job.run(bar)
+            except KeyboardInterrupt:
+                raise CLIError(
+                    "upload: interrupted; run the same command again to resume", EXIT_INTERRUPTED
+                ) from None
+            _print(output, name, size, answer)
+            return EXIT_OK
         boundary = secrets.token_hex(16)
         head, tail = multipart_envelope(boundary, token, name)
         connection = client.connect()
@@ -87,12 +108,15 @@ def upload(client: NodeClient, output: Output, path: str, token: str | None) -> 
             connection.close()
     if response.status >= 400:
         raise node_error("upload", response.status, body, response.headers)
-    answer = json.loads(body)
+    _print(output, name, size, json.loads(body))
+    return EXIT_OK
+
+
+def _print(output: Output, name: str, size: int, answer: dict[str, str]) -> None:
     output.result(
         answer,
         f"uploaded {name} ({human(size)})\nfilehash {answer['filehash']}\nkey      {answer['key']}",
     )
-    return EXIT_OK
 
 
 def _send_upload(

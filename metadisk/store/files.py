@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from metadisk.crypto import convergent_key, encrypt_in_place
+from metadisk.crypto import convergent_key, encrypt_file, encrypt_in_place
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import Allocation, BlobCache, Evictable, remove
@@ -104,18 +104,25 @@ class FileStore:
         name: str,
         allocation: Allocation,
         also: Work = _no_work,
+        *,
+        keep_plaintext: bool = False,
     ) -> tuple[str, bytes]:
         """
         Encrypt a received file into the cache, record it and queue it for
         the hosts. Return (filehash, key). The plaintext file is encrypted
-        over itself and becomes the blob (or is removed, if the cache has it).
+        over itself and becomes the blob (or is removed, if the cache has it);
+        with C{keep_plaintext}, into a new file, the plaintext left as it was
+        (a resumable upload's: a crash while encrypting must not spoil it).
         C{also} runs in the transaction that records the file (the upload's
         charge: one commit for both).
         """
         key = convergent_key(self._convergence_secret, sha256_hex)
-        blob = plaintext
+        blob = self.temporary(".blob") if keep_plaintext else plaintext
         try:
-            filehash = await self._run_blocking(encrypt_in_place, str(blob), key)
+            if keep_plaintext:
+                filehash = await self._run_blocking(encrypt_file, str(plaintext), str(blob), key)
+            else:
+                filehash = await self._run_blocking(encrypt_in_place, str(blob), key)
         except BaseException:
             blob.unlink(missing_ok=True)
             self.cache.release(allocation)

@@ -99,7 +99,7 @@ def _responses(
     C{answers} plus the common ones; 503 also names the monthly cap for
     transfers, and the budget of unpaid bytes for uploads.
     """
-    responses = {**answers, **_COMMON}
+    responses = {**_COMMON, **answers}  # an operation may say more of a common status
     if transfer:
         codes = ["database-unavailable", "node-busy", "transfer-limit-reached"]
         description = (
@@ -418,6 +418,288 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
+TUS_VERSION = "1.0.0"
+OFFSET_STREAM = "application/offset+octet-stream"
+DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+UPLOAD_ID = _path_parameter(
+    "upload_id",
+    "The upload's id, from the `Location` of its creation: its capability (anyone who has it"
+    " may resume, read or end the upload).",
+    {"type": "string", "minLength": 1},
+)
+
+
+def _tus_header(name: str, description: str, schema: Schema, required: bool = True) -> Schema:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+TUS_RESUMABLE = _tus_header(
+    "Tus-Resumable",
+    "The tus version the client speaks.",
+    {"type": "string", "const": TUS_VERSION, "example": TUS_VERSION},
+)
+UPLOAD_CHECKSUM = _tus_header(
+    "Upload-Checksum",
+    "`sha1 BASE64` or `sha256 BASE64`: the digest of this request's body. A body that does not"
+    " match is discarded (460).",
+    {"type": "string", "pattern": "^(sha1|sha256) [A-Za-z0-9+/]+=*$"},
+    required=False,
+)
+_TUS_HEADERS = {"Tus-Resumable": _header("`1.0.0`.", {"type": "string", "const": TUS_VERSION})}
+_EXPIRES = _header("When an unfinished upload is removed (RFC 9110 date).")
+_RESULT_HEADERS = {
+    "MetaDisk-Filehash": _header(
+        "The stored file's filehash, once the last byte is in.",
+        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        required=False,
+    ),
+    "MetaDisk-Key": _header(
+        "The stored file's key, once the last byte is in.",
+        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        required=False,
+    ),
+}
+_OFFSET_BODY = {
+    "required": False,
+    "content": {OFFSET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def _tus_error(description: str, *codes: str, **headers: Schema) -> Schema:
+    return _json(description, _error(*codes), {**_TUS_HEADERS, **headers})
+
+
+_TUS_404 = _json(
+    "No such upload on this node (counted as a guess, as an unknown token is).",
+    _any_of(_error("upload-not-found"), NOT_FOUND),
+)
+_TUS_410 = _tus_error(
+    "The upload expired: its bytes are gone, its credit refunded.", "upload-expired"
+)
+_TUS_412 = _tus_error(
+    "No `Tus-Resumable: 1.0.0`.", "unsupported-version", **{"Tus-Version": _header("`1.0.0`.")}
+)
+_TUS_423 = _tus_error("Another request is writing to this upload; try again.", "upload-locked")
+
+
+def _tus_paths() -> dict[str, Schema]:
+    """The tus protocol's operations: docs/protocol.md section 2.10."""
+    offset_headers = {
+        **_TUS_HEADERS,
+        "Upload-Offset": _header("Bytes of the upload durably stored.", DIGITS),
+        "Upload-Length": _header("The upload's length.", DIGITS),
+        "Upload-Expires": _EXPIRES,
+        **_RESULT_HEADERS,
+    }
+    options = {
+        "operationId": "tusOptions",
+        "tags": ["resumable"],
+        "summary": "What this node speaks of tus.",
+        "responses": _responses(
+            {
+                "204": {
+                    "description": "The tus versions, extensions, largest upload and checksums.",
+                    "headers": {
+                        "Tus-Version": _header("`1.0.0`."),
+                        "Tus-Extension": _header(
+                            "`creation,creation-with-upload,termination,expiration,checksum`."
+                        ),
+                        "Tus-Max-Size": _header("`[storage] max_file_size`.", DIGITS),
+                        "Tus-Checksum-Algorithm": _header("`sha1,sha256`."),
+                    },
+                }
+            }
+        ),
+    }
+    create = {
+        "operationId": "tusCreate",
+        "tags": ["resumable"],
+        "summary": "Create a resumable upload, with its first bytes if the body has any.",
+        "description": "Reserves 4 x Upload-Length on the token (settled when the last byte is"
+        " in, refunded if the upload is terminated or expires). The token comes as `?token=` or"
+        " in Upload-Metadata (`token`, with `filename`).",
+        "parameters": [
+            TUS_RESUMABLE,
+            _tus_header(
+                "Upload-Length",
+                "The whole upload's length in bytes.",
+                {**DIGITS, "example": "1000"},
+            ),
+            _tus_header(
+                "Upload-Metadata",
+                "`key base64(value)` pairs, comma-separated: `filename`, `token`.",
+                {"type": "string"},
+                required=False,
+            ),
+            UPLOAD_CHECKSUM,
+            TOKEN_QUERY,
+        ],
+        "requestBody": _OFFSET_BODY,
+        "responses": _responses(
+            {
+                "201": {
+                    "description": "Created; `Location` is the upload's URL.",
+                    "headers": {
+                        **offset_headers,
+                        "Location": _header(
+                            "`/api/tus/<upload_id>`.", {"type": "string", "pattern": "^/api/tus/"}
+                        ),
+                    },
+                },
+                "400": _tus_error(
+                    "Upload-Length missing or malformed, Upload-Metadata malformed,"
+                    " Upload-Defer-Length given (bad-request); an unknown checksum algorithm.",
+                    "bad-request",
+                    "unsupported-checksum",
+                ),
+                "401": _tus_error(
+                    "No token, or an unknown one.", "token-required", "invalid-token"
+                ),
+                "402": _tus_error(
+                    "The token's credit does not cover 4 x Upload-Length.", "balance-insufficient"
+                ),
+                "411": _tus_error("A chunked body: Content-Length is needed.", "length-required"),
+                "412": _TUS_412,
+                "413": _tus_error(
+                    "Upload-Length over `max_file_size` (accounts disabled, also over an"
+                    " address's share of the unpaid budget); a body longer than Upload-Length.",
+                    "file-too-large",
+                    "upload-length-exceeded",
+                ),
+                "415": _tus_error(
+                    "A body that is not `application/offset+octet-stream`.",
+                    "unsupported-content-type",
+                ),
+                "429": _json(
+                    "Too many unknown tokens or connections from this address (as on every"
+                    " route), or the token already has `[uploads] resumable_per_token`"
+                    " unfinished uploads (too-many-uploads; Retry-After: until the first of them"
+                    " expires).",
+                    _error("too-many-requests", "too-many-connections", "too-many-uploads"),
+                    {"Retry-After": RETRY_AFTER},
+                ),
+                "460": _tus_error(
+                    "The body does not match Upload-Checksum: discarded.", "checksum-mismatch"
+                ),
+                "507": _json("The cache cannot make room.", _error("storage-full")),
+            },
+            transfer=True,
+            upload=True,
+        ),
+    }
+    head = {
+        "operationId": "tusOffset",
+        "tags": ["resumable"],
+        "summary": "Where to resume: the bytes durably stored.",
+        "parameters": [UPLOAD_ID, TUS_RESUMABLE],
+        "responses": _responses(
+            {
+                "200": {"description": "The upload's offset.", "headers": offset_headers},
+                "404": _TUS_404,
+                "410": _TUS_410,
+                "412": _TUS_412,
+            }
+        ),
+    }
+    patch = {
+        "operationId": "tusPatch",
+        "tags": ["resumable"],
+        "summary": "Send bytes of the upload from Upload-Offset.",
+        "description": "A 204 means the bytes are durable. A request cut short keeps what"
+        " arrived (without Upload-Checksum); HEAD says where to go on. The last byte stores the"
+        " file as `POST /api/upload` does: the 204 then carries its filehash and key.",
+        "parameters": [
+            UPLOAD_ID,
+            TUS_RESUMABLE,
+            _tus_header("Upload-Offset", "Where these bytes go: the upload's offset.", DIGITS),
+            UPLOAD_CHECKSUM,
+        ],
+        "requestBody": {**_OFFSET_BODY, "required": True},
+        "responses": _responses(
+            {
+                "204": {"description": "Stored durably.", "headers": offset_headers},
+                "400": _tus_error(
+                    "Upload-Offset missing or malformed, a malformed checksum (bad-request);"
+                    " an unknown checksum algorithm.",
+                    "bad-request",
+                    "unsupported-checksum",
+                ),
+                "404": _TUS_404,
+                "409": _tus_error(
+                    "Upload-Offset is not the upload's offset.",
+                    "offset-mismatch",
+                    **{"Upload-Offset": _header("The upload's offset.", DIGITS)},
+                ),
+                "410": _TUS_410,
+                "411": _tus_error("A chunked body: Content-Length is needed.", "length-required"),
+                "412": _TUS_412,
+                "413": _tus_error(
+                    "The body would take the upload past its Upload-Length.",
+                    "upload-length-exceeded",
+                ),
+                "415": _tus_error(
+                    "Not `application/offset+octet-stream`.", "unsupported-content-type"
+                ),
+                "423": _TUS_423,
+                "460": _tus_error(
+                    "The body does not match Upload-Checksum: discarded.", "checksum-mismatch"
+                ),
+                "507": _json(
+                    "The bytes could not be written, or the cache cannot make room for the"
+                    " finished file.",
+                    _error("storage-full"),
+                ),
+            },
+            transfer=True,
+        ),
+    }
+    delete = {
+        "operationId": "tusTerminate",
+        "tags": ["resumable"],
+        "summary": "End the upload: its bytes go and its credit is refunded.",
+        "parameters": [UPLOAD_ID, TUS_RESUMABLE],
+        "responses": _responses(
+            {
+                "204": {"description": "Terminated.", "headers": _TUS_HEADERS},
+                "404": _TUS_404,
+                "410": _TUS_410,
+                "412": _TUS_412,
+                "423": _TUS_423,
+            }
+        ),
+    }
+    result = {
+        "operationId": "tusResult",
+        "tags": ["resumable"],
+        "summary": "What a finished upload became (not tus): until it expires.",
+        "parameters": [UPLOAD_ID],
+        "responses": _responses(
+            {
+                "200": _json("Stored.", _ref("UploadResult")),
+                "404": _TUS_404,
+                "409": _tus_error(
+                    "Bytes are still missing.",
+                    "upload-incomplete",
+                    **{"Upload-Offset": _header("The upload's offset.", DIGITS)},
+                ),
+                "410": _TUS_410,
+                "423": _TUS_423,
+                "507": _json("The cache cannot make room.", _error("storage-full")),
+            }
+        ),
+    }
+    return {
+        routes.TUS: {"options": options, "post": create},
+        routes.TUS_UPLOAD: {"head": head, "patch": patch, "delete": delete, "get": result},
+    }
+
+
 def _paths() -> dict[str, Schema]:
     upload = {
         "operationId": "upload",
@@ -614,6 +896,7 @@ def _paths() -> dict[str, Schema]:
         routes.DOWNLOAD: {"get": _download(head=False), "head": _download(head=True)},
         routes.FIND: {"get": find},
         routes.STATUS: {"get": status},
+        **_tus_paths(),
         routes.OPENAPI: {"get": openapi},
         routes.NEW_TOKEN: {"post": new},
         routes.PRICES: {"get": prices},
@@ -691,6 +974,7 @@ def document() -> Schema:
             {"name": "files"},
             {"name": "accounts"},
             {"name": "private"},
+            {"name": "resumable"},
             {"name": "operations"},
         ],
         "paths": _paths(),

@@ -1,6 +1,6 @@
 """
-The node's HTTP root: the files API under /api, the accounts API under
-/accounts, and the MetaDisk web page at / (its assets beside it).
+The node's HTTP root: the files API under /api (resumable uploads under
+/api/tus), the accounts API under /accounts, and the MetaDisk web page at / (its assets beside it).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from metadisk.web.accounts import AccountsAPI
 from metadisk.web.errors import error, json_app
 from metadisk.web.files import FilesAPI
 from metadisk.web.page import WebPage
+from metadisk.web.tus import TusAPI
 
 
 @define(slots=False)  # Klein binds itself to the instance's __dict__
 class NodeRoot:
     _files: FilesAPI
     _accounts: AccountsAPI | None  # None: accounts disabled
+    _tus: TusAPI  # resumable uploads
     _page: WebPage = field(factory=WebPage.from_package)
     _metrics: Metrics | None = None  # None: no /metrics
 
@@ -32,6 +34,10 @@ class NodeRoot:
     @app.route("/api/", branch=True)
     def api(self, request: IRequest) -> Any:
         return self._files.resource()
+
+    @app.route("/api/tus/", branch=True)
+    def tus(self, request: IRequest) -> Any:
+        return self._tus.resource()
 
     @app.route("/accounts/", branch=True)
     def accounts(self, request: IRequest) -> Any:

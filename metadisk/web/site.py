@@ -17,12 +17,19 @@ from twisted.web.iweb import IRequest
 
 from metadisk.logs import RequestLog, Started
 from metadisk.metrics import Metrics
-from metadisk.routes import UPLOAD, merge_slashes, redact_path, route_of
+from metadisk.routes import TUS, UPLOAD, merge_slashes, redact_path, route_of
 from metadisk.web.addresses import TrustedProxies
 from metadisk.web.errors import APIError, error, raw_response, write_json
 from metadisk.web.guard import TokenGuard
+from metadisk.web.tus import TusIntake, TusReceiver
 from metadisk.web.upload import UploadPolicy, UploadReceiver, multipart_boundary
 
+# What a page on another origin may send and read of the tus protocol (resumable uploads).
+TUS_ALLOWED = "Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, Upload-Checksum"
+TUS_EXPOSED = (
+    "Location, Upload-Offset, Upload-Length, Upload-Expires, Tus-Resumable, Tus-Version,"
+    " Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, MetaDisk-Filehash, MetaDisk-Key"
+)
 MAX_SMALL_BODY = 64 * 1024  # the accounts API takes a few short parameters
 IDLE_TIMEOUT = 300  # seconds a connection may send nothing (a stalled or lying client)
 HEADER_TIMEOUT = 30.0  # seconds for a request line and headers ([node] header_timeout)
@@ -48,7 +55,7 @@ class CORS:
             "Access-Control-Allow-Origin": text,
             "Vary": "Origin",
             "Access-Control-Expose-Headers": (
-                "Content-Disposition, Content-Length, Content-Range, Retry-After"
+                "Content-Disposition, Content-Length, Content-Range, Retry-After, " + TUS_EXPOSED
             ),
         }
 
@@ -57,8 +64,10 @@ class CORS:
         if "Access-Control-Allow-Origin" in headers:
             headers.update(
                 {
-                    "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": "Content-Type, Authentication, Range",
+                    "Access-Control-Allow-Methods": "GET, HEAD, POST, PATCH, DELETE, OPTIONS",
+                    "Access-Control-Allow-Headers": (
+                        "Content-Type, Authentication, Range, " + TUS_ALLOWED
+                    ),
                     "Access-Control-Max-Age": "600",
                 }
             )
@@ -113,6 +122,7 @@ class MetaDiskRequest(server.Request):
     """
 
     upload: UploadReceiver | None = None
+    tus: TusReceiver | None = None  # a resumable upload's body (PATCH, or POST with one)
     _early = False
     _body_size = 0
     _head: tuple[bytes, bytes, bytes] = (b"GET", b"/", b"HTTP/1.1")
@@ -147,6 +157,9 @@ class MetaDiskRequest(server.Request):
         elif self._head[0] == b"POST" and route_of(self._head[1].decode("latin-1")) == UPLOAD:
             self.content = _Discard()
             self._begin_upload(site, length)
+        elif site.tus is not None and site.tus.handles(self._head[0], self._head[1]):
+            self.content = _Discard()
+            self.tus = site.tus.receive(self, self._head[0], self._head[1], length)
         elif length is not None and length > MAX_SMALL_BODY:
             self.content = _Discard()
             self.respond_early(error(413, "request-too-large"))
@@ -170,6 +183,8 @@ class MetaDiskRequest(server.Request):
         self.bytes_received += len(data)
         if self.upload is not None:
             self.upload.dataReceived(data)
+        elif self.tus is not None:
+            self.tus.dataReceived(data)
         elif not self._early:
             self._body_size += len(data)
             if self._body_size > MAX_SMALL_BODY:
@@ -185,11 +200,15 @@ class MetaDiskRequest(server.Request):
             return
         if self.upload is not None:
             self.upload.bodyReceived()
+        if self.tus is not None:
+            self.tus.bodyReceived()
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Any) -> None:
         if self.upload is not None:
             self.upload.connectionLost()
+        if self.tus is not None:
+            self.tus.connectionLost()
         if self.started is not None:
             self.channel.site.request_log.done(self, complete=False)
         super().connectionLost(reason)
@@ -219,6 +238,9 @@ class MetaDiskRequest(server.Request):
             origin = self.getHeader(b"origin")
             for name, value in self.channel.site.cors.preflight(origin).items():
                 self.setHeader(name.encode("ascii"), value.encode("ascii"))
+            if route_of(self.path.decode("latin-1")) == TUS:
+                super().process()  # tus discovery (metadisk.web.tus): its own answer
+                return
             self.setResponseCode(204)
             self.finish()
             return
@@ -332,6 +354,7 @@ class MetaDiskSite(server.Site):
         private: bool = False,
         header_timeout: float = HEADER_TIMEOUT,
         proxies: TrustedProxies = NO_PROXIES,
+        tus: TusIntake | None = None,
     ) -> None:
         super().__init__(
             resource,
@@ -345,6 +368,7 @@ class MetaDiskSite(server.Site):
         self.cors = cors
         self.header_timeout = header_timeout
         self.proxies = proxies  # whose X-Forwarded-For names the client
+        self.tus = tus  # resumable uploads' bodies; None: not served
         self.request_log = RequestLog(reactor, redact_uri, metrics)
         self.private = private  # the local-only listener of the private API ([node] private_listen)
 

@@ -10,6 +10,15 @@
   const UPLOAD_COST = 4; // credit per uploaded byte: 1 for the transfer in, 3 for the hosting
   const HEX64 = /^[0-9a-f]{64}$/;
   const TOKEN = /^[A-Za-z0-9]{1,128}$/;
+  // Files from this size up go through tus (resumable); smaller ones in one POST.
+  const TUS_THRESHOLD = 8 * 1024 * 1024;
+  const TUS_PREFIX = 'metadisk.tus:'; // localStorage: fingerprint -> upload id
+  // Bytes of one PATCH: each 204 is a point the upload is durable to, whatever buffers between;
+  // a 16th of the file, from 4 to 64 MiB, so that the node's sync of each is little of the time.
+  const tusChunk = (size) => Math.min(64 * 1024 * 1024, Math.max(4 * 1024 * 1024, Math.ceil(size / 16)));
+  const RETRY_DELAYS = [1, 2, 4, 8, 15, 30]; // seconds between attempts, the last repeated
+  const MAX_ATTEMPTS = 20; // attempts in a row without progress before giving up
+  const STALL_SECONDS = 60; // a PATCH with no progress (nor answer) this long is cut
 
   const url = (path) => NODE + path;
 
@@ -74,6 +83,17 @@
     'error-downloading-file': 'No host delivered an intact copy of this file. The charge was refunded; try again later.',
     'invalid-range': 'The node cannot serve that part of the file.',
     'invalid-authentication': 'The node refused the secret key.',
+    'too-many-uploads': 'This token already has as many unfinished uploads as the node allows. Finish or cancel one, or try again {retry}.',
+    'upload-not-found': 'The node has no such unfinished upload (was it made on another node?). Start the upload again.',
+    'upload-expired': 'That unfinished upload expired and was removed (its credit refunded). Start the upload again.',
+    'upload-locked': 'Another request is still writing to this upload. Trying again in a moment.',
+    'upload-incomplete': 'Part of the file has not reached the node yet.',
+    'offset-mismatch': 'The node holds a different part of the file than the page thought; resuming from the node’s offset.',
+    'upload-length-exceeded': 'More bytes were sent than the upload’s declared size.',
+    'unsupported-version': 'The node speaks another version of the resumable upload protocol (tus).',
+    'unsupported-content-type': 'The upload’s bytes were sent with the wrong Content-Type.',
+    'unsupported-checksum': 'The node does not know that checksum algorithm (it takes sha1 and sha256).',
+    'checksum-mismatch': 'Part of the file arrived damaged; the node discarded it. Sending it again.',
     'error': 'The node does not know this access token, or the promocode is unknown or already redeemed.',
   };
 
@@ -169,7 +189,8 @@
     balance: null,
     status: null,
     file: null,
-    upload: null, // the XMLHttpRequest in flight
+    upload: null, // the upload in flight: an XMLHttpRequest, or a tus upload (both abort())
+    resumable: null, // { id, offset }: the picked file's unfinished upload on the node
     record: null, // the find record shown
   };
 
@@ -351,11 +372,296 @@
   function pickFile(file) {
     if (!file || state.upload) return;
     state.file = file;
+    state.resumable = null;
     hide($('upload-message'));
     $('upload-result').hidden = true;
     $('progress-block').hidden = true;
     renderSelected();
     $('upload-button').focus();
+    offerResume(file);
+  }
+
+  // ---- Resumable uploads (tus 1.0.0, docs/protocol.md section 2.10) -----------
+
+  // As tus-js-client does: the same name, size and modification time is the same file.
+  const fingerprint = (file) => `${TUS_PREFIX}${NODE}|${file.name}|${file.size}|${file.lastModified}`;
+
+  function remembered(file) {
+    try {
+      return localStorage.getItem(fingerprint(file));
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function remember(file, id) {
+    try {
+      if (id) localStorage.setItem(fingerprint(file), id);
+      else localStorage.removeItem(fingerprint(file));
+    } catch (e) {
+      // Private browsing: an upload resumes within this page only.
+    }
+  }
+
+  const tusPath = (id) => `/api/tus/${encodeURIComponent(id)}`;
+
+  // The node's offset for an upload; null when it no longer has it (expired, ended).
+  async function tusOffset(id) {
+    let response;
+    try {
+      response = await fetch(url(tusPath(id)), {
+        method: 'HEAD', cache: 'no-store', headers: { 'Tus-Resumable': '1.0.0' },
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network', MESSAGES.network);
+    }
+    if (response.status === 404 || response.status === 410) return null;
+    if (!response.ok) throw apiError(response.status, null, response.headers.get('Retry-After'));
+    return Number(response.headers.get('Upload-Offset'));
+  }
+
+  // A file picked again after a reload: its unfinished upload may go on where it stopped.
+  async function offerResume(file) {
+    const id = file.size >= TUS_THRESHOLD ? remembered(file) : null;
+    $('resume-note').hidden = true;
+    $('restart-button').hidden = true;
+    $('upload-button').textContent = 'Upload';
+    if (!id) return;
+    let offset = null;
+    try {
+      offset = await tusOffset(id);
+    } catch (e) {
+      return; // the node cannot say now: a new upload it is
+    }
+    if (state.file !== file || state.upload) return;
+    if (offset === null) {
+      remember(file, null);
+      return;
+    }
+    state.resumable = { id, offset };
+    const share = Math.floor((offset / file.size) * 100);
+    $('resume-note').textContent = `An earlier upload of this file stopped at ${bytes(offset)} `
+      + `of ${bytes(file.size)} (${share}%). It can go on from there.`;
+    $('resume-note').hidden = false;
+    $('upload-button').textContent = 'Resume upload';
+    $('restart-button').hidden = false;
+  }
+
+  async function startOver() {
+    const file = state.file;
+    const resumable = state.resumable;
+    if (!file || !resumable || state.upload) return;
+    state.resumable = null;
+    remember(file, null);
+    // Ended on the node: its bytes go and its credit comes back.
+    await fetch(url(tusPath(resumable.id)), {
+      method: 'DELETE', headers: { 'Tus-Resumable': '1.0.0' },
+    }).catch(() => null);
+    offerResume(file);
+    refreshBalance();
+  }
+
+  function base64(text) {
+    return btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+  }
+
+  async function tusCreate(file) {
+    const metadata = [`filename ${base64(file.name)}`];
+    if (state.accounts && state.token) metadata.push(`token ${base64(state.token)}`);
+    let response;
+    try {
+      response = await fetch(url('/api/tus/'), {
+        method: 'POST',
+        cache: 'no-store',
+        headers: {
+          'Tus-Resumable': '1.0.0',
+          'Upload-Length': String(file.size),
+          'Upload-Metadata': metadata.join(','),
+        },
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network', MESSAGES.network);
+    }
+    if (response.status !== 201) {
+      const body = await response.json().catch(() => null);
+      throw apiError(response.status, body, response.headers.get('Retry-After'));
+    }
+    return response.headers.get('Location').split('/').pop();
+  }
+
+  // One PATCH of the file from `offset`; resolves with the answer's headers.
+  function tusPatch(upload, file, offset, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      upload.xhr = xhr;
+      // A connection that moves nothing for a while is as good as cut: the next attempt resumes.
+      let stalled = false;
+      let watchdog = null;
+      const watch = () => {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => {
+          stalled = true;
+          xhr.abort();
+        }, STALL_SECONDS * 1000);
+      };
+      xhr.addEventListener('loadend', () => clearTimeout(watchdog));
+      xhr.upload.addEventListener('progress', (event) => {
+        watch();
+        onProgress(offset + event.loaded);
+      });
+      watch();
+      xhr.addEventListener('load', () => {
+        if (xhr.status === 204) {
+          resolve((name) => xhr.getResponseHeader(name));
+          return;
+        }
+        let body = null;
+        try {
+          body = JSON.parse(xhr.responseText);
+        } catch (e) {
+          body = null;
+        }
+        reject(apiError(xhr.status, body, xhr.getResponseHeader('Retry-After')));
+      });
+      xhr.addEventListener('error', () => reject(new ApiError(0, 'network', MESSAGES.network)));
+      xhr.addEventListener('abort', () => reject(stalled
+        ? new ApiError(0, 'network', MESSAGES.network)
+        : new ApiError(-1, 'aborted', 'aborted')));
+      xhr.open('PATCH', url(tusPath(upload.id)));
+      xhr.setRequestHeader('Tus-Resumable', '1.0.0');
+      xhr.setRequestHeader('Upload-Offset', String(offset));
+      xhr.setRequestHeader('Content-Type', 'application/offset+octet-stream');
+      xhr.send(file.slice(offset, Math.min(file.size, offset + tusChunk(file.size))));
+    });
+  }
+
+  // Wait `seconds`, or less if the browser says it is back online.
+  function pause(seconds, upload) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        window.removeEventListener('online', done);
+        upload.wake = null;
+        resolve();
+      };
+      const timer = setTimeout(done, seconds * 1000);
+      window.addEventListener('online', done);
+      upload.wake = done;
+    });
+  }
+
+  // Errors a retry may mend: the network, the node busy or restarting, another writer.
+  const retryable = (e) => e.status === 0 || e.status === 409 || e.status === 423
+    || e.status === 429 || e.status === 502 || e.status === 503 || e.status === 504;
+
+  async function tusUpload(file) {
+    const upload = { id: null, xhr: null, wake: null, aborted: false };
+    upload.abort = () => {
+      upload.aborted = true;
+      if (upload.xhr) upload.xhr.abort();
+      if (upload.wake) upload.wake();
+    };
+    state.upload = upload;
+    setUploading(true);
+    const meter = speedMeter(file.size);
+    progress(0, file.size, 'Uploading', '');
+    try {
+      let offset = 0;
+      if (state.resumable) {
+        upload.id = state.resumable.id;
+        offset = state.resumable.offset;
+        state.resumable = null;
+      } else {
+        upload.id = await tusCreate(file);
+        remember(file, upload.id);
+      }
+      let resumedFrom = offset; // shown once an upload goes on from where it stopped
+      meter.restart(offset);
+      let answer = null;
+      let failures = 0;
+      let reached = offset; // bytes the browser sent so far
+      while (offset === null || offset < file.size || !answer) {
+        if (upload.aborted) throw new ApiError(-1, 'aborted', 'aborted');
+        try {
+          if (offset === null) {
+            // After a cut: the node says what it kept (tus: as much as arrived).
+            offset = await tusOffset(upload.id);
+            if (offset === null) throw apiError(410, { error: 'upload-expired' }, null);
+            resumedFrom = offset;
+            meter.restart(offset);
+          }
+          const start = offset;
+          meter.show(start, resumedFrom);
+          answer = await tusPatch(upload, file, start, (sent) => {
+            reached = sent;
+            meter.show(sent, resumedFrom);
+            if (sent > start) failures = 0; // attempts count in a row without progress
+          });
+          offset = Number(answer('Upload-Offset'));
+        } catch (e) {
+          if (upload.aborted || !retryable(e)) throw e;
+          offset = null;
+          failures += 1;
+          if (failures > MAX_ATTEMPTS) throw e;
+          const wait = RETRY_DELAYS[Math.min(failures - 1, RETRY_DELAYS.length - 1)];
+          progress(reached, file.size, 'Reconnecting…',
+            `The connection broke after ${bytes(reached)} of ${bytes(file.size)}. `
+            + `Trying again in ${duration(wait)}…`);
+          await pause(wait, upload);
+        }
+      }
+      progress(file.size, file.size, 'Encrypting and storing…', `${bytes(file.size)} sent`);
+      let filehash = answer('MetaDisk-Filehash');
+      let key = answer('MetaDisk-Key');
+      if (!filehash || !key) {
+        const { body } = await call('GET', tusPath(upload.id));
+        ({ filehash, key } = body);
+      }
+      remember(file, null);
+      progress(file.size, file.size, 'Done', `${bytes(file.size)} in ${duration(meter.seconds())}`);
+      showResult(file, filehash, key);
+    } catch (e) {
+      $('progress-block').hidden = true;
+      if (upload.aborted) {
+        if (upload.id) {
+          remember(file, null);
+          await fetch(url(tusPath(upload.id)), {
+            method: 'DELETE', headers: { 'Tus-Resumable': '1.0.0' },
+          }).catch(() => null);
+        }
+        show($('upload-message'), 'info', 'Upload cancelled. Its credit was refunded.');
+      } else {
+        if (e.code === 'upload-expired' || e.code === 'upload-not-found') remember(file, null);
+        const again = remembered(file) ? ' Pick the same file again to resume it.' : '';
+        show($('upload-message'), 'error', `The upload failed. ${e.message}${again}`);
+      }
+    }
+    uploadEnded();
+  }
+
+  // Bytes sent, the speed over the last seconds and the time left, as the progress text.
+  function speedMeter(total) {
+    const started = performance.now();
+    let samples = [];
+    return {
+      restart(sent) {
+        samples = [{ t: performance.now(), loaded: sent }];
+      },
+      seconds() {
+        return (performance.now() - started) / 1000;
+      },
+      show(sent, resumedAt) {
+        const now = performance.now();
+        samples.push({ t: now, loaded: sent });
+        while (samples.length > 2 && now - samples[0].t > 3000) samples.shift();
+        const first = samples[0];
+        const speed = now > first.t ? ((sent - first.loaded) * 1000) / (now - first.t) : 0;
+        const left = speed > 0 ? ` · ${duration((total - sent) / speed)} left` : '';
+        const resumed = resumedAt ? ` · resumed at ${bytes(resumedAt)}` : '';
+        progress(sent, total, 'Uploading',
+          `${bytes(sent)} of ${bytes(total)} · ${rate(Math.round(speed))}${left}${resumed}`);
+      },
+    };
   }
 
   function renderSelected() {
@@ -388,9 +694,15 @@
     if (!file || state.upload) return;
     hide($('upload-message'));
     await refreshBalance();
-    const problem = uploadProblem(file);
+    const problem = state.resumable ? null : uploadProblem(file);
     if (problem) {
       show($('upload-message'), 'error', problem);
+      return;
+    }
+    $('resume-note').hidden = true;
+    $('restart-button').hidden = true;
+    if (file.size >= TUS_THRESHOLD) {
+      tusUpload(file);
       return;
     }
     const form = new FormData();
@@ -459,6 +771,7 @@
 
   function uploadEnded() {
     state.upload = null;
+    $('upload-button').textContent = 'Upload';
     setUploading(false);
     refreshBalance();
     refreshStatus();
@@ -792,6 +1105,7 @@
 
     $('upload-button').addEventListener('click', startUpload);
     $('cancel-button').addEventListener('click', () => state.upload && state.upload.abort());
+    $('restart-button').addEventListener('click', startOver);
     $('find-form').addEventListener('submit', onFind);
     $('download-button').addEventListener('click', onDownload);
     $('token-new').addEventListener('click', newToken);
