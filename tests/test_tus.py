@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 from metadisk.db import DatabaseUnavailable
 from metadisk.logs import ACCESS_NAMESPACE
 from metadisk.store.catalog import Catalog
+from metadisk.store.resumable import ResumableTable
 from tests.nodes import Client
 from tests.pg import create_database
 from tests.support import (
@@ -319,6 +320,36 @@ class ProtocolTests(TusCase):
         stored = await self.call("GET", location, {})
         self.assertEqual(json.loads(stored.body)["key"], expected_upload(data)[1])
         self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # charged once
+
+    async def test_the_end_is_one_commit(self) -> None:
+        """
+        The file's record, its charge and the upload's end commit together: a
+        failure at the last of them leaves none, and the next try does all.
+        """
+        node = await self.node()
+        token = await funded_token(node, CREDIT)
+        data = os.urandom(50_000)
+        location = (await self.create(len(data), token)).header("Location")
+        # The staticmethod itself: TestCase.patch would put back what getattr gives.
+        complete = ResumableTable.__dict__["complete"]
+        self.addCleanup(setattr, ResumableTable, "complete", complete)
+
+        async def unavailable_once(*args: Any) -> None:
+            ResumableTable.complete = complete  # type: ignore[method-assign]
+            raise DatabaseUnavailable("as if the database went away")
+
+        ResumableTable.complete = staticmethod(unavailable_once)  # type: ignore[method-assign]
+        failed = await self.patch_upload(location, 0, data)
+        self.assertEqual((failed.code, failed.error), (503, "database-unavailable"))
+        filehash = expected_upload(data)[0]
+        self.assertEqual((await self.call("GET", f"/api/find/{filehash}", {})).code, 404)
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # still reserved
+        self.assertEqual(await node.node.db.query("SELECT COUNT(*) FROM reservations"), [(1,)])
+        stored = await self.call("GET", location, {})
+        self.assertEqual(json.loads(stored.body)["filehash"], filehash)
+        self.assertEqual((await self.call("GET", f"/api/find/{filehash}", {})).code, 200)
+        self.assertEqual(await self.balance(token), CREDIT - 4 * len(data))  # charged once
+        self.assertEqual(await node.node.db.query("SELECT COUNT(*) FROM reservations"), [(0,)])
 
     async def test_cache_room_at_creation(self) -> None:
         """Room for the file is set aside when the upload is created: 507 then, not at the end."""

@@ -44,10 +44,11 @@ def evictable(catalog: Catalog, claims: Claims, copies: int) -> Evictable:
 
 T = TypeVar("T")
 Recorded = Callable[[ITransaction, str, float], Awaitable[None]]
-Work = Callable[[ITransaction], Awaitable[object]]
+# In the transaction that records a file, given its filehash and key.
+Work = Callable[[ITransaction, str, bytes], Awaitable[object]]
 
 
-async def _no_work(txn: ITransaction) -> None:
+async def _no_work(txn: ITransaction, filehash: str, key: bytes) -> None:
     """Nothing else to do in the transaction."""
 
 
@@ -114,7 +115,7 @@ class FileStore:
         with C{keep_plaintext}, into a new file, the plaintext left as it was
         (a resumable upload's: a crash while encrypting must not spoil it).
         C{also} runs in the transaction that records the file (the upload's
-        charge: one commit for both).
+        charge, a resumable upload's end: one commit for all).
         """
         key = convergent_key(self._convergence_secret, sha256_hex)
         blob = self.temporary(".blob") if keep_plaintext else plaintext
@@ -139,7 +140,7 @@ class FileStore:
             await self._recorded(txn, filehash, self._clock.seconds())
             if await self.catalog.holders(txn, filehash) < self.sync.copies:
                 await self.sync.queue.add(txn, filehash)
-            await also(txn)
+            await also(txn, filehash, key)
 
         await self._db.transaction(record)
         self.sync.soon()

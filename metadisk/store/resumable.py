@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from attrs import define, frozen
 
-from metadisk.interfaces import IDatabase
+from metadisk.interfaces import IDatabase, ITransaction
 
 RECEIVING = "receiving"
 COMPLETE = "complete"
@@ -90,8 +90,10 @@ class ResumableTable:
             (offset, upload_id, RECEIVING),
         )
 
-    async def complete(self, upload_id: str, filehash: str, key: str) -> None:
-        await self._db.execute(
+    @staticmethod
+    async def complete(txn: ITransaction, upload_id: str, filehash: str, key: str) -> None:
+        """Stored: in the transaction that records the file."""
+        await txn.execute(
             "UPDATE resumable_uploads SET state = ?, received = length, reservation_id = NULL,"
             " filehash = ?, file_key = ? WHERE id = ?",
             (COMPLETE, filehash, key, upload_id),

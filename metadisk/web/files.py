@@ -133,7 +133,7 @@ class FilesAPI:
         received: ReceivedUpload = await request.upload.result()
         reservation, cost = received.reservation, UPLOAD_COST * received.size
 
-        async def charge(txn: ITransaction) -> None:
+        async def charge(txn: ITransaction, filehash: str, key: bytes) -> None:
             await Ledger.settle_in(txn, reservation, cost)  # one commit: the file and its charge
 
         try:

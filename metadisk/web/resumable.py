@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from metadisk.crypto import sha256_file
+from metadisk.interfaces import ITransaction
 from metadisk.ledger import FREE, Ledger, Reservation
 from metadisk.meters import INCOMING, Meters
 from metadisk.store.blocking import RunBlocking
@@ -367,19 +368,26 @@ class ResumableUploads:
         if upload.allocation is None:
             upload.allocation = await self._cache.allocate(upload.length)
         self._give_back_unpaid(upload)
+        reservation, cost = upload.reservation, UPLOAD_COST * upload.length
+
+        async def settle_and_complete(txn: ITransaction, filehash: str, key: bytes) -> None:
+            # One commit: the file, its charge and the upload's end.
+            await Ledger.settle_in(txn, reservation, cost)
+            await self._table.complete(txn, upload.id, filehash, key.hex())
+
         filehash, key = await self._store.ingest(
             upload.path,
             sha256,
             upload.length,
             upload.row.filename,
             upload.allocation,
+            settle_and_complete,
             keep_plaintext=True,
         )
         upload.allocation = None  # the cache's now
-        if self._ledger is not None:
-            await self._ledger.settle(upload.reservation, UPLOAD_COST * upload.length)
         upload.reservation = FREE
-        await self._table.complete(upload.id, filehash, key.hex())
+        if self._ledger is not None:
+            self._ledger.counted(reservation, cost)
         upload.row = evolve(upload.row, state=COMPLETE, filehash=filehash, file_key=key.hex())
         upload.path.unlink(missing_ok=True)
         upload.hasher = None
