@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import bz2
+import hashlib
 import json
 import random
 import string
@@ -108,9 +109,9 @@ class KnownAnswerTests(SynchronousTestCase):
         )
         data = assemble(Fragment(TXID_A, head, (5, 1)), [Fragment(TXID_B, tail, (6, 1))])
         assert data is not None
-        records, problems = decode_batch(data)
-        self.assertEqual(problems, [])
-        self.assertEqual([r.to_json() for r in records], [RECORD2])
+        decoded = decode_batch(data)
+        self.assertEqual(decoded.problems, [])
+        self.assertEqual([r.to_json() for r in decoded.records], [RECORD2])
 
 
 class PackTests(SynchronousTestCase):
@@ -159,7 +160,7 @@ class PackTests(SynchronousTestCase):
         data = assemble(head, fragments)
         assert data is not None
         self.assertEqual(data, text.encode())
-        self.assertEqual([r.to_json() for r in decode_batch(data)[0]], records)
+        self.assertEqual([r.to_json() for r in decode_batch(data).records], records)
         # Missing one region: not complete yet.
         self.assertIsNone(assemble(head, [f for f in fragments if f.entry.index != 1]))
 
@@ -276,10 +277,123 @@ class RecordTests(SynchronousTestCase):
             dict(RECORD1, uploads=[{"host_name": "a"}]),
             dict(RECORD1, uploads=[{"host_name": "a", "url": "b"}] * 1000),
         ]
-        records, problems = decode_batch(json.dumps([RECORD1, *bad, RECORD2]).encode())
-        self.assertEqual([r.to_json() for r in records], [RECORD1, RECORD2])
-        self.assertEqual(len(problems), len(bad))
+        decoded = decode_batch(json.dumps([RECORD1, *bad, RECORD2]).encode())
+        self.assertEqual([r.to_json() for r in decoded.records], [RECORD1, RECORD2])
+        self.assertEqual(len(decoded.problems), len(bad))
 
     def test_bad_batches(self) -> None:
         for data in (b"{}", b"nope", b'{"a": 1}', json.dumps([{}] * 10_001).encode()):
             self.assertRaises(CodecError, decode_batch, data)
+
+
+# docs/protocol.md, section 5.8: the two records of the manifest vector.
+H3 = "58e128cb2c71951e0a86b57ed9e3ef38b39ad28187e2db0b4af23c9f671b4587"
+MANIFEST_RECORDS = [
+    {
+        "datetime": "1700000000",
+        "filehash": H3,
+        "filename": "58e128c_hello.txt",
+        "filesize": 12,
+        "uploads": [
+            {"host_name": "dav1", "url": f"http://dav1.example.org/blobs/{H3}"},
+            {"host_name": "dav2", "url": f"https://dav2.example.net/metadisk/{H3}"},
+        ],
+        "version": "0.2",
+    },
+    {
+        "datetime": "1700000060",
+        "filehash": H2,
+        "filename": "3a7bd3e_report.pdf",
+        "filesize": 1048576,
+        "uploads": [{"host_name": "dav1", "url": f"http://dav1.example.org/blobs/{H2}"}],
+        "version": "0.2",
+    },
+]
+# printf '%s' "$manifest_json" | bzip2 -9 | sha256sum  (770 bytes of JSON, 392 of bzip2)
+MANIFEST_SHA256 = "2f210a95b1c66352932b4888ac63c0460b1ad17812d9ade599a5119bd23cab34"
+MANIFEST_URLS = (
+    ("dav1", f"http://dav1.example.org/blobs/{MANIFEST_SHA256}"),
+    ("dav2", f"https://dav2.example.net/metadisk/{MANIFEST_SHA256}"),
+    ("s3", f"https://metadisk-eu.s3.eu-west-1.amazonaws.com/manifests/{MANIFEST_SHA256}"),
+)
+ANNOUNCEMENT_REGION = (
+    "QlpoOTFBWSZTWVaP7fAAAJGbgFAH//AACr/v39owATWFglFQbRMntSZNBkyepkBmoJFFGGk0GQAANAyBVSJkn6EGp+k0"
+    "Gg0TahoxnSiNoaZKqVUZjrdvOqdzeMvTSHJVkhrApy+8WnabXvJOCSSrjYelof4CcOofuisFodgyBwdxn4Yz5GcibiJq"
+    "thjsVmgtNMxrKzgUmRmMCJyIl41nYoLxHQVkisuKi6EHiSWWLCFReSLSwoKXjd3h5dHyZp7CRcbCw42bSk1E5pwoOJUb"
+    "6ppqCZq9I+yoNsIRWyUbFR4RJmEcd6BU2JBKuTq6wYyN6dcS055dUMeC56T7AlW4rdabdE88rC2OYpKk9I2mUKGVRJgs"
+    "B7IRKIYeRzHl/xdyRThQkFaP7fA="
+)
+
+
+def announcement(data: bytes, records: int, uploads=MANIFEST_URLS) -> codec.Announcement:
+    return codec.Announcement(hashlib.sha256(data).hexdigest(), records, len(data), uploads)
+
+
+class ManifestKnownAnswerTests(SynchronousTestCase):
+    def test_manifest(self) -> None:
+        data = codec.manifest_bytes(MANIFEST_RECORDS)
+        self.assertEqual(len(data), 392)
+        self.assertEqual(hashlib.sha256(data).hexdigest(), MANIFEST_SHA256)
+        self.assertEqual(bz2.decompress(data), codec.batch_text(MANIFEST_RECORDS).encode())
+        records, problems = codec.decode_manifest(data, announcement(data, 2))
+        self.assertEqual(([r.to_json() for r in records], problems), (MANIFEST_RECORDS, []))
+
+    def test_announcement_is_one_entry_with_three_urls(self) -> None:
+        announced = codec.Announcement(MANIFEST_SHA256, 2, 392, MANIFEST_URLS)
+        text = codec.batch_text([announced.to_json()])
+        self.assertEqual(len(text), 553)
+        self.assertTrue(text.startswith('[{"version": "0.3", "manifest": "2f210a95'))
+        [region] = codec.split_regions(text, codec.MAX_ENTRY, codec.MAX_REGION_IN)
+        entry = codec.entry_text(region, 0, None, None, len(text))
+        self.assertEqual(len(entry), 462)
+        self.assertEqual(json.loads(entry)["region"], ANNOUNCEMENT_REGION)
+        decoded = decode_batch(decode_entry(entry).region)
+        self.assertEqual((decoded.records, decoded.announcements), ([], [announced]))
+
+
+class HostileManifestTests(SynchronousTestCase):
+    def test_not_what_was_announced(self) -> None:
+        data = codec.manifest_bytes(MANIFEST_RECORDS)
+        tampered = data[:-1] + bytes([data[-1] ^ 1])
+        for fetched, announced in (
+            (tampered, announcement(data, 2)),  # other bytes: the hash fails
+            (data + b"\0", announcement(data, 2)),  # longer than announced
+            (data, announcement(data, 1)),  # more records than announced
+            (data, announcement(data, 3)),  # fewer
+        ):
+            self.assertRaises(CodecError, codec.decode_manifest, fetched, announced)
+
+    def test_bz2_bomb_is_bounded(self) -> None:
+        bomb = bz2.compress(b"[" + b" " * (codec.MAX_MANIFEST_TEXT + 10) + b"]", 9)
+        self.assertLess(len(bomb), 100_000)
+        with self.assertRaises(CodecError) as caught:
+            codec.decode_manifest(bomb, announcement(bomb, 1))
+        self.assertIn("too large", str(caught.exception))
+
+    def test_not_a_manifest(self) -> None:
+        for text in (b"nope", b"{}", b"[1] trailing"):
+            data = bz2.compress(text)
+            self.assertRaises(CodecError, codec.decode_manifest, data, announcement(data, 1))
+        self.assertRaises(CodecError, codec.decode_manifest, b"raw", announcement(b"raw", 1))
+
+    def test_garbage_records_are_skipped_the_rest_kept(self) -> None:
+        items = [RECORD1, {"version": "0.2"}, "text", announcement(b"x", 1).to_json(), RECORD2]
+        data = bz2.compress(json.dumps(items).encode())
+        records, problems = codec.decode_manifest(data, announcement(data, 5))
+        self.assertEqual([r.to_json() for r in records], [RECORD1, RECORD2])
+        self.assertEqual(len(problems), 3)  # a manifest inside a manifest is not a record
+
+    def test_bad_announcements_are_skipped(self) -> None:
+        good = announcement(b"x", 1).to_json()
+        bad = [
+            dict(good, manifest="zz"),
+            dict(good, records=0),
+            dict(good, records=codec.MAX_MANIFEST_RECORDS + 1),
+            dict(good, size=codec.MAX_MANIFEST_SIZE + 1),
+            dict(good, size="12"),
+            dict(good, uploads=[{"host_name": "a"}]),
+        ]
+        decoded = decode_batch(json.dumps([*bad, good, RECORD1]).encode())
+        self.assertEqual(len(decoded.problems), len(bad))
+        self.assertEqual([a.to_json() for a in decoded.announcements], [good])
+        self.assertEqual([r.to_json() for r in decoded.records], [RECORD1])

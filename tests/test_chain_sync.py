@@ -315,8 +315,7 @@ class ExactlyOnceTests(ChainTestCase):
         published: list[str] = []
         for comment in self.sent_comments():
             entry = codec.decode_entry(comment)
-            records, _ = codec.decode_batch(entry.region)
-            published.extend(r.filehash for r in records)
+            published.extend(r.filehash for r in codec.decode_batch(entry.region).records)
         self.assertEqual(sorted(published), sorted(hashes))
         self.assertEqual(set((await self.states(db)).values()), {"published"})
 

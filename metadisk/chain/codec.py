@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from metadisk.store.catalog import FileRecord, safe_filename
 MAX_BATCH = 528  # characters of a batch, where the records allow
 MAX_REGION = 332  # characters of a region: 528 - metachains' 196 of overhead
 MAX_ENTRY = 528  # bytes of an entry: florincoind's tx-comment limit
+ANNOUNCEMENT_VERSION = "0.3"
 _PLACEHOLDER_TXID = "0" * 64
 
 # Limits on what is read from the chain.
@@ -49,6 +51,10 @@ MAX_UPLOADS_IN = 16  # hosts of one record: `copies` is 3 by default
 MAX_HOST_NAME_IN = 200
 MAX_URL_IN = 2048
 MAX_NUMBER = 2**53
+# Limits on a v0.3 manifest (docs/protocol.md, section 5.8), for writers and readers alike.
+MAX_MANIFEST_RECORDS = 50_000
+MAX_MANIFEST_SIZE = 16 << 20  # bytes of the bz2 manifest a reader fetches
+MAX_MANIFEST_TEXT = 48 << 20  # bytes of its JSON, where decompression is stopped
 
 _TXID = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
@@ -104,16 +110,18 @@ def entry_text(
     return json.dumps(entry)
 
 
-def split_regions(text: str, max_entry: int = MAX_ENTRY) -> list[bytes]:
+def split_regions(
+    text: str, max_entry: int = MAX_ENTRY, max_region: int = MAX_REGION
+) -> list[bytes]:
     """
-    The regions of a batch: at most L{MAX_REGION} characters each, and short
+    The regions of a batch: at most C{max_region} characters each, and short
     enough that each entry (with real 64-digit txids) fits in C{max_entry} bytes.
     """
     data = text.encode("ascii")
     regions: list[bytes] = []
     offset = 0
     while offset < len(data):
-        size = min(MAX_REGION, len(data) - offset)
+        size = min(max_region, len(data) - offset)
         while True:
             region = data[offset : offset + size]
             index = len(regions)
@@ -252,16 +260,108 @@ def assemble(head: Fragment, others: Sequence[Fragment]) -> bytes | None:
     return b"".join(f.entry.region for f in chain)
 
 
-def decode_batch(data: bytes) -> tuple[list[FileRecord], list[str]]:
-    """The valid records of a batch, and why the others were skipped."""
+@frozen
+class Announcement:
+    """
+    A v0.3 item of a batch: a manifest of records, named by the SHA-256 of
+    its bytes, and where it can be fetched (docs/protocol.md, section 5.8).
+    """
+
+    manifest: str
+    records: int
+    size: int
+    uploads: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": ANNOUNCEMENT_VERSION,
+            "manifest": self.manifest,
+            "records": self.records,
+            "size": self.size,
+            "uploads": [{"host_name": name, "url": url} for name, url in self.uploads],
+        }
+
+
+@frozen
+class DecodedBatch:
+    """What a batch says: its valid records and announcements; why other items were skipped."""
+
+    records: list[FileRecord]
+    announcements: list[Announcement]
+    problems: list[str]
+
+
+def decode_batch(data: bytes) -> DecodedBatch:
+    """The valid items of a batch, and why the others were skipped."""
+    items = _json_array(data, "batch", MAX_RECORDS_IN)
+    decoded = DecodedBatch([], [], [])
+    for item in items:
+        try:
+            if isinstance(item, dict) and item.get("version") == ANNOUNCEMENT_VERSION:
+                decoded.announcements.append(parse_announcement(item))
+            else:
+                decoded.records.append(parse_record(item))
+        except CodecError as e:
+            decoded.problems.append(str(e))
+    return decoded
+
+
+def _json_array(data: bytes, what: str, longest: int) -> list[Any]:
     try:
         items = json.loads(data)
     except (ValueError, RecursionError):
-        raise CodecError("batch is not JSON") from None
+        raise CodecError(f"{what} is not JSON") from None
     if not isinstance(items, list):
-        raise CodecError("batch is not a JSON array")
-    if len(items) > MAX_RECORDS_IN:
-        raise CodecError(f"batch of {len(items)} records")
+        raise CodecError(f"{what} is not a JSON array")
+    if len(items) > longest:
+        raise CodecError(f"{what} of {len(items)} records")
+    return items
+
+
+def parse_announcement(item: dict[str, Any]) -> Announcement:
+    """A v0.3 announcement, checked; its URLs are checked as a record's are."""
+    manifest = item.get("manifest")
+    if not isinstance(manifest, str) or not _TXID.fullmatch(manifest):
+        raise CodecError("bad manifest hash")
+    return Announcement(
+        manifest=manifest.lower(),
+        records=_integer(item.get("records"), "records", 1, MAX_MANIFEST_RECORDS),
+        size=_integer(item.get("size"), "size", 1, MAX_MANIFEST_SIZE),
+        uploads=_uploads(item.get("uploads")),
+    )
+
+
+def manifest_bytes(records: Sequence[dict[str, Any]]) -> bytes:
+    """
+    A manifest: bzip2 (level 9) of the UTF-8 JSON array of the records, as
+    C{json.dumps} writes it (ASCII, so the same bytes as a batch's text).
+    """
+    return bz2.compress(batch_text(records).encode("ascii"), 9)
+
+
+def decode_manifest(data: bytes, announced: Announcement) -> tuple[list[FileRecord], list[str]]:
+    """
+    The valid records of a manifest fetched for C{announced}, and why the
+    others were skipped; L{CodecError} if the manifest is not the one
+    announced or not a manifest at all (none of its records is kept then).
+    """
+    if len(data) != announced.size:
+        raise CodecError(f"manifest of {len(data)} bytes, announced {announced.size}")
+    if hashlib.sha256(data).hexdigest() != announced.manifest:
+        raise CodecError("manifest does not hash to its announced SHA-256")
+    decompressor = bz2.BZ2Decompressor()
+    try:
+        # Bounded: a manifest that passed the hash can still be a bomb its publisher made.
+        text = decompressor.decompress(data, max_length=MAX_MANIFEST_TEXT + 1)
+    except (OSError, ValueError, EOFError):
+        raise CodecError("manifest is not bz2") from None
+    if len(text) > MAX_MANIFEST_TEXT:
+        raise CodecError("manifest too large once decompressed")
+    if not decompressor.eof or decompressor.unused_data:
+        raise CodecError("manifest is truncated or followed by garbage")
+    items = _json_array(text, "manifest", announced.records)
+    if len(items) != announced.records:
+        raise CodecError(f"manifest of {len(items)} records, announced {announced.records}")
     records: list[FileRecord] = []
     problems: list[str] = []
     for item in items:

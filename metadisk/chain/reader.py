@@ -184,7 +184,8 @@ class Reader:
             data = assemble(heads[0], fragments)
             if data is None:
                 return []
-            records, problems = decode_batch(data)
+            decoded = decode_batch(data)
+            records, problems = decoded.records, decoded.problems
         except CodecError as e:
             self.log.info("batch {batch} is not valid: {e}", batch=batch_id, e=e)
             records, problems = [], []
