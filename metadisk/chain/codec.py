@@ -207,19 +207,28 @@ def _decompress(value: Any) -> bytes:
         compressed = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise CodecError("region is not base64") from None
-    decompressor = bz2.BZ2Decompressor()
-    try:
-        # Bounded: a few hundred bytes of bz2 can expand to gigabytes.
-        region = decompressor.decompress(compressed, max_length=MAX_REGION_IN + 1)
-    except (OSError, ValueError, EOFError):
-        raise CodecError("region is not bz2") from None
-    if len(region) > MAX_REGION_IN:
-        raise CodecError("region too large")
-    if not decompressor.eof or decompressor.unused_data:
-        raise CodecError("region is truncated or followed by garbage")
+    region = _bunzip(compressed, MAX_REGION_IN, "region")
     if not region:
         raise CodecError("empty region")
     return region
+
+
+def _bunzip(data: bytes, longest: int, what: str) -> bytes:
+    """
+    One complete bzip2 stream, nothing after it, decompressed to at most
+    C{longest} bytes: decompression stops past that, since a few hundred
+    bytes of bzip2 can expand to gigabytes.
+    """
+    decompressor = bz2.BZ2Decompressor()
+    try:
+        data = decompressor.decompress(data, max_length=longest + 1)
+    except (OSError, ValueError, EOFError):
+        raise CodecError(f"{what} is not bz2") from None
+    if len(data) > longest:
+        raise CodecError(f"{what} too large once decompressed")
+    if not decompressor.eof or decompressor.unused_data:
+        raise CodecError(f"{what} is truncated or followed by garbage")
+    return data
 
 
 @frozen
@@ -349,27 +358,18 @@ def decode_manifest(data: bytes, announced: Announcement) -> tuple[list[FileReco
         raise CodecError(f"manifest of {len(data)} bytes, announced {announced.size}")
     if hashlib.sha256(data).hexdigest() != announced.manifest:
         raise CodecError("manifest does not hash to its announced SHA-256")
-    decompressor = bz2.BZ2Decompressor()
-    try:
-        # Bounded: a manifest that passed the hash can still be a bomb its publisher made.
-        text = decompressor.decompress(data, max_length=MAX_MANIFEST_TEXT + 1)
-    except (OSError, ValueError, EOFError):
-        raise CodecError("manifest is not bz2") from None
-    if len(text) > MAX_MANIFEST_TEXT:
-        raise CodecError("manifest too large once decompressed")
-    if not decompressor.eof or decompressor.unused_data:
-        raise CodecError("manifest is truncated or followed by garbage")
+    # A manifest that passed the hash can still be a bomb its publisher made.
+    text = _bunzip(data, MAX_MANIFEST_TEXT, "manifest")
     items = _json_array(text, "manifest", announced.records)
     if len(items) != announced.records:
         raise CodecError(f"manifest of {len(items)} records, announced {announced.records}")
-    records: list[FileRecord] = []
-    problems: list[str] = []
+    decoded = DecodedBatch([], [], [])
     for item in items:
         try:
-            records.append(parse_record(item))
+            decoded.records.append(parse_record(item))
         except CodecError as e:
-            problems.append(str(e))
-    return records, problems
+            decoded.problems.append(str(e))
+    return decoded.records, decoded.problems
 
 
 def parse_record(item: Any) -> FileRecord:
