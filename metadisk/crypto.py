@@ -104,25 +104,15 @@ def encrypt_file(source: str, destination: str, key: bytes) -> str:
     the hex SHA-256 of the ciphertext. The destination is fsynced, so a blob
     that is later recorded in the database survives a crash.
     """
-    cipher = ctr_cipher(key)
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
-        fd = dst.fileno()
-        offset = 0
-        while n := src.readinto(buffer):
-            chunk = view[:n]
-            cipher.encrypt(chunk, output=chunk)
-            digest.update(chunk)
-            written = 0
-            while written < n:
-                written += os.pwrite(fd, chunk[written:], offset + written)
-            # As encrypt_in_place: writeback starts as it goes, the fsync has little left.
-            _start_writeback(fd, offset, n)
-            offset += n
-        os.fsync(fd)
-    return digest.hexdigest()
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            return _encrypt(src, dst, key)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
 def encrypt_in_place(path: str, key: bytes) -> str:
@@ -131,27 +121,35 @@ def encrypt_in_place(path: str, key: bytes) -> str:
     filehash. CTR keeps the length, so each chunk goes back where it was
     read: one pass, no second file, and the pages already cached for the
     plaintext are reused instead of allocating as many again for the blob.
-    Writeback is started as it goes, so the final fsync has little left to do.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return _encrypt(fd, fd, key)
+    finally:
+        os.close(fd)
+
+
+def _encrypt(src: int, dst: int, key: bytes) -> str:
+    """
+    Encrypt what C{src} holds into C{dst} at the same offsets (the same
+    descriptor: in place), fsync C{dst}, and return the ciphertext's hex
+    SHA-256. Writeback is started as it goes, so the fsync has little left.
     """
     cipher = ctr_cipher(key)
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        offset = 0
-        while n := os.preadv(fd, [buffer], offset):
-            chunk = view[:n]
-            cipher.encrypt(chunk, output=chunk)
-            digest.update(chunk)
-            written = 0
-            while written < n:
-                written += os.pwrite(fd, chunk[written:], offset + written)
-            _start_writeback(fd, offset, n)
-            offset += n
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    offset = 0
+    while n := os.preadv(src, [buffer], offset):
+        chunk = view[:n]
+        cipher.encrypt(chunk, output=chunk)
+        digest.update(chunk)
+        written = 0
+        while written < n:
+            written += os.pwrite(dst, chunk[written:], offset + written)
+        _start_writeback(dst, offset, n)
+        offset += n
+    os.fsync(dst)
     return digest.hexdigest()
 
 
