@@ -166,3 +166,4 @@ class ConnectionGuard(WrappingFactory):
                 refused=self._refused,
             )
             self._refused, self._reported_at = 0, now
+

@@ -30,6 +30,7 @@ from metadisk.store.resumable import COMPLETE
 from metadisk.throttle import Throttle, throttled_reader
 from metadisk.web.errors import APIError, as_api_error, error, json_app, write_json
 from metadisk.web.guard import TokenGuard
+from metadisk.web.holds import SocketHolds
 from metadisk.web.resumable import Chunk, LiveUpload, ResumableUploads
 
 VERSION = "1.0.0"
@@ -227,12 +228,12 @@ class TusReceiver:
         self._body_complete = False
         self._lost = False
         self._ending = False
-        self._holds = 0  # creation and the bandwidth limit both pause the socket
+        self._holds = SocketHolds(request)
         self._result: Deferred[LiveUpload] = Deferred()
         self._creation = upload is None
         if upload is not None:
             upload.busy = True
-        self._throttle = throttled_reader(intake.incoming, self._pause, self._resume)
+        self._throttle = throttled_reader(intake.incoming, self._holds.pause, self._holds.resume)
         if self._throttle is not None:
             request.notifyFinish().addBoth(lambda _: self._end_throttle())
 
@@ -242,7 +243,7 @@ class TusReceiver:
     # Creation (POST).
 
     def create(self, token: str | None, length: int, filename: str) -> None:
-        self._pause()
+        self._holds.pause()
         address = self._request.getClientAddress()
         d = Deferred.fromCoroutine(self._uploads.create(token, address, length, filename))
         d.addCallbacks(self._created, self._not_created)
@@ -257,12 +258,12 @@ class TusReceiver:
         early, self._early = self._early, []
         for data in early:
             self._write(data)
-        self._resume()
+        self._holds.resume()
         self._maybe_end()
 
     def _not_created(self, failure: Failure) -> None:
         self._early = []
-        self._resume()
+        self._holds.resume()
         self._fail(as_api_error(failure))
 
     # The body.
@@ -408,21 +409,6 @@ class TusReceiver:
     def _end_throttle(self) -> None:
         if self._throttle is not None:
             self._throttle.close()
-
-    # The socket: creation and the bandwidth limit both hold it paused.
-
-    def _transport(self) -> Any:
-        return getattr(getattr(self._request, "channel", None), "transport", None)
-
-    def _pause(self) -> None:
-        self._holds += 1
-        if self._holds == 1 and (transport := self._transport()) is not None:
-            transport.pauseProducing()
-
-    def _resume(self) -> None:
-        self._holds -= 1
-        if self._holds == 0 and (transport := self._transport()) is not None:
-            transport.resumeProducing()
 
 
 def _upload_headers(upload: LiveUpload) -> dict[str, str]:

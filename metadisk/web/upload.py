@@ -27,6 +27,7 @@ from metadisk.store.cache import Allocation, BlobCache
 from metadisk.throttle import Throttle, throttled_reader
 from metadisk.web.errors import APIError, as_api_error, error
 from metadisk.web.guard import TokenGuard
+from metadisk.web.holds import SocketHolds
 from metadisk.web.unpaid import ALLOWANCE, UnpaidBudget
 
 UPLOAD_COST = 4  # bytes of credit per byte uploaded: 1 for the transfer in, 3 for hosting
@@ -144,8 +145,8 @@ class UploadReceiver:
         self._failure: APIError | None = None
         self._body_complete = False
         self._lost = False
-        self._holds = 0  # admission steps and the bandwidth limit both pause the socket
-        self._throttle = throttled_reader(policy.incoming, self._pause, self._resume)
+        self._holds = SocketHolds(request)
+        self._throttle = throttled_reader(policy.incoming, self._holds.pause, self._holds.resume)
         if self._throttle is not None:
             # However the request ends (answered early, cut off), its share of bandwidth ends.
             request.notifyFinish().addBoth(lambda _: self._end_throttle())
@@ -162,7 +163,7 @@ class UploadReceiver:
     def _admit(self, step: Callable[[], Awaitable[None]]) -> None:
         self._pending += 1
         if self._pending == 1:
-            self._pause()
+            self._holds.pause()
 
         def run(_: object) -> Deferred[None] | None:
             if self._failure is not None:
@@ -176,7 +177,7 @@ class UploadReceiver:
             elif self._failure is not None:
                 self._discard()  # the step took something after the upload failed: give it back
             if self._pending == 0:
-                self._resume()
+                self._holds.resume()
                 self._maybe_finish()
 
         self._steps.addCallback(run).addBoth(done)
@@ -222,20 +223,6 @@ class UploadReceiver:
             return
         self._token = token
         self._admit(self._pay)
-
-    def _transport(self) -> Any:
-        # The request lets go of its channel once it is finished.
-        return getattr(getattr(self._request, "channel", None), "transport", None)
-
-    def _pause(self) -> None:
-        self._holds += 1
-        if self._holds == 1 and (transport := self._transport()) is not None:
-            transport.pauseProducing()
-
-    def _resume(self) -> None:
-        self._holds -= 1
-        if self._holds == 0 and (transport := self._transport()) is not None:
-            transport.resumeProducing()
 
     # The body.
 
