@@ -16,17 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metadisk.client import command, download, errors
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
+from tests.fakes.cutting_proxy import CuttingProxy
 from tests.nodes import free_port
 from tests.support import RunningNode, funded_token, start_node, test_config
 
@@ -218,7 +216,9 @@ class ResumeTests(CLITestCase):
         token = await funded_token(node)
         data = os.urandom(1_000_000)
         filehash, key = await self.uploaded(node, token, data)
-        proxy = await CuttingProxy.start(self, node.port, cut_after=200_000)
+        proxy = await CuttingProxy.start(
+            self, node.port, cut_after=200_000, starts=b"GET /api/download/", cut_answer=True
+        )
         target = self.work / "out.bin"
         ran = await metadisk(
             "download", filehash, "--key", key, "-o", str(target), "--node", proxy.url,
@@ -239,7 +239,9 @@ class ResumeTests(CLITestCase):
         token = await funded_token(node)
         data = os.urandom(1_000_000)
         filehash, key = await self.uploaded(node, token, data)
-        proxy = await CuttingProxy.start(self, node.port, cut_after=300_000)
+        proxy = await CuttingProxy.start(
+            self, node.port, cut_after=300_000, starts=b"GET /api/download/", cut_answer=True
+        )
         target = self.work / "out.bin"
         args = ("download", filehash, "--key", key, "-o", str(target), "--token", token)
         ran = await metadisk(*args, "--node", proxy.url, "--retries", "0")
@@ -466,86 +468,3 @@ class UnitTests(SynchronousTestCase):
 
 
 # A proxy that cuts a download short, as a flaky network would.
-
-
-@define(eq=False)
-class CuttingProxy:
-    """Forwards to the node; cuts the first download response after C{cut_after} bytes."""
-
-    target: int
-    cut_after: int
-    port: Any = None
-    cuts: int = 0
-    requests: list[bytes] = field(factory=list)
-
-    @classmethod
-    async def start(cls, case: TestCase, target: int, cut_after: int) -> CuttingProxy:
-        proxy = cls(target, cut_after)
-        factory = Factory.forProtocol(lambda: _Downstream(proxy))
-        proxy.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        case.addCleanup(proxy.port.stopListening)
-        return proxy
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-
-class _Downstream(Protocol):
-    """The client's side of one proxied connection."""
-
-    def __init__(self, proxy: CuttingProxy) -> None:
-        self.proxy = proxy
-        self.upstream: _Upstream | None = None
-        self.pending = b""
-        self.budget: int | None = None  # bytes of the answer still to pass, when cutting
-
-    def connectionMade(self) -> None:
-        d: Deferred = connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target), _Upstream(self)
-        )
-        d.addCallbacks(self._connected, lambda _: self.transport.abortConnection())
-
-    def _connected(self, upstream: _Upstream) -> None:
-        self.upstream = upstream
-        if self.pending:
-            upstream.transport.write(self.pending)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.pending and self.budget is None:
-            self.proxy.requests.append(data)
-            if data.startswith(b"GET /api/download/") and self.proxy.cuts == 0:
-                self.budget = self.proxy.cut_after
-        if self.upstream is None:
-            self.pending += data
-        else:
-            self.upstream.transport.write(data)
-
-    def answer(self, data: bytes) -> None:
-        if self.budget is None:
-            self.transport.write(data)
-            return
-        if self.budget <= 0:
-            return  # cut already
-        self.transport.write(data[: self.budget])
-        self.budget -= len(data)
-        if self.budget <= 0:
-            self.proxy.cuts += 1
-            self.transport.abortConnection()
-            if self.upstream is not None:
-                self.upstream.transport.abortConnection()
-
-    def connectionLost(self, reason: Any) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.loseConnection()
-
-
-class _Upstream(Protocol):
-    def __init__(self, downstream: _Downstream) -> None:
-        self.downstream = downstream
-
-    def dataReceived(self, data: bytes) -> None:
-        self.downstream.answer(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        self.downstream.transport.loseConnection()

@@ -17,9 +17,6 @@ from typing import Any
 
 from attrs import define, evolve
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -28,6 +25,7 @@ from metadisk.db import DatabaseUnavailable
 from metadisk.logs import ACCESS_NAMESPACE
 from metadisk.store.catalog import Catalog
 from metadisk.store.resumable import ResumableTable
+from tests.fakes.cutting_proxy import CuttingProxy
 from tests.nodes import Client
 from tests.pg import create_database
 from tests.support import (
@@ -514,82 +512,6 @@ class ProtocolTests(TusCase):
         self.assertEqual((late.code, late.error), (503, "transfer-limit-reached"))
 
 
-# A proxy that cuts a request's body short, as a flaky network or a laptop lid would.
-
-
-@define(eq=False)
-class CuttingProxy:
-    """Forwards to the node; cuts the first PATCH once C{cut_after} of its bytes went through."""
-
-    target: int
-    cut_after: int
-    port: Any = None
-    cuts: int = 0
-
-    @classmethod
-    async def start(cls, case: TestCase, target: int, cut_after: int) -> CuttingProxy:
-        proxy = cls(target, cut_after)
-        factory = Factory.forProtocol(lambda: _Downstream(proxy))
-        proxy.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        case.addCleanup(proxy.port.stopListening)
-        return proxy
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-
-class _Downstream(Protocol):
-    def __init__(self, proxy: CuttingProxy) -> None:
-        self.proxy = proxy
-        self.upstream: Protocol | None = None
-        self.pending = b""
-        self.budget: int | None = None  # bytes of the request still to pass, when cutting
-
-    def connectionMade(self) -> None:
-        d: Deferred = connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target), _Upstream(self)
-        )
-        d.addCallbacks(self._connected, lambda _: self.transport.abortConnection())
-
-    def _connected(self, upstream: Protocol) -> None:
-        self.upstream = upstream
-        if self.pending:
-            upstream.transport.write(self.pending)
-            self.pending = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.budget is None and data.startswith(b"PATCH ") and self.proxy.cuts == 0:
-            self.budget = self.proxy.cut_after
-        if self.budget is not None:
-            data, self.budget = data[: self.budget], self.budget - len(data)
-        if self.upstream is None:
-            self.pending += data
-        else:
-            self.upstream.transport.write(data)
-        if self.budget is not None and self.budget <= 0:
-            self.proxy.cuts += 1
-            self.budget = None
-            self.transport.abortConnection()
-            if self.upstream is not None:
-                self.upstream.transport.abortConnection()
-
-    def connectionLost(self, reason: Any) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.loseConnection()
-
-
-class _Upstream(Protocol):
-    def __init__(self, downstream: _Downstream) -> None:
-        self.downstream = downstream
-
-    def dataReceived(self, data: bytes) -> None:
-        self.downstream.transport.write(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        self.downstream.transport.loseConnection()
-
-
 class TuspyTests(TusCase):
     """tuspy (the tus project's Python client) runs in a thread: it blocks."""
 
@@ -603,7 +525,7 @@ class TuspyTests(TusCase):
         data = os.urandom(20 * 2**20)
         source = Path(self.mktemp())
         source.write_bytes(data)
-        proxy = await CuttingProxy.start(self, node.port, 8 * 2**20)
+        proxy = await CuttingProxy.start(self, node.port, 8 * 2**20, b"PATCH ")
         patches: list[int] = []
 
         def send() -> tuple[str, dict[str, str]]:
@@ -715,7 +637,7 @@ class CommandLineTests(TusCase):
 
     async def test_a_cut_upload_resumes_by_itself(self) -> None:
         token, data, path, env = await self.start()
-        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20)
+        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20, b"PATCH ")
         ran = await metadisk(
             "upload", str(path), "--node", proxy.url, "--token", token, "--json", env=env
         )
@@ -731,7 +653,7 @@ class CommandLineTests(TusCase):
 
     async def test_the_same_command_resumes(self) -> None:
         token, data, path, env = await self.start()
-        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20)
+        proxy = await CuttingProxy.start(self, self.running.port, 3 * 2**20, b"PATCH ")
         argv = ("upload", str(path), "--node", proxy.url, "--token", token, "--json")
         cut = await metadisk(*argv, "--retries", "0", env=env)
         self.assertEqual(cut.code, 3, cut.stderr)
