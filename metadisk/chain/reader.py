@@ -2,7 +2,9 @@
 The reader: follows the chain block by block from its persisted height,
 reassembles batches from their entries, and keeps what their records say as
 claims (L{metadisk.store.claims}), so that C{find} and C{download} work for
-files this node never saw uploaded. A record is a stranger's claim: it never
+files this node never saw uploaded. A v0.3 announcement is kept pending for
+the manifest lane (L{metadisk.chain.manifests}), which fetches its records
+apart from the reading of blocks. A record is a stranger's claim: it never
 becomes one of this node's files or placements.
 
 Each block is applied in one database transaction (its hash, its entries,
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 
 from metadisk.chain.adapter import ChainBlock
 from metadisk.chain.codec import (
+    Announcement,
     CodecError,
     Entry,
     Fragment,
@@ -31,6 +34,7 @@ from metadisk.chain.codec import (
     decode_batch,
     decode_entry,
 )
+from metadisk.chain.manifests import Announced, Announcements
 from metadisk.chain.rpc import ChainUnavailable, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.catalog import Catalog
@@ -119,6 +123,7 @@ class Reader:
             await txn.execute("DELETE FROM chain_blocks WHERE height > ?", (height,))
             await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
             await Claims.forget_above(txn, height)
+            await Announcements.forget_above(txn, height)
             # Our own records in those blocks are on the chain again only once read again.
             await Catalog.unconfirm_above(txn, height)
 
@@ -186,9 +191,10 @@ class Reader:
                 return []
             decoded = decode_batch(data)
             records, problems = decoded.records, decoded.problems
+            announcements = decoded.announcements
         except CodecError as e:
             self.log.info("batch {batch} is not valid: {e}", batch=batch_id, e=e)
-            records, problems = [], []
+            records, problems, announcements = [], [], []
         await txn.execute("DELETE FROM chain_fragments WHERE batch_id = ?", (batch_id,))
         for problem in problems:
             self.log.info("batch {batch}: skipped a record: {p}", batch=batch_id, p=problem)
@@ -199,7 +205,22 @@ class Reader:
         for claim in claims:
             await Claims.add(txn, claim)
             await Catalog.confirm(txn, claim.record.filehash, batch_id, height)
+        await _announced(txn, batch_id, announcements, height, position)
         return claims
+
+
+async def _announced(
+    txn: ITransaction, batch_id: str, announcements: list[Announcement], height: int, position: int
+) -> None:
+    """
+    The announcements of a batch wait for their manifests (the manifest lane,
+    L{metadisk.chain.manifests}), confirmed where the batch was: the n-th is
+    C{<batch_id>/<n>}, the txid of the claims its manifest holds.
+    """
+    for n, announcement in enumerate(announcements):
+        await Announcements.add(
+            txn, Announced(f"{batch_id}/{n}", batch_id, announcement, height, position)
+        )
 
 
 async def _store_fragment(txn: ITransaction, fragment: Fragment) -> None:
