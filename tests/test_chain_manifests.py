@@ -20,8 +20,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from metadisk.chain import codec
+from metadisk.chain.bitcoinlike import BitcoinLike
 from metadisk.chain.manifests import FIRST_RETRY, Announcements, ManifestLane
 from metadisk.chain.queue import ChainQueue
+from metadisk.chain.reader import Reader
 from metadisk.chain.service import ChainService
 from metadisk.config import networks
 from metadisk.interfaces import IDatabase, ITransaction
@@ -31,6 +33,7 @@ from metadisk.store.catalog import Catalog
 from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
 from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import FakeFlorincoind
+from tests.test_chain_litecoin import litecoind
 from tests.test_chain_sync import WAIT, ChainTestCase, filehash
 
 
@@ -449,3 +452,39 @@ class PostgresFetchTests(FetchTests):
 
 class PostgresReadingTests(ReadingTests):
     dialect = "postgresql"
+
+
+class LitecoinManifestTests(ManifestTestCase):
+    """An announcement on a real C{litecoind -regtest}: read, fetched, and read by a cold node."""
+
+    timeout = 120
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        self.node = await litecoind(self)
+        self.chain = BitcoinLike(self.node.rpc())
+
+    async def test_an_announcement_on_litecoin(self) -> None:
+        records = [record(n) for n in range(1, 101)]
+        data = codec.manifest_bytes(records)
+        self.server.files["m"] = data
+        announced = codec.Announcement(
+            hashlib.sha256(data).hexdigest(),
+            len(records),
+            len(data),
+            (("web", self.server.url("m")),),
+        )
+        text = codec.batch_text([announced.to_json()])
+        [region] = codec.split_regions(text, codec.MAX_ENTRY, codec.MAX_REGION_IN)
+        entry = codec.entry_text(region, 0, None, None, len(text))
+        await self.chain.send(await self.chain.prepare(entry, "announcement"))
+        await self.node.mine()
+        for _ in range(2):  # a node that follows the chain, then a cold one started later
+            db = await self.database()
+            await Reader(db, self.chain, self.clock, start_height=100).read_once()
+            self.assertEqual(await self.status(db), (1, 0))
+            self.assertEqual(await self.lane(db).fetch_due(), 1)
+            self.assertEqual(await self.status(db), (0, 100))
+            for r in records:
+                self.assertEqual((await self.find(db, r["filehash"])).to_json(), r)
+            await self.node.mine(3)

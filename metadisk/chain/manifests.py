@@ -224,8 +224,8 @@ class ManifestLane:
             )
         finally:
             self._fetching.difference_update(a.id for a in due)
-            pending, _ = await self.announcements.counts()
-            self.metrics.manifests_pending.set(pending)
+        pending, _ = await self.announcements.counts()
+        self.metrics.manifests_pending.set(pending)
         return sum(kept)
 
     async def _fetch(self, announced: Announced) -> bool:
