@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,9 @@ async def build_node(
         slowest_rate=slowest,
     )
     chain_queue = ChainQueue(db, config.chain.publish_wait)
-    # Manifests are written to a file of their own while they are read, not to the cache.
+    # Manifests are written to a file of their own while they are read, not to the cache;
+    # what a fetch cut short by the last stop left there is of no use.
+    await run_blocking(shutil.rmtree, config.node.data_dir / "manifests", True)
     manifests = ManifestLane(
         Announcements(db),
         URLHost(strangers, MAX_MANIFEST_SIZE, reactor),

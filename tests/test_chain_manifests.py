@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -33,6 +34,7 @@ from metadisk.store.catalog import Catalog
 from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
 from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import FakeFlorincoind
+from tests.support import eventually, json_of, start_node, test_config
 from tests.test_chain_litecoin import litecoind
 from tests.test_chain_sync import WAIT, ChainTestCase, filehash
 
@@ -488,3 +490,48 @@ class LitecoinManifestTests(ManifestTestCase):
             for r in records:
                 self.assertEqual((await self.find(db, r["filehash"])).to_json(), r)
             await self.node.mine(3)
+
+
+class NodeTests(TestCase):
+    """A running node follows the chain, and its manifest lane fetches what is announced."""
+
+    async def test_a_node_reads_a_manifest(self) -> None:
+        fake = FakeFlorincoind()
+        port, url = fake.listen(reactor)
+        self.addCleanup(port.stopListening)
+        server = ManifestServer(self)
+        records = [record(n) for n in range(1, 11)]
+        server.files["m"] = data = codec.manifest_bytes(records)
+        announce(
+            fake,
+            codec.Announcement(
+                hashlib.sha256(data).hexdigest(), 10, len(data), (("web", server.url("m")),)
+            ),
+        )
+        fake.mine()
+        base = Path(self.mktemp()).resolve()
+        leftover = base / "data" / "manifests" / "crashed.part"
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"a fetch cut short by a crash")
+        config = test_config(
+            base,
+            accounts={"enabled": False},
+            chain={
+                "kind": "florincoin",
+                "url": url,
+                "poll_interval": 0.1,
+                "fetch_allowed_networks": ["127.0.0.0/8"],
+            },
+        )
+        node = await start_node(self, config)
+        self.assertFalse(leftover.exists())
+
+        async def read() -> Any:
+            status = await json_of(await node.http.get(f"{node.url}/api/status"))
+            return status if status["sync"]["manifests"]["records"] == 10 else None
+
+        status = await eventually(read, 30, what="the manifest to be read")
+        self.assertEqual(status["sync"]["manifests"], {"pending": 0, "records": 10})
+        self.assertNotIn("manifests", status["datacoin"])
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash(7)}"))
+        self.assertEqual(found, records[6])
