@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from metadisk.chain import codec
 from metadisk.chain.bitcoinlike import BitcoinLike
-from metadisk.chain.manifests import FIRST_RETRY, Announcements, ManifestLane
+from metadisk.chain.manifests import FIRST_RETRY, Announced, Announcements, ManifestLane
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
 from metadisk.chain.service import ChainService
@@ -30,7 +30,7 @@ from metadisk.config import networks
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.metrics import Metrics
 from metadisk.store.blocking import in_caller
-from metadisk.store.catalog import Catalog
+from metadisk.store.catalog import Catalog, FileRecord
 from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
 from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import FakeFlorincoind
@@ -302,6 +302,26 @@ class FetchTests(ManifestTestCase):
         self.assertEqual(await lane.fetch_due(), 3)
         self.assertEqual(await self.status(db), (1, 3))
         self.assertEqual(await lane.fetch_due(), 1)
+
+    async def test_a_large_manifest_is_kept_a_part_at_a_time(self) -> None:
+        db = await self.database()
+        self.publish_manifest([record(n) for n in range(1, 6)])
+        self.fake.mine()
+        await self.reader(db).read_once()
+        lane = self.lane(db)
+        lane.announcements.claims_per_transaction = 2
+        self.assertEqual(await lane.fetch_due(), 1)
+        self.assertEqual(await self.status(db), (0, 5))
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_claims"), [(5,)])
+
+    async def test_the_parts_stop_once_it_is_forgotten(self) -> None:
+        db = await self.database()
+        announced = self.publish_manifest([record(n) for n in range(1, 6)])
+        row = Announced("ab" * 32 + "/0", "ab" * 32, announced, 1, 1)
+        records = [FileRecord.from_json(record(n)) for n in range(1, 6)]
+        # Never read, or forgotten by a reorganisation: no part of it is kept.
+        self.assertFalse(await Announcements(db, 2).keep(row, records))
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_claims"), [(0,)])
 
 
 class ReadingTests(ManifestTestCase):

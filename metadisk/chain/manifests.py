@@ -47,6 +47,7 @@ PENDING, FETCHED, FAILED = "pending", "fetched", "failed"
 LANE = 2  # manifests fetched at once
 PER_ROUND = 16  # due announcements a round takes
 MAX_URLS = 4  # URLs of one announcement tried in a round
+CLAIMS_PER_TRANSACTION = 10_000  # of a manifest's (about a second's work on PostgreSQL)
 FIRST_RETRY = 30.0  # seconds before a manifest no URL served is tried again, doubling…
 LONGEST_RETRY = 3600.0  # …up to this
 
@@ -72,6 +73,7 @@ class Announcements:
     """The table of announcements read and what became of their manifests."""
 
     _db: IDatabase
+    claims_per_transaction: int = CLAIMS_PER_TRANSACTION
 
     @staticmethod
     async def add(txn: ITransaction, announced: Announced) -> None:
@@ -130,21 +132,51 @@ class Announcements:
     async def keep(self, announced: Announced, records: list[FileRecord]) -> bool:
         """
         Its manifest's records become claims where it was confirmed, and it is
-        fetched, in one transaction; False if it is no longer pending there (a
-        reorganisation forgot it, or a node sharing the database was first).
+        fetched; False if it is no longer pending there (a reorganisation forgot
+        it, or a node sharing the database was first).
+
+        The last L{claims_per_transaction} claims are written in the transaction
+        that marks it fetched, with this node's own records confirmed; those of
+        a larger manifest before, that many a transaction, each while it is
+        still pending there: 50,000 claims in one transaction would outlast
+        PostgreSQL's query timeout. Cut short, it stays pending, and its claims
+        are written again (once each) when it is fetched again.
         """
+        claims = [
+            Claim(record, announced.id, index, announced.height, announced.position)
+            for index, record in enumerate(records)
+        ]
+        size = self.claims_per_transaction
+        last = max(0, (len(claims) - 1) // size * size)
+        for start in range(0, last, size):
+            chunk = claims[start : start + size]
+            if not await self._db.transaction(lambda txn, c=chunk: self._add(txn, announced, c)):
+                return False
 
         async def keep(txn: ITransaction) -> bool:
             if not await self._settle(txn, announced, FETCHED, kept=len(records)):
                 return False
-            for index, record in enumerate(records):
-                claim = Claim(record, announced.id, index, announced.height, announced.position)
-                await Claims.add(txn, claim)
-                # This node's own records in the manifest are on the chain now.
-                await Catalog.confirm(txn, record.filehash, announced.batch_id, announced.height)
+            await Claims.add_all(txn, claims[last:])
+            # This node's own records in the manifest are on the chain now.
+            await Catalog.confirm_all(
+                txn, {r.filehash for r in records}, announced.batch_id, announced.height
+            )
             return True
 
         return bool(await self._db.transaction(keep))
+
+    @staticmethod
+    async def _add(txn: ITransaction, announced: Announced, claims: list[Claim]) -> bool:
+        # A no-op update, to hold its row (PostgreSQL): a reorganisation that forgets it
+        # waits for these claims, and then forgets them too.
+        held = await txn.execute(
+            "UPDATE chain_announcements SET attempts = attempts"
+            " WHERE id = ? AND state = ? AND height = ? AND position = ?",
+            (announced.id, PENDING, announced.height, announced.position),
+        )
+        if held:
+            await Claims.add_all(txn, claims)
+        return bool(held)
 
     async def fail(self, announced: Announced, why: str) -> bool:
         """Its manifest is not the one announced, or not a manifest: never fetched again."""

@@ -122,8 +122,10 @@ class Reader:
         async def forget(txn: ITransaction) -> None:
             await txn.execute("DELETE FROM chain_blocks WHERE height > ?", (height,))
             await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
-            await Claims.forget_above(txn, height)
+            # The announcements first: on PostgreSQL that waits for a manifest being kept
+            # (it holds its row), whose claims the next statement then sees and forgets.
             await Announcements.forget_above(txn, height)
+            await Claims.forget_above(txn, height)
             # Our own records in those blocks are on the chain again only once read again.
             await Catalog.unconfirm_above(txn, height)
 
