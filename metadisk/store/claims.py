@@ -45,8 +45,10 @@ class Claim:
     """A record as read, and where: C{(height, position, index)} orders claims."""
 
     record: FileRecord
-    txid: str  # of the first entry of the batch that carried it
-    index: int  # its place in that batch
+    # Of the first entry of the batch that carried it; for a manifest's record, the
+    # announcement's id (<batch txid>/<n>, docs/protocol.md section 5.8).
+    txid: str
+    index: int  # its place in that batch, or in the manifest
     height: int
     position: int  # in the block, of the batch's last entry
 
