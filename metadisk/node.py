@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent
 
 from metadisk.chain.codec import MAX_MANIFEST_SIZE
-from metadisk.chain.manifests import Announcements, ManifestLane
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config

@@ -21,7 +21,7 @@ from metadisk.chain import codec
 from metadisk.chain.adapter import EntryTooLong
 from metadisk.chain.bitcoinlike import BitcoinLike
 from metadisk.chain.florincoin import Florincoin
-from metadisk.chain.manifests import Announcements, ManifestLane
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.publisher import Publisher, SendInDoubt
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader

@@ -3,7 +3,7 @@ The reader: follows the chain block by block from its persisted height,
 reassembles batches from their entries, and keeps what their records say as
 claims (L{metadisk.store.claims}), so that C{find} and C{download} work for
 files this node never saw uploaded. A v0.3 announcement is kept pending for
-the manifest lane (L{metadisk.chain.manifests}), which fetches its records
+the manifest lane (L{metadisk.chain.manifest_lane}), which fetches its records
 apart from the reading of blocks. A record is a stranger's claim: it never
 becomes one of this node's files or placements.
 
@@ -34,7 +34,7 @@ from metadisk.chain.codec import (
     decode_batch,
     decode_entry,
 )
-from metadisk.chain.manifests import Announced, Announcements
+from metadisk.chain.manifest_lane import Announced, Announcements
 from metadisk.chain.rpc import ChainUnavailable, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.catalog import Catalog
@@ -216,7 +216,7 @@ async def _announced(
 ) -> None:
     """
     The announcements of a batch wait for their manifests (the manifest lane,
-    L{metadisk.chain.manifests}), confirmed where the batch was: the n-th is
+    L{metadisk.chain.manifest_lane}), confirmed where the batch was: the n-th is
     C{<batch_id>/<n>}, the txid of the claims its manifest holds.
     """
     for n, announcement in enumerate(announcements):

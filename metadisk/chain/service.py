@@ -17,7 +17,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 
 from metadisk.chain import make_chain
-from metadisk.chain.manifests import Announcements, ManifestLane
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.publisher import Publisher
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader

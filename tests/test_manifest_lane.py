@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from metadisk.chain import codec
 from metadisk.chain.bitcoinlike import BitcoinLike
-from metadisk.chain.manifests import FIRST_RETRY, Announced, Announcements, ManifestLane
+from metadisk.chain.manifest_lane import FIRST_RETRY, Announced, Announcements, ManifestLane
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
 from metadisk.chain.service import ChainService
