@@ -462,6 +462,31 @@ class StatusTests(ManifestTestCase):
         self.assertIsNone((await service.status())["error"])
 
 
+class ServiceTests(ManifestTestCase):
+    async def test_an_announcement_read_wakes_the_lane(self) -> None:
+        """Its manifest is fetched once the block is read, not a poll later."""
+        db = await self.database()
+        self.publish_manifest([record(1)])
+        self.fake.mine()
+        service = ChainService(
+            self.chain,
+            self.reader(db),
+            self.publisher(db),
+            ChainQueue(db, WAIT),
+            self.clock,
+            30,
+            self.lane(db),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+
+        async def fetched() -> bool:
+            self.clock.advance(0)  # what is due now, no time passing
+            return await self.status(db) == (0, 1)
+
+        await eventually(fetched, 10, what="the manifest fetched with no time passing")
+
+
 async def _turn() -> None:
     d: Deferred[None] = Deferred()
     reactor.callLater(0.01, d.callback, None)

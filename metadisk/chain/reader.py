@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -55,6 +55,9 @@ class Reader:
     start_height: int = 0
     min_confirmations: int = 1
     rescan_depth: int = 10
+    # Announcements read so far (a block rolled back counts too): the service wakes the
+    # manifest lane when it grows.
+    announced: int = field(default=0, init=False)
 
     log = Logger()
 
@@ -208,6 +211,7 @@ class Reader:
             await Claims.add(txn, claim)
             await Catalog.confirm(txn, claim.record.filehash, batch_id, height)
         await _announced(txn, batch_id, announcements, height, position)
+        self.announced += len(announcements)
         return claims
 
 

@@ -64,7 +64,11 @@ class ChainService(service.MultiService):
             loop.setServiceParent(self)
 
     async def _read(self) -> None:
+        announced = self.reader.announced
         await self.reader.read_once()
+        if self.reader.announced > announced:
+            # Their manifests are fetched now, not a poll later.
+            self.fetching.poke()
         self._balance, self._address = await self.chain.wallet()
 
     async def status(self) -> dict[str, Any]:
