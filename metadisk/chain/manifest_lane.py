@@ -15,7 +15,7 @@ the reactor).
 What becomes of an announcement:
   - its manifest hashes and parses: each valid record becomes a claim where
     the announcement was confirmed (height, position, index in the manifest),
-    in the transaction that marks it fetched;
+    the last of them in the transaction that marks it fetched;
   - a URL serves other bytes (another length or hash): that URL is not tried
     for it again; once none is left, it has failed;
   - the bytes hash but are no manifest (a bomb, a count other than
@@ -236,26 +236,16 @@ class ManifestLane:
     timeout: float = URL_TIMEOUT
     slowest_rate: float = SLOWEST_RATE
     _lane: DeferredSemaphore = field(factory=lambda: DeferredSemaphore(LANE))
-    # In flight: a round started while another runs leaves them to it.
-    _fetching: set[str] = field(factory=set)
 
     log = Logger()
 
     async def fetch_due(self) -> int:
         """Fetch the due manifests (a bounded number); return how many were kept."""
-        due = [
-            a
-            for a in await self.announcements.due(self._clock.seconds(), self.per_round)
-            if a.id not in self._fetching
-        ]
-        self._fetching.update(a.id for a in due)
-        try:
-            kept = await gatherResults(
-                [self._lane.run(lambda a=a: Deferred.fromCoroutine(self._fetch(a))) for a in due],
-                consumeErrors=True,
-            )
-        finally:
-            self._fetching.difference_update(a.id for a in due)
+        due = await self.announcements.due(self._clock.seconds(), self.per_round)
+        kept = await gatherResults(
+            [self._lane.run(lambda a=a: Deferred.fromCoroutine(self._fetch(a))) for a in due],
+            consumeErrors=True,
+        )
         pending, _ = await self.announcements.counts()
         self.metrics.manifests_pending.set(pending)
         return sum(kept)
