@@ -22,8 +22,10 @@ class State(enum.StrEnum):
     PUBLISHED = "published"  # on the chain (its record is in chain_records)
 
 
+# The queue's own rows only (its waiting ones, by the state index): a file's size is kept in
+# its row, so neither due() nor pending() reads files, whatever the catalog's size.
 _DUE = f"""
-    FROM chain_queue q JOIN files f ON f.filehash = q.filehash
+    FROM chain_queue q
     WHERE q.state = '{State.WAITING}'
       AND EXISTS (SELECT 1 FROM uploads u WHERE u.filehash = q.filehash)
       AND (q.enqueued <= ?
@@ -38,11 +40,15 @@ class ChainQueue:
 
     @staticmethod
     async def add(txn: ITransaction, filehash: str, when: float) -> None:
-        """Put a file in the queue (once: a file that was ever queued stays where it got)."""
+        """
+        Put a recorded file in the queue, with its size (once: a file that was
+        ever queued stays where it got).
+        """
         await txn.execute(
-            "INSERT INTO chain_queue (filehash, enqueued, state) VALUES (?, ?, ?)"
+            "INSERT INTO chain_queue (filehash, enqueued, state, filesize)"
+            " SELECT filehash, ?, ?, filesize FROM files WHERE filehash = ?"
             " ON CONFLICT (filehash) DO NOTHING",
-            (filehash, when, State.WAITING),
+            (when, State.WAITING, filehash),
         )
 
     async def due(self, now: float, limit: int) -> list[str]:
@@ -72,11 +78,10 @@ class ChainQueue:
     async def pending(self, now: float) -> tuple[int, int]:
         """(count, bytes) of the files whose record is due or on its way, for C{/api/status}."""
         due = await self._db.query(
-            f"SELECT COUNT(*), COALESCE(SUM(f.filesize), 0) {_DUE}", (now - self.wait,)
+            f"SELECT COUNT(*), COALESCE(SUM(q.filesize), 0) {_DUE}", (now - self.wait,)
         )
         batched = await self._db.query(
-            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
-            " FROM chain_queue q JOIN files f ON f.filehash = q.filehash WHERE q.state = ?",
+            "SELECT COUNT(*), COALESCE(SUM(filesize), 0) FROM chain_queue WHERE state = ?",
             (State.BATCHED,),
         )
         return int(due[0][0]) + int(batched[0][0]), int(due[0][1]) + int(batched[0][1])
