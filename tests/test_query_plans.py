@@ -34,6 +34,7 @@ import metadisk.node
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.hosts.local import MARKER
+from metadisk.tap import STATISTICS_INTERVAL
 from tests.catalogs import BATCH, FIRST_HEIGHT, build, filehash, record_of
 from tests.fakes.florincoind import FakeFlorincoind
 from tests.pg import create_database
@@ -270,3 +271,13 @@ class SQLiteQueryPlansTests(QueryPlansMixin, TestCase):
 class PostgresQueryPlansTests(QueryPlansMixin, TestCase):
     def fresh_url(self) -> str:
         return create_database(self)
+
+
+class StatisticsLoopTests(TestCase):
+    async def test_statistics_kept_current(self) -> None:
+        """The node refreshes its database's statistics hourly, one of its loops."""
+        node = await start_node(self)
+        loop = node.service.getServiceNamed("statistics")
+        self.assertEqual(loop.interval, STATISTICS_INTERVAL)
+        await loop.run()
+        self.assertIsNone(loop.error)
