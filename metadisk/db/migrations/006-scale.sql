@@ -16,3 +16,15 @@ CREATE INDEX chain_queue_batch ON chain_queue (batch_id);
 
 -- A reorganisation unconfirms this node's records above a height.
 CREATE INDEX chain_records_height ON chain_records (height);
+
+-- The records waiting for the chain, counted as they come and go (in the transactions that
+-- queue and batch them): with the chain disabled every record waits for ever, and counting
+-- them at each status call would cost a row a file. One row.
+CREATE TABLE chain_queue_waiting (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    count BIGINT NOT NULL,
+    size BIGINT NOT NULL
+);
+
+INSERT INTO chain_queue_waiting (id, count, size)
+    SELECT 1, COUNT(*), COALESCE(SUM(filesize), 0) FROM chain_queue WHERE state = 'waiting';
