@@ -20,8 +20,8 @@ T = TypeVar("T")
 
 
 WAL_ATTEMPTS = 100  # …a tenth of a second apart
-# Rows ANALYZE reads from each index: its statistics are estimates, and its cost stays a few
-# milliseconds whether the catalog has a thousand files or ten million.
+# Rows ANALYZE reads from each index: its statistics are estimates, and its cost stays within
+# tens of milliseconds however large the catalog (18 ms at a million files).
 ANALYSIS_LIMIT = 1000
 
 
