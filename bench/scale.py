@@ -55,7 +55,7 @@ from _node import ROOT, Node, fresh_database, rss_mib
 
 sys.path.insert(0, str(ROOT))
 
-from tests.catalogs import build, filehash  # noqa: E402
+from tests.catalogs import build, filehash
 
 HOSTS = ("local1", "local2", "local3")
 UPLOAD_SIZE = 10 * 1024
@@ -85,7 +85,7 @@ def config_toml(work: Path, url: str) -> str:
 
 
 def mark_hosts(work: Path) -> None:
-    """The catalog puts copies on the hosts: their folders must be marked, or taken for unmounted."""
+    """The catalog puts copies on the hosts: their folders are marked, or taken for unmounted."""
     from metadisk.store.hosts.local import MARKER
 
     for name in HOSTS:
