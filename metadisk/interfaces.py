@@ -43,6 +43,12 @@ class IDatabase(Interface):
         Fire with what C{work} returned.
         """
 
+    def optimize():
+        """
+        Keep the query planner's statistics current, at a bounded cost: run
+        when the database is opened and then periodically. Fire when done.
+        """
+
     def close():
         """Close every connection; fire when done."""
 

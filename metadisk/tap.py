@@ -29,6 +29,7 @@ from metadisk.web.site import MetaDiskSite
 
 METERS_FLUSH_INTERVAL = 1.0
 EXPIRY_INTERVAL = 60.0  # seconds between two looks for expired resumable uploads
+STATISTICS_INTERVAL = 3600.0  # seconds between two refreshes of the planner's statistics
 
 
 class Options(usage.Options):
@@ -95,6 +96,18 @@ class NodeService(service.MultiService):
                 expected=(DatabaseUnavailable,),
             ),
         ]
+        loops.append(
+            # As the catalog grows, the planner's picture of it must too (SQLite's; on
+            # PostgreSQL autovacuum does it and this is nothing).
+            Periodic(
+                "statistics",
+                node.db.optimize,
+                STATISTICS_INTERVAL,
+                self._reactor,
+                now=False,  # the database was optimized when it was opened
+                expected=(DatabaseUnavailable,),
+            )
+        )
         if node.resumable is not None:
             # Resumable uploads past their expiry: removed and refunded.
             loops.append(

@@ -26,7 +26,7 @@ from metadisk.chain.publisher import Publisher, SendInDoubt
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
 from metadisk.chain.rpc import JSONRPCClient, RPCError
-from metadisk.chain.service import ChainService
+from metadisk.chain.service import ChainService, disabled_status
 from metadisk.db import open_database
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.blocking import in_caller
@@ -141,6 +141,23 @@ class InterfaceTests(ChainTestCase):
 
 
 class PublishAndReadTests(ChainTestCase):
+    async def test_waiting_records_counted_as_they_come_and_go(self) -> None:
+        """
+        What the status says with the chain disabled: every waiting record,
+        due or not, counted in the transactions that queue and batch them.
+        """
+        db = await self.database()
+        queue = ChainQueue(db, WAIT)
+        first = await self.add_file(db, 1)
+        await self.add_file(db, 2, hosts=0, replicating=True)  # not due: it waits all the same
+        await db.transaction(lambda txn: ChainQueue.add(txn, first, self.clock.seconds()))  # once
+        self.assertEqual(await queue.waiting(), (2, 1001 + 1002))
+        self.assertEqual(await queue.pending(self.clock.seconds()), (1, 1001))
+        self.assertEqual(await self.publisher(db).publish_once(), 1)
+        self.assertEqual(await queue.waiting(), (1, 1002))
+        status = await disabled_status(queue)()
+        self.assertEqual(status["queue"], {"count": 1, "size": 1002})
+
     async def test_any_node_finds_what_one_published(self) -> None:
         a, b = await self.database(), await self.database()
         h = await self.add_file(a, 1)

@@ -127,6 +127,38 @@ class DatabaseTestsMixin:
         self.assertEqual(await db.query("SELECT filehash FROM chain_records"), [])
         self.assertEqual(await db.query("SELECT state FROM chain_queue"), [("waiting",)])
 
+    async def test_queued_files_keep_their_size(self) -> None:
+        """
+        Migration 006: the files queued for the hosts and the chain when it
+        runs keep their sizes in their queue rows, which the status sums.
+        """
+        url = self.fresh_url()
+        old = await open_database(url, reactor, version=5)
+        one, two = "a" * 64, "b" * 64
+        for sql, params in (
+            ("INSERT INTO files VALUES (?, 'aaaaaaa_x', 5, 1, '0.2')", (one,)),
+            ("INSERT INTO files VALUES (?, 'bbbbbbb_y', 7, 1, '0.2')", (two,)),
+            ("INSERT INTO cloud_queue VALUES (?, 'n', 0, 0, NULL)", (one,)),
+            ("INSERT INTO chain_queue VALUES (?, 1, 'waiting', NULL)", (one,)),
+            ("INSERT INTO chain_queue VALUES (?, 1, 'published', 'x')", (two,)),
+        ):
+            await old.execute(sql, params)
+        await old.close()
+        db = await self.open(url)
+        self.assertEqual(await db.query("SELECT filehash, filesize FROM cloud_queue"), [(one, 5)])
+        self.assertEqual(
+            await db.query("SELECT filehash, filesize FROM chain_queue ORDER BY filehash"),
+            [(one, 5), (two, 7)],
+        )
+
+    async def test_optimize_changes_nothing_but_statistics(self) -> None:
+        """At open and after, as often as the node likes: the rows are as they were."""
+        db = await self.scratch()
+        await db.execute("INSERT INTO scratch (k, n) VALUES ('a', 1)")
+        await db.optimize()
+        await db.optimize()
+        self.assertEqual(await db.query("SELECT k, n FROM scratch"), [("a", 1)])
+
     async def test_types_round_trip(self) -> None:
         db = await self.scratch()
         await db.execute(
@@ -298,6 +330,26 @@ class DatabaseTestsMixin:
 class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
     def fresh_url(self) -> str:
         return f"sqlite:///{Path(self.mktemp()).resolve()}"
+
+    async def test_statistics_when_opened(self) -> None:
+        """
+        SQLite gathers no statistics by itself: opening the database makes
+        them, of every table, so that the first status call of a node that
+        grew since its last start is planned from the catalog as it is.
+        """
+        url = self.fresh_url()
+        db = await open_database(url, reactor)
+        await db.execute(
+            "INSERT INTO files (filehash, filename, filesize, datetime)"
+            " WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999)"
+            " SELECT printf('%064x', i), 'f', 1, 1 FROM n"
+        )
+        await db.close()
+        db = await self.open(url)
+        [(stat,)] = await db.query(
+            "SELECT stat FROM sqlite_stat1 WHERE idx LIKE 'sqlite_autoindex_files%'"
+        )
+        self.assertEqual(stat.split()[0], "1000")
 
 
 class PostgresDatabaseTests(DatabaseTestsMixin, TestCase):

@@ -22,8 +22,10 @@ class State(enum.StrEnum):
     PUBLISHED = "published"  # on the chain (its record is in chain_records)
 
 
+# The queue's own rows only (its waiting ones, by the state index): a file's size is kept in
+# its row, so neither due() nor pending() reads files, whatever the catalog's size.
 _DUE = f"""
-    FROM chain_queue q JOIN files f ON f.filehash = q.filehash
+    FROM chain_queue q
     WHERE q.state = '{State.WAITING}'
       AND EXISTS (SELECT 1 FROM uploads u WHERE u.filehash = q.filehash)
       AND (q.enqueued <= ?
@@ -38,12 +40,17 @@ class ChainQueue:
 
     @staticmethod
     async def add(txn: ITransaction, filehash: str, when: float) -> None:
-        """Put a file in the queue (once: a file that was ever queued stays where it got)."""
-        await txn.execute(
-            "INSERT INTO chain_queue (filehash, enqueued, state) VALUES (?, ?, ?)"
+        """
+        Put a recorded file in the queue, with its size (once: a file that was
+        ever queued stays where it got).
+        """
+        if await txn.execute(
+            "INSERT INTO chain_queue (filehash, enqueued, state, filesize)"
+            " SELECT filehash, ?, ?, filesize FROM files WHERE filehash = ?"
             " ON CONFLICT (filehash) DO NOTHING",
-            (filehash, when, State.WAITING),
-        )
+            (when, State.WAITING, filehash),
+        ):
+            await _count_waiting(txn, filehash, +1)
 
     async def due(self, now: float, limit: int) -> list[str]:
         """The filehashes whose record is due, oldest first."""
@@ -56,12 +63,13 @@ class ChainQueue:
     @staticmethod
     async def take(txn: ITransaction, filehash: str, batch_id: str) -> bool:
         """Claim a waiting record for a batch; False if it is no longer waiting."""
-        return bool(
-            await txn.execute(
-                "UPDATE chain_queue SET state = ?, batch_id = ? WHERE filehash = ? AND state = ?",
-                (State.BATCHED, batch_id, filehash, State.WAITING),
-            )
-        )
+        if not await txn.execute(
+            "UPDATE chain_queue SET state = ?, batch_id = ? WHERE filehash = ? AND state = ?",
+            (State.BATCHED, batch_id, filehash, State.WAITING),
+        ):
+            return False
+        await _count_waiting(txn, filehash, -1)
+        return True
 
     @staticmethod
     async def published(txn: ITransaction, batch_id: str) -> None:
@@ -69,14 +77,31 @@ class ChainQueue:
             "UPDATE chain_queue SET state = ? WHERE batch_id = ?", (State.PUBLISHED, batch_id)
         )
 
+    async def waiting(self) -> tuple[int, int]:
+        """
+        (count, bytes) of every record waiting, due or not: what the status says
+        with the chain disabled, where every record waits for ever. Counted as
+        records come and go, so it costs one row however many there are.
+        """
+        rows = await self._db.query("SELECT count, size FROM chain_queue_waiting")
+        return int(rows[0][0]), int(rows[0][1])
+
     async def pending(self, now: float) -> tuple[int, int]:
         """(count, bytes) of the files whose record is due or on its way, for C{/api/status}."""
         due = await self._db.query(
-            f"SELECT COUNT(*), COALESCE(SUM(f.filesize), 0) {_DUE}", (now - self.wait,)
+            f"SELECT COUNT(*), COALESCE(SUM(q.filesize), 0) {_DUE}", (now - self.wait,)
         )
         batched = await self._db.query(
-            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
-            " FROM chain_queue q JOIN files f ON f.filehash = q.filehash WHERE q.state = ?",
+            "SELECT COUNT(*), COALESCE(SUM(filesize), 0) FROM chain_queue WHERE state = ?",
             (State.BATCHED,),
         )
         return int(due[0][0]) + int(batched[0][0]), int(due[0][1]) + int(batched[0][1])
+
+
+async def _count_waiting(txn: ITransaction, filehash: str, step: int) -> None:
+    """A record joined (+1) or left (-1) the waiting ones: C{chain_queue_waiting} follows."""
+    await txn.execute(
+        "UPDATE chain_queue_waiting SET count = count + ?,"
+        " size = size + ? * (SELECT filesize FROM chain_queue WHERE filehash = ?)",
+        (step, step, filehash),
+    )

@@ -93,12 +93,16 @@ async def manifests_status(announcements: Announcements) -> dict[str, int]:
 
 
 def disabled_status(
-    queue: ChainQueue, clock: IReactorTime, announcements: Announcements
+    queue: ChainQueue, announcements: Announcements
 ) -> Callable[[], Awaitable[dict]]:
-    """The status without a chain: the queue that waits for one, and what was read before."""
+    """
+    The status without a chain: the queue that waits for one, where every
+    record recorded waits (counted, not due ones looked for among all the
+    files: none ever leaves), and what was read from manifests before.
+    """
 
     async def status() -> dict[str, Any]:
-        count, size = await queue.pending(clock.seconds())
+        count, size = await queue.waiting()
         return {
             **DISABLED,
             "queue": {"count": count, "size": size},
@@ -120,7 +124,7 @@ def chain_sync(
 ) -> tuple[ChainService | None, Callable[[], Awaitable[dict]]]:
     """The chain service the config asks for (None when disabled) and the status to serve."""
     if config.kind == "none":
-        return None, disabled_status(queue, clock, lane.announcements)
+        return None, disabled_status(queue, lane.announcements)
     chain = make_chain(config, http, clock)
     reader = Reader(
         db, chain, clock, config.start_height, config.min_confirmations, config.rescan_depth

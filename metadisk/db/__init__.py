@@ -15,8 +15,9 @@ class DatabaseUnavailable(Exception):
 
 async def open_database(url: str, reactor: IReactorCore, version: int | None = None) -> IDatabase:
     """
-    Connect to the database named by C{url} and bring its schema up to date
-    (up to C{version}: an older schema, for tests of the migrations).
+    Connect to the database named by C{url}, bring its schema up to date
+    (up to C{version}: an older schema, for tests of the migrations) and its
+    planner's statistics.
     """
     from metadisk.db.migrate import migrate
 
@@ -32,6 +33,7 @@ async def open_database(url: str, reactor: IReactorCore, version: int | None = N
         raise ValueError(f"unsupported database URL: {url}")
     try:
         await migrate(database, version)
+        await database.optimize()
     except BaseException:
         await database.close()
         raise

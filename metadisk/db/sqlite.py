@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 
 WAL_ATTEMPTS = 100  # …a tenth of a second apart
+# Rows ANALYZE reads from each index: its statistics are estimates, and its cost stays within
+# tens of milliseconds however large the catalog (18 ms at a million files).
+ANALYSIS_LIMIT = 1000
 
 
 def _prepare(connection: sqlite3.Connection) -> None:
@@ -36,6 +39,7 @@ def _prepare(connection: sqlite3.Connection) -> None:
             time.sleep(0.1)
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
 
 
 @implementer(ITransaction)
@@ -82,6 +86,16 @@ def _execute(cursor: Any, sql: str, params: tuple) -> int:
     return cursor.rowcount
 
 
+def _optimize(cursor: Any, first: bool) -> None:
+    if first:
+        # Before SQLite 3.46 (Debian 12 has 3.40) PRAGMA optimize looks only at the tables
+        # this connection has queried, none at start: a catalog grown since the last
+        # statistics would be planned from them (a scan of files for the status) until the
+        # first periodic run. ANALYZE, bounded by analysis_limit, looks at every table.
+        cursor.execute("ANALYZE")
+    cursor.execute("PRAGMA optimize")
+
+
 def _unavailable(failure: Failure) -> Failure:
     if failure.check(sqlite3.OperationalError) and "unable to open" in str(failure.value):
         raise DatabaseUnavailable(str(failure.value))
@@ -95,6 +109,7 @@ class SQLiteDatabase:
 
     dialect = "sqlite"
     _pool: adbapi.ConnectionPool
+    _optimized: bool = False
 
     @classmethod
     def open(cls, path: str, reactor: Any) -> SQLiteDatabase:
@@ -119,6 +134,15 @@ class SQLiteDatabase:
 
     def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
         return self._pool.runInteraction(_interact, work).addErrback(_unavailable)
+
+    def optimize(self) -> Deferred[None]:
+        """
+        SQLite keeps no statistics by itself: ANALYZE at the first call (the
+        database as it is at start), PRAGMA optimize (the tables whose size
+        changed much since) at the next ones; both bounded by analysis_limit.
+        """
+        first, self._optimized = not self._optimized, True
+        return self._pool.runInteraction(_optimize, first).addErrback(_unavailable)
 
     def close(self) -> Deferred[None]:
         self._pool.close()

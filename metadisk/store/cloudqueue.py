@@ -20,11 +20,15 @@ class CloudQueue:
     _node_id: str
 
     async def add(self, txn: ITransaction, filehash: str) -> None:
-        """Queue a blob for the hosts, due now (once: a queued blob keeps its place)."""
+        """
+        Queue a recorded file's blob for the hosts, due now (once: a queued
+        blob keeps its place), with its size for L{pending}.
+        """
         await txn.execute(
-            "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt)"
-            " VALUES (?, ?, 0, ?) ON CONFLICT (filehash) DO NOTHING",
-            (filehash, self._node_id, self._clock.seconds()),
+            "INSERT INTO cloud_queue (filehash, node_id, attempts, next_attempt, filesize)"
+            " SELECT filehash, ?, 0, ?, filesize FROM files WHERE filehash = ?"
+            " ON CONFLICT (filehash) DO NOTHING",
+            (self._node_id, self._clock.seconds(), filehash),
         )
 
     async def due(self, limit: int) -> list[tuple[str, int]]:
@@ -57,9 +61,9 @@ class CloudQueue:
         )
 
     async def pending(self) -> tuple[int, int]:
-        """(count, bytes) of blobs still to be copied, for C{/api/status}."""
-        rows = await self._db.query(
-            "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
-            " FROM cloud_queue q JOIN files f ON f.filehash = q.filehash"
-        )
+        """
+        (count, bytes) of blobs still to be copied, for C{/api/status} and
+        C{/metrics}: read from the queue's own rows, whatever the catalog's size.
+        """
+        rows = await self._db.query("SELECT COUNT(*), COALESCE(SUM(filesize), 0) FROM cloud_queue")
         return int(rows[0][0]), int(rows[0][1])

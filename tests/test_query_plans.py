@@ -1,0 +1,283 @@
+"""
+Every statement the node issues per request or per round is planned with an
+index on the tables that grow with the catalog (files, uploads, chain_records,
+chain_queue), never a scan of them: a status call on a node of ten million
+files must cost what it costs on a node of a thousand.
+
+The statements are the real ones: a node runs on a database of a catalog
+built as a year-old node has it (L{tests.catalogs}), through a database
+wrapper that records what it is asked, while one upload, find, download,
+status, metrics scrape, cloud-sync round, repair round, chain publish round
+and chain-reader round go through the real code. Each statement is then
+planned (C{EXPLAIN QUERY PLAN} on SQLite, C{EXPLAIN (FORMAT JSON)} on
+PostgreSQL) with the parameters it was run with. The planners see the
+statistics they would in production: SQLite's, which the node makes at start
+(L{IDatabase.optimize}); PostgreSQL's, made here by ANALYZE as autovacuum
+would after a bulk insert.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from attrs import define, field
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+import metadisk.node
+from metadisk.db import open_database
+from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.store.hosts.local import MARKER
+from metadisk.tap import STATISTICS_INTERVAL
+from tests.catalogs import BATCH, FIRST_HEIGHT, build, filehash, record_of
+from tests.fakes.florincoind import FakeFlorincoind
+from tests.pg import create_database
+from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
+
+T = TypeVar("T")
+
+FILES = 20_000  # enough that a scan costs more than an index to either planner
+# The tables that grow with the catalog: a plan may reach them only through an index.
+GROWING = frozenset({"files", "uploads", "chain_records", "chain_queue"})
+_NOT_PLANNED = ("PRAGMA", "ANALYZE", "BEGIN", "SELECT pg_advisory")
+
+Seen = list[tuple[str, tuple]]
+
+
+@implementer(ITransaction)
+@define
+class _RecordingTransaction:
+    _txn: ITransaction
+    _seen: Seen
+
+    def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        self._seen.append((sql, tuple(params)))
+        return self._txn.query(sql, params)
+
+    def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
+        self._seen.append((sql, tuple(params)))
+        return self._txn.execute(sql, params)
+
+
+@implementer(IDatabase)
+@define
+class RecordingDatabase:
+    """An L{IDatabase} that notes each statement it is asked to run, with its parameters."""
+
+    _db: IDatabase
+    seen: Seen = field(factory=list)
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        self.seen.append((sql, tuple(params)))
+        return self._db.query(sql, params)
+
+    def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
+        self.seen.append((sql, tuple(params)))
+        return self._db.execute(sql, params)
+
+    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
+        return self._db.transaction(lambda txn: work(_RecordingTransaction(txn, self.seen)))
+
+    def optimize(self) -> Deferred[None]:
+        return self._db.optimize()
+
+    def close(self) -> Deferred[None]:
+        return self._db.close()
+
+
+_SQLITE_SCAN = re.compile(r"SCAN (?:TABLE )?(\w+)(?: AS (\w+))?(.*)")
+_ALIAS = re.compile(r"\b(?:FROM|JOIN|UPDATE|INTO)\s+(\w+)(?:\s+(?:AS\s+)?(\w+))?", re.I)
+_KEYWORDS = {"where", "on", "set", "join", "left", "order", "group", "limit", "values", "select"}
+
+
+def _tables(sql: str) -> dict[str, str]:
+    """Names a statement gives its tables (aliases and the tables' own), to the tables."""
+    names = {}
+    for table, alias in _ALIAS.findall(sql):
+        names[table] = table
+        if alias and alias.lower() not in _KEYWORDS:
+            names[alias] = table
+    return names
+
+
+async def scans(db: IDatabase, sql: str, params: tuple) -> list[str]:
+    """
+    The lines of C{sql}'s plan that read a growing table whole: a scan of
+    the table, or of an index without a condition on it (an index read in
+    order is fine under a LIMIT: it stops early).
+    """
+    if db.dialect == "sqlite":
+        plan = [row[-1] for row in await db.query("EXPLAIN QUERY PLAN " + sql, params)]
+        names = _tables(sql)
+        limited = re.search(r"\bLIMIT\b", sql, re.I) is not None
+        bad = []
+        for line in plan:
+            match = _SQLITE_SCAN.match(line)
+            if match and names.get(match.group(1), match.group(1)) in GROWING:
+                if not (limited and "USING" in match.group(3)):
+                    bad.append(line)
+        return bad
+    [(document,)] = await db.query("EXPLAIN (FORMAT JSON) " + sql, params)
+    bad = []
+
+    def walk(node: dict[str, Any], limited: bool) -> None:
+        kind, table = node.get("Node Type", ""), node.get("Relation Name")
+        whole = kind == "Seq Scan" or (
+            kind in ("Index Scan", "Index Only Scan") and "Index Cond" not in node and not limited
+        )
+        if whole and table in GROWING:
+            bad.append(f"{kind} on {table} (rows {node.get('Plan Rows')})")
+        for child in node.get("Plans", ()):
+            walk(child, limited or kind == "Limit")
+
+    walk(document[0]["Plan"], False)
+    return bad
+
+
+class QueryPlansMixin:
+    """Subclasses give C{fresh_url()}: a new, empty database of the test's own."""
+
+    def fresh_url(self) -> str:
+        raise NotImplementedError
+
+    async def test_a_scan_is_seen(self) -> None:
+        """The check itself: a statement that reads every file is caught, an indexed one is not."""
+        db = await open_database(self.fresh_url(), reactor)
+        self.addCleanup(db.close)
+        await build(db, FILES)
+        await analyze(db)
+        self.assertTrue(await scans(db, "SELECT COUNT(*), SUM(filesize) FROM files", ()))
+        self.assertTrue(await scans(db, "UPDATE uploads SET checked = ? WHERE url = ?", (1.0, "x")))
+        self.assertEqual(
+            await scans(db, "SELECT filename FROM files f WHERE f.filehash = ?", (filehash(5),)),
+            [],
+        )
+
+    async def test_no_statement_scans_the_catalog(self) -> None:
+        url = self.fresh_url()
+        db = await open_database(url, reactor)
+        await build(db, FILES)
+        # The reader starts at the fake chain's tip (its blocks' hashes are not the built ones).
+        await db.execute("DELETE FROM chain_blocks")
+        await analyze(db)
+        await db.close()
+
+        fake = FakeFlorincoind()
+        # The chain goes on from where the built catalog's records were read.
+        tip = FIRST_HEIGHT + FILES // BATCH
+        fake.mine(tip)
+        port, chain_url = fake.listen(reactor)
+        self.addCleanup(port.stopListening)
+        base = Path(self.mktemp()).resolve()
+        config = test_config(
+            base,
+            database={"url": url},
+            # The rounds are driven by the test, one each; the loops' first rounds at start
+            # are not recorded.
+            replication={"repair_interval": 3600.0},
+            chain={
+                "kind": "florincoin",
+                "url": chain_url,
+                "poll_interval": 3600.0,
+                "start_height": tip,
+            },
+        )
+        for host in config.effective_hosts:
+            # The catalog puts copies there: an unmarked folder would be an unmounted disk.
+            Path(host.path).mkdir(parents=True)
+            (Path(host.path) / MARKER).write_text("built\n")
+        recording: list[RecordingDatabase] = []
+
+        async def open_recorded(url: str, reactor: Any) -> IDatabase:
+            recording.append(RecordingDatabase(await open_database(url, reactor)))
+            return recording[0]
+
+        self.patch(metadisk.node, "open_database", open_recorded)
+        node = await start_node(self, config)
+        token = await funded_token(node)
+        db = recording[0]
+        await eventually(lambda: not node.node.chain.reading.busy, 10)
+        await eventually(lambda: not node.node.chain.publishing.busy, 10)
+        db.seen.clear()
+
+        # One of each request and round, through the real code.
+        data = os.urandom(10_240)
+        response = await upload(node, data, token)
+        self.assertEqual(response.code, 201)
+        uploaded = await json_of(response)
+        await node.node.sync.idle()  # the upload's cloud-sync round
+        await node.node.sync.kick()  # and one with nothing to do
+        found = await json_of(await node.http.get(f"{node.url}/api/find/{uploaded['filehash']}"))
+        self.assertEqual(found["filehash"], uploaded["filehash"])
+        built = await json_of(await node.http.get(f"{node.url}/api/find/{filehash(7)}"))
+        self.assertEqual(built, record_of(7))
+        response = await node.http.get(
+            f"{node.url}/api/download/{uploaded['filehash']}?key={uploaded['key']}&token={token}"
+        )
+        self.assertEqual(await response.content(), data)
+        status = await json_of(await node.http.get(f"{node.url}/api/status"))
+        self.assertEqual(status["sync"]["cloud_queue"], {"count": 0, "size": 0})
+        await (await node.http.get(f"{node.url}/metrics")).content()
+        # The built copies are not on the hosts: repair finds them gone and requeues them,
+        # and cloud sync tries to restore them (more statements of both rounds).
+        repaired = await node.node.repair.run_once()
+        self.assertEqual(repaired.checked, 20)
+        await node.node.sync.idle()
+        self.assertEqual(await node.node.chain.publisher.publish_once(), 1)
+        fake.publish([record_of(FILES + 1)])  # someone else's record, in the same block
+        fake.mine()
+        self.assertGreaterEqual(await node.node.chain.reader.read_once(), 1)
+        # A reorganisation: the reader unreads the replaced block, then reads the new ones.
+        fake.reorganise(1)
+        self.assertGreaterEqual(await node.node.chain.reader.read_once(), 1)
+        unconfirmed = "UPDATE chain_records SET height = NULL WHERE height > ?"
+        self.assertIn(unconfirmed, [sql for sql, _ in db.seen])
+        status = await json_of(await node.http.get(f"{node.url}/api/status"))
+        self.assertEqual(status["sync"]["blockchain_queue"], {"count": 0, "size": 0})
+
+        statements = {sql: params for sql, params in db.seen if not sql.startswith(_NOT_PLANNED)}
+        self.assertGreater(len(statements), 30)
+        scanning = {}
+        for sql, params in statements.items():
+            found_scans = await scans(db, sql, params)
+            if found_scans:
+                scanning[sql] = found_scans
+        self.assertEqual(scanning, {}, "statements that scan a table of the catalog")
+
+
+async def analyze(db: IDatabase) -> None:
+    """What the planner knows of a freshly built catalog: the node's own at start on SQLite."""
+    if db.dialect == "postgresql":
+        await db.execute("ANALYZE")  # autovacuum's, after a bulk insert
+
+
+class SQLiteQueryPlansTests(QueryPlansMixin, TestCase):
+    def fresh_url(self) -> str:
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        return f"sqlite:///{base / 'node.sqlite'}"
+
+
+class PostgresQueryPlansTests(QueryPlansMixin, TestCase):
+    def fresh_url(self) -> str:
+        return create_database(self)
+
+
+class StatisticsLoopTests(TestCase):
+    async def test_statistics_kept_current(self) -> None:
+        """The node refreshes its database's statistics hourly, one of its loops."""
+        node = await start_node(self)
+        loop = node.service.getServiceNamed("statistics")
+        self.assertEqual(loop.interval, STATISTICS_INTERVAL)
+        await loop.run()
+        self.assertIsNone(loop.error)
