@@ -155,8 +155,9 @@ class PublishAndReadTests(ChainTestCase):
         self.assertEqual(await queue.pending(self.clock.seconds()), (1, 1001))
         self.assertEqual(await self.publisher(db).publish_once(), 1)
         self.assertEqual(await queue.waiting(), (1, 1002))
-        status = await disabled_status(queue)()
+        status = await disabled_status(queue, Announcements(db))()
         self.assertEqual(status["queue"], {"count": 1, "size": 1002})
+        self.assertEqual(status["manifests"], {"pending": 0, "records": 0})
 
     async def test_any_node_finds_what_one_published(self) -> None:
         a, b = await self.database(), await self.database()
