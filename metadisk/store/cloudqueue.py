@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.periodic import backoff
+from metadisk.store.catalog import FILE
 
 
 @define
@@ -57,9 +58,11 @@ class CloudQueue:
         )
 
     async def pending(self) -> tuple[int, int]:
-        """(count, bytes) of blobs still to be copied, for C{/api/status}."""
+        """(count, bytes) of files still to be copied (manifests aside), for C{/api/status}."""
         rows = await self._db.query(
             "SELECT COUNT(*), COALESCE(SUM(f.filesize), 0)"
             " FROM cloud_queue q JOIN files f ON f.filehash = q.filehash"
+            " WHERE f.kind = ?",
+            (FILE,),
         )
         return int(rows[0][0]), int(rows[0][1])
