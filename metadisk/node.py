@@ -18,6 +18,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
+from metadisk.chain.manifests import ManifestStore, gives_public_urls
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config
@@ -80,6 +81,27 @@ def node_identity(config: Config) -> tuple[str, str]:
         config.node.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
     )
     return node_id, secret_key
+
+
+def manifest_store(
+    config: Config,
+    catalog: Catalog,
+    cache: BlobCache,
+    sync: CloudSync,
+    reactor: Any,
+    run_blocking: RunBlocking,
+) -> ManifestStore | None:
+    """Where v0.3 manifests go; None (every record inline) if no host could serve one."""
+    if config.chain.format != "auto" or config.chain.kind == "none":
+        return None
+    if not any(gives_public_urls(host) for host in config.effective_hosts):
+        Node.log.warn(
+            "[chain] format is auto, but no host gives its copies a public URL (a local"
+            " host's public_url, a WebDAV or HTTP rclone remote, plowshare): records are"
+            " published inline, as with format 0.2"
+        )
+        return None
+    return ManifestStore(catalog, cache, sync, reactor, run_blocking, config.chain.publish_wait)
 
 
 @define
@@ -220,7 +242,16 @@ async def build_node(
         slowest_rate=slowest,
     )
     chain_queue = ChainQueue(db, config.chain.publish_wait)
-    chain, chain_status = chain_sync(config.chain, db, catalog, chain_queue, reactor, http, node_id)
+    chain, chain_status = chain_sync(
+        config.chain,
+        db,
+        catalog,
+        chain_queue,
+        reactor,
+        http,
+        node_id,
+        manifest_store(config, catalog, cache, sync, reactor, run_blocking),
+    )
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
     claim_fetcher = ClaimFetcher(
         claims,

@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 
 from metadisk.chain import make_chain
+from metadisk.chain.manifests import ManifestStore
 from metadisk.chain.publisher import Publisher
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
@@ -94,14 +95,30 @@ def chain_sync(
     clock: IReactorTime,
     http: Any,
     node_id: str,
+    manifests: ManifestStore | None = None,
 ) -> tuple[ChainService | None, Callable[[], Awaitable[dict]]]:
-    """The chain service the config asks for (None when disabled) and the status to serve."""
+    """
+    The chain service the config asks for (None when disabled) and the status
+    to serve. C{manifests}: where v0.3 manifests go (None: every record inline).
+    """
     if config.kind == "none":
         return None, disabled_status(queue, clock)
     chain = make_chain(config, http, clock)
     reader = Reader(
         db, chain, clock, config.start_height, config.min_confirmations, config.rescan_depth
     )
-    publisher = Publisher(db, chain, catalog, queue, clock, node_id, 2 * config.timeout)
+    publisher = Publisher(
+        db,
+        chain,
+        catalog,
+        queue,
+        clock,
+        node_id,
+        2 * config.timeout,
+        manifests=manifests if config.format == "auto" else None,
+        records_per_manifest=config.records_per_manifest,
+        manifest_wait=config.manifest_wait,
+        manifest_max_records=config.manifest_max_records,
+    )
     chain_service = ChainService(chain, reader, publisher, queue, clock, config.poll_interval)
     return chain_service, chain_service.status
