@@ -82,13 +82,15 @@ class ManifestTestCase(ChainTestCase):
         """C{count} files as uploads leave them once on a host, in one transaction."""
         hashes = [filehash(n) for n in range(first, first + count)]
 
-        async def record(txn: ITransaction) -> None:
-            for n, h in enumerate(hashes, first):
+        async def record(txn: ITransaction, hashes: list[str]) -> None:
+            for h in hashes:
+                n = int(h, 16)
                 await Catalog(db).add_file(txn, h, f"f{n}.txt", 1000 + n, 1_700_000_000)
                 await ChainQueue.add(txn, h, self.clock.seconds())
                 await Catalog.add_upload(txn, h, "host0", f"http://host0.example/{h}", 1.0)
 
-        await db.transaction(record)
+        for start in range(0, count, 500):  # short transactions: PostgreSQL times them
+            await db.transaction(lambda txn, start=start: record(txn, hashes[start : start + 500]))
         return hashes
 
     def published(self) -> tuple[list[codec.Announcement], list[str]]:
@@ -308,6 +310,47 @@ class ManifestBlobTests(ManifestTestCase):
         self.assertEqual(copy, (self.base / "p0" / manifest).read_bytes())
 
 
+class Counting:
+    """A transaction that counts its statements."""
+
+    def __init__(self, txn: ITransaction) -> None:
+        self.txn = txn
+        self.statements = 0
+
+    def query(self, sql: str, params: tuple = ()) -> Any:
+        self.statements += 1
+        return self.txn.query(sql, params)
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        self.statements += 1
+        return self.txn.execute(sql, params)
+
+
+class StatementTests(ManifestTestCase):
+    """
+    A manifest's records are claimed and marked published a statement per
+    500: one a record, 50,000 of them outlast PostgreSQL's query_timeout
+    (10 s for a whole transaction).
+    """
+
+    async def test_claiming_and_marking_take_a_statement_per_500_records(self) -> None:
+        db = await self.node()
+        hashes = await self.add_files(db, 1200)
+        records = [r.to_json() for r in await Catalog(db).current_many(hashes)]
+        self.assertEqual([r["filehash"] for r in records], hashes)
+
+        async def claim_and_mark(txn: ITransaction) -> tuple[int, int, int]:
+            counting = Counting(txn)
+            taken = await ChainQueue.take_all(counting, hashes, "b")
+            claimed = counting.statements
+            await Catalog.published(counting, records, "t" * 64)
+            return taken, claimed, counting.statements - claimed
+
+        self.assertEqual(await db.transaction(claim_and_mark), (1200, 3, 3))
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_records"), [(1200,)])
+        self.assertEqual(await ChainQueue.take_all(db, hashes[:10], "c"), 0)  # taken already
+
+
 class ManifestUnitTests(TestCase):
     def test_too_large_a_manifest_takes_fewer_records(self) -> None:
         records = [{"filehash": filehash(n), "version": "0.2"} for n in range(1000)]
@@ -340,6 +383,10 @@ class PostgresStoredBeforeAnnouncedTests(StoredBeforeAnnouncedTests):
 
 
 class PostgresManifestBlobTests(ManifestBlobTests):
+    dialect = "postgresql"
+
+
+class PostgresStatementTests(StatementTests):
     dialect = "postgresql"
 
 

@@ -393,5 +393,4 @@ class Publisher:
             (self._clock.seconds(), first_txid, batch.id),
         )
         await ChainQueue.published(txn, batch.id)
-        for record in records:
-            await Catalog.published(txn, record, first_txid)
+        await Catalog.published(txn, records, first_txid)

@@ -204,13 +204,21 @@ class Catalog:
         )
 
     @staticmethod
-    async def published(txn: ITransaction, record: dict, txid: str) -> None:
-        """This node's record went out in the batch C{txid}: C{find} answers it from now on."""
-        await txn.execute(
-            "INSERT INTO chain_records (filehash, record, txid) VALUES (?, ?, ?)"
-            " ON CONFLICT (filehash) DO NOTHING",
-            (record["filehash"], json.dumps(record), txid),
-        )
+    async def published(txn: ITransaction, records: list[dict], txid: str) -> None:
+        """
+        This node's records went out in the batch C{txid}: C{find} answers
+        them from now on. A statement per L{IN_BATCH} records: a manifest's
+        tens of thousands, one statement each, would outlast a transaction's
+        timeout on PostgreSQL.
+        """
+        for start in range(0, len(records), IN_BATCH):
+            batch = records[start : start + IN_BATCH]
+            await txn.execute(
+                "INSERT INTO chain_records (filehash, record, txid)"
+                f" VALUES {', '.join(['(?, ?, ?)'] * len(batch))}"
+                " ON CONFLICT (filehash) DO NOTHING",
+                tuple(v for r in batch for v in (r["filehash"], json.dumps(r), txid)),
+            )
 
     @staticmethod
     async def confirm(txn: ITransaction, filehash: str, txid: str, height: int) -> None:
