@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench._node import ROOT, Node, stop_process
@@ -79,6 +80,14 @@ class Litecoind:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        try:
+            self._prepare()
+        except BaseException:
+            stop_process(self.process)
+            raise
+
+    def _prepare(self) -> None:
+        """Wait for the RPC, then a wallet with COINS confirmed coins."""
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -218,24 +227,23 @@ def run(
         stderr=subprocess.DEVNULL,
     )
     public_url = f"http://127.0.0.1:{port}"
-    start = int(litecoind.call("getblockcount")) + 1  # what the nodes read: new blocks only
-    (base / "a").mkdir()
-    (base / "b").mkdir()
-    a = Node(
-        base / "a",
-        node_toml(base / "a" / "node", base / "a-host", public_url, litecoind.url, fmt, start),
-    )
-    b = Node(
-        base / "b",
-        node_toml(base / "b" / "node", base / "b-host", "", litecoind.url, "0.2", start),
-    )
-    a_db = base / "a" / "node" / "metadisk.sqlite"
-    b_db = base / "b" / "node" / "metadisk.sqlite"
-    try:
+    with ExitStack() as stack:
+        stack.callback(stop_process, server)
+        start = int(litecoind.call("getblockcount")) + 1  # what the nodes read: new blocks only
+        (base / "a").mkdir()
+        (base / "b").mkdir()
+        a_toml = node_toml(
+            base / "a" / "node", base / "a-host", public_url, litecoind.url, fmt, start
+        )
+        stack.callback(Node(base / "a", a_toml).stop)
+        b_toml = node_toml(base / "b" / "node", base / "b-host", "", litecoind.url, "0.2", start)
+        stack.callback(Node(base / "b", b_toml).stop)
+        a_db = base / "a" / "node" / "metadisk.sqlite"
+        b_db = base / "b" / "node" / "metadisk.sqlite"
         queue_records(a_db, public_url, count)
         queued = time.monotonic()
         published_at = found_at = None
-        blocks = 0
+        blocks = blocks_published = 0
         last_progress = queued
         found = 0
         mined = queued
@@ -251,7 +259,7 @@ def run(
             if published_at is None and not scalar(
                 a_db, "SELECT COUNT(*) FROM chain_queue WHERE state <> 'published'"
             ):
-                published_at = now
+                published_at, blocks_published = now, blocks
                 last_progress = now
             seen = scalar(b_db, "SELECT COUNT(DISTINCT filehash) FROM chain_claims")
             if seen > found:
@@ -282,14 +290,11 @@ def run(
             "bytes / record": size / count,
             "fees paid (LTC)": fees,
             "blocks mined": blocks,
+            "blocks, A published to B": blocks - blocks_published,
             "s, queued to A published": None if published_at is None else published_at - queued,
             "s, queued to B found all": None if found_at is None else found_at - queued,
             "B found": found,
         }
-    finally:
-        a.stop()
-        b.stop()
-        stop_process(server)
 
 
 def cell(value: object) -> str:
