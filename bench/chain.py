@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--block-seconds", type=float, default=10.0, help="between blocks")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     options = parser.parse_args()
+    # SIGTERM unwinds like an error: the nodes, the web server and litecoind are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     workdir = Path(tempfile.mkdtemp(prefix="metadisk-chain-bench-"))
     os.environ["PYTHONPATH"] = str(ROOT)
     litecoind = Litecoind(workdir)
