@@ -133,19 +133,20 @@ class Publisher:
     async def _claim(self, inline: bool) -> Batch | None:
         """
         A new batch of due records, claimed in one transaction: a manifest
-        of them when C{records_per_manifest} are due, else inline once one
-        has waited C{manifest_wait} (or the round sends inline already).
+        of them whenever C{records_per_manifest} are due, else inline once
+        one has waited C{manifest_wait} (or the round sends inline already).
         """
         if await self._open_batches():
             return None  # one at a time: a batch waiting for its retry keeps its place
         now = self._clock.seconds()
-        if self.manifests is not None and not inline:
+        if self.manifests is not None:
             due = await self._queue.due(now, self.records_per_manifest)
             if len(due) >= self.records_per_manifest:
                 return await self._claim_manifest(self.manifests, now)
-            oldest = await self._queue.oldest_due(now)
-            if oldest is None or oldest > now - self.manifest_wait:
-                return None  # waiting for a manifest to fill
+            if not inline:
+                oldest = await self._queue.oldest_due(now)
+                if oldest is None or oldest > now - self.manifest_wait:
+                    return None  # waiting for a manifest to fill
         return await self._claim_inline(now)
 
     async def _due_records(self, now: float, limit: int) -> list[dict[str, Any]]:
