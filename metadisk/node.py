@@ -91,10 +91,15 @@ def manifest_store(
     reactor: Any,
     run_blocking: RunBlocking,
 ) -> ManifestStore | None:
-    """Where v0.3 manifests go; None (every record inline) if no host could serve one."""
-    if config.chain.format != "auto" or config.chain.kind == "none":
+    """
+    Where v0.3 manifests go (with format 0.2 too: those made before are still
+    announced); None (every record inline) if no host could serve one.
+    """
+    if config.chain.kind == "none":
         return None
     if not any(gives_public_urls(host) for host in config.effective_hosts):
+        if config.chain.format != "auto":
+            return None
         Node.log.warn(
             "[chain] format is auto, but no host gives its copies a public URL (a local"
             " host's public_url, a WebDAV or HTTP rclone remote, plowshare): records are"

@@ -65,6 +65,7 @@ class ManifestTestCase(ChainTestCase):
         """A publisher in format auto; each call is a node (re)started on C{db}."""
         store = ManifestStore(self.catalog, self.cache, self.sync, self.clock, in_caller, WAIT)
         kw.setdefault("records_per_manifest", PER_MANIFEST)
+        kw.setdefault("make_manifests", True)
         return Publisher(
             db,
             self.chain,
@@ -249,6 +250,20 @@ class StoredBeforeAnnouncedTests(ManifestTestCase):
         self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_batches"), [(0,)])
         self.assertEqual(await db.query("SELECT COUNT(*) FROM files WHERE kind <> 'file'"), [(0,)])
 
+    async def test_a_manifest_made_before_a_switch_to_0_2_is_announced(self) -> None:
+        db = await self.node()
+        manifested = await self.add_files(db, 100)
+        await self.manifest_publisher(db).publish_once()
+        await self.sync.run_once()
+        # The node restarts with format "0.2": the manifest still goes out, the rest inline.
+        late = await self.add_files(db, 150, first=1000)
+        self.assertGreater(
+            await self.manifest_publisher(db, make_manifests=False).publish_once(), 100
+        )
+        announcements, inline = self.published()
+        self.assertEqual([self.manifest_records(a) for a in announcements], [manifested])
+        self.assertEqual(sorted(inline), late)
+
     async def test_a_lost_answer_to_the_announcement(self) -> None:
         db = await self.node()
         await self.add_files(db, 100)
@@ -402,7 +417,8 @@ class WiringTests(TestCase):
         parts = (object(), object(), object(), object(), in_caller)
         auto = test_config(base, chain=chain, hosts=public)
         self.assertIsInstance(manifest_store(auto, *parts), ManifestStore)
+        # Format 0.2 makes none, but announces those made before the change.
         inline = test_config(base, chain={**chain, "format": "0.2"}, hosts=public)
-        self.assertIsNone(manifest_store(inline, *parts))
+        self.assertIsInstance(manifest_store(inline, *parts), ManifestStore)
         self.assertIsNone(manifest_store(test_config(base, chain=chain), *parts))
         self.assertIsNone(manifest_store(test_config(base, hosts=public), *parts))

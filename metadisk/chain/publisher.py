@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from metadisk.chain import codec
 from metadisk.chain.adapter import ChainBusy, Ticket
-from metadisk.chain.manifests import ManifestStore
+from metadisk.chain.manifests import ManifestStore, ManifestUnreachable
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.rpc import ChainError, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
@@ -76,8 +76,9 @@ class Publisher:
     _clock: IReactorTime
     _node_id: str
     recover_after: float = 60.0  # an unanswered send is checked after this long
-    # v0.3 (docs/protocol.md 5.9); None: format "0.2", every record inline.
+    # Where v0.3 manifests go (docs/protocol.md 5.9); None: no host could serve one.
     manifests: ManifestStore | None = None
+    make_manifests: bool = False  # format "auto"; with "0.2" a node still announces those it made
     records_per_manifest: int = 100  # due records that go out as one manifest
     manifest_wait: float = 600.0  # seconds a due record waits for a manifest to fill
     manifest_max_records: int = codec.MAX_MANIFEST_RECORDS
@@ -91,7 +92,7 @@ class Publisher:
         """
         published = 0
         # Once a round sends records inline, the others due go with them.
-        inline = self.manifests is None
+        inline = not self._auto
         while True:
             batch = await self._resume() or await self._claim(inline)
             if batch is None:
@@ -100,6 +101,10 @@ class Publisher:
                 return published  # its manifest is not on its hosts yet: the next round looks
             published += 1
             inline = inline or batch.manifest is None
+
+    @property
+    def _auto(self) -> bool:
+        return self.make_manifests and self.manifests is not None
 
     async def _resume(self) -> Batch | None:
         """This node's oldest batch that is not out yet and is due."""
@@ -139,7 +144,7 @@ class Publisher:
         if await self._open_batches():
             return None  # one at a time: a batch waiting for its retry keeps its place
         now = self._clock.seconds()
-        if self.manifests is not None:
+        if self._auto and self.manifests is not None:
             due = await self._queue.due(now, self.records_per_manifest)
             if len(due) >= self.records_per_manifest:
                 return await self._claim_manifest(self.manifests, now)
@@ -274,7 +279,8 @@ class Publisher:
         on it before any entry is sent (as an inline batch's text is when it
         is claimed); None while they do not.
         """
-        assert self.manifests is not None  # a node that makes manifests publishes them
+        if self.manifests is None:
+            raise ManifestUnreachable(f"manifest {ref.manifest}: no host gives a public URL now")
         announcement = await self.manifests.announcement(
             ref.manifest, ref.records, ref.size, batch.created
         )
