@@ -282,11 +282,13 @@ def run(
             size += len(tx["hex"]) // 2
             fees += -float(tx.get("fee", 0.0))
         manifests = scalar(a_db, "SELECT COUNT(*) FROM chain_manifests")
+        manifest_bytes = scalar(a_db, "SELECT SUM(size) FROM chain_manifests")
         return {
             "records": count,
             "transactions": len(txids),
             "records / transaction": count / max(1, len(txids)),
             "manifests": manifests,
+            "manifest bytes (hosts)": manifest_bytes,
             "bytes on the chain": int(size),
             "bytes / record": size / count,
             "fees paid (LTC)": fees,
