@@ -125,6 +125,8 @@ class Metrics:
     host_healthy: Gauge = field(init=False)
     chain_height: Gauge = field(init=False)
     chain_lag: Gauge = field(init=False)
+    manifests: Counter = field(init=False)
+    manifests_pending: Gauge = field(init=False)
     ledger_charged: Counter = field(init=False)
     ledger_refunded: Counter = field(init=False)
     cache_used: Gauge = field(init=False)
@@ -202,6 +204,17 @@ class Metrics:
         self.chain_lag = Gauge(
             "metadisk_chain_lag_blocks", "Blocks the node is behind the chain's tip", registry=r
         )
+        self.manifests = Counter(
+            "metadisk_chain_manifests",
+            "v0.3 manifests read from the chain: fetched (records kept) or failed (invalid)",
+            ["outcome"],
+            registry=r,
+        )
+        self.manifests_pending = Gauge(
+            "metadisk_chain_manifests_pending",
+            "v0.3 manifests announced on the chain and not fetched yet",
+            registry=r,
+        )
         self.ledger_charged = Counter(
             "metadisk_ledger_charged_bytes", "Credit kept for transfers (bytes)", registry=r
         )
@@ -219,6 +232,8 @@ class Metrics:
             self.transfers_running.labels(direction)
             self.throttle_waits.labels(direction)
             self.throttle_wait_seconds.labels(direction)
+        for outcome in ("fetched", "failed"):
+            self.manifests.labels(outcome)
         for queue in ("cloud", "blockchain"):
             self.queue_length.labels(queue)
             self.queue_bytes.labels(queue)

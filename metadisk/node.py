@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
+from metadisk.chain.codec import MAX_MANIFEST_SIZE
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.manifests import ManifestStore, gives_public_urls
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
@@ -228,9 +231,8 @@ async def build_node(
     # The URLs of records from the chain are strangers': public addresses only.
     listening = ListeningAddresses()
     policy = AddressPolicy(config.chain.fetch_allowed_networks, listening)
-    urls = URLHost(
-        public_agent(reactor, PublicEndpoints(reactor, policy)), config.storage.capacity, reactor
-    )
+    strangers = public_agent(reactor, PublicEndpoints(reactor, policy))
+    urls = URLHost(strangers, config.storage.capacity, reactor)
     sync = CloudSync(
         db,
         catalog,
@@ -247,6 +249,18 @@ async def build_node(
         slowest_rate=slowest,
     )
     chain_queue = ChainQueue(db, config.chain.publish_wait)
+    # Manifests are written to a file of their own while they are read, not to the cache;
+    # what a fetch cut short by the last stop left there is of no use.
+    await run_blocking(shutil.rmtree, config.node.data_dir / "manifests", True)
+    lane = ManifestLane(
+        Announcements(db),
+        URLHost(strangers, MAX_MANIFEST_SIZE, reactor),
+        reactor,
+        run_blocking,
+        config.node.data_dir / "manifests",
+        metrics,
+        slowest_rate=slowest,
+    )
     chain, chain_status = chain_sync(
         config.chain,
         db,
@@ -255,6 +269,7 @@ async def build_node(
         reactor,
         http,
         node_id,
+        lane,
         manifest_store(config, catalog, cache, sync, reactor, run_blocking),
     )
     metrics.watch(meters, sync, cache, [host.name for host in hosts])

@@ -52,6 +52,7 @@ class Periodic(service.Service):
         self._call = LoopingCall(self.run)
         self._call.clock = clock
         self._round: Deferred[None] | None = None
+        self._again = False  # poked during a round: another once it ends
 
     @property
     def busy(self) -> bool:
@@ -64,11 +65,27 @@ class Periodic(service.Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._again = False
         if self._call.running:
             self._call.stop()
         if self._round is not None:
             self._round.cancel()
         return succeed(None)
+
+    def poke(self) -> None:
+        """
+        The next round now rather than when it is due (with a round in flight:
+        as soon as it ends, since it may have looked before what prompted the
+        poke); nothing while the loop is stopped. Rounds still never overlap:
+        the loop runs the round, and times the next one from its end.
+        """
+        if not self._call.running:
+            return
+        if self._round is not None:
+            self._again = True
+            return
+        self._call.stop()
+        self._call.start(self.interval, now=True)
 
     def run(self) -> Deferred[None]:
         """One round now; it never fails."""
@@ -91,3 +108,7 @@ class Periodic(service.Service):
             self.error = None
         finally:
             self._round = None
+            if self._again:
+                self._again = False
+                # Once the loop has timed its next round from this one's end.
+                self._call.clock.callLater(0, self.poke)

@@ -21,6 +21,7 @@ from metadisk.chain import codec
 from metadisk.chain.adapter import EntryTooLong
 from metadisk.chain.bitcoinlike import BitcoinLike
 from metadisk.chain.florincoin import Florincoin
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.publisher import Publisher, SendInDoubt
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
@@ -28,8 +29,10 @@ from metadisk.chain.rpc import JSONRPCClient, RPCError
 from metadisk.chain.service import ChainService
 from metadisk.db import open_database
 from metadisk.interfaces import IChain, IDatabase, ITransaction
+from metadisk.store.blocking import in_caller
 from metadisk.store.catalog import Catalog, FileRecord
 from metadisk.store.claims import Claims
+from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import MAX_TX_COMMENT_LEN, FakeFlorincoind, RPCFailure
 from tests.pg import create_database
 
@@ -434,8 +437,17 @@ class ReaderTests(ChainTestCase):
 
 class ServiceTests(ChainTestCase):
     def service(self, db: IDatabase) -> ChainService:
+        lane = ManifestLane(
+            Announcements(db), URLHost(None, 0, self.clock), self.clock, in_caller, Path("unused")
+        )
         return ChainService(
-            self.chain, self.reader(db), self.publisher(db), ChainQueue(db, WAIT), self.clock, 5
+            self.chain,
+            self.reader(db),
+            self.publisher(db),
+            ChainQueue(db, WAIT),
+            self.clock,
+            5,
+            lane,
         )
 
     async def test_chain_down_then_back(self) -> None:

@@ -492,7 +492,8 @@ class StatusTests(TestCase):
         self.assertEqual(status["storage"]["used"], 10_000)
         self.assertEqual(status["storage"]["capacity"], config.storage.capacity)
         self.assertEqual(status["storage"]["max_file_size"], config.storage.max_file_size)
-        self.assertEqual(sorted(status["sync"]), ["blockchain_queue", "cloud_queue"])
+        self.assertEqual(sorted(status["sync"]), ["blockchain_queue", "cloud_queue", "manifests"])
+        self.assertEqual(status["sync"]["manifests"], {"pending": 0, "records": 0})
         self.assertEqual(status["datacoin"], status["florincoin"])
         self.assertEqual(status["metachains"], {"coin": "none", "address": None, "block": 0})
         self.assertEqual(

@@ -139,6 +139,8 @@ class ScrapeTests(TestCase):
             self.assertEqual(s.value("metadisk_transfers_running", direction=direction), 0)
             self.assertEqual(s.value("metadisk_throttle_waits_total", direction=direction), 0)
         self.assertEqual(s.value("metadisk_queue_length", queue="cloud"), 0)
+        for outcome in ("fetched", "failed"):
+            self.assertEqual(s.value("metadisk_chain_manifests_total", outcome=outcome), 0)
         self.assertEqual(s.value("metadisk_cache_used_bytes"), len(data))
         self.assertEqual(s.value("metadisk_cache_capacity_bytes"), 64 * 2**20)
         for host in ("local1", "local2", "local3"):

@@ -66,6 +66,29 @@ class PeriodicTests(SynchronousTestCase):
         self.assertIsNone(loop.error)  # a cancelled round is no error
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_poke_starts_the_next_round_now(self) -> None:
+        loop = Periodic("test", self.work, 5, self.clock)
+        loop.poke()  # stopped: nothing
+        self.assertEqual(self.rounds, [])
+        loop.startService()
+        loop.poke()  # a round in flight: another once it ends
+        self.assertEqual(len(self.rounds), 1)
+        self.rounds[0].callback(None)
+        self.clock.advance(0)
+        self.assertEqual(len(self.rounds), 2)
+        self.rounds[1].callback(None)
+        self.clock.advance(1)
+        loop.poke()
+        self.assertEqual(len(self.rounds), 3)
+        self.rounds[2].callback(None)
+        self.clock.advance(4.9)  # timed from the poked round's end, not the first's
+        self.assertEqual(len(self.rounds), 3)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.rounds), 4)
+        loop.poke()  # in flight when the loop stops: no round after
+        self.successResultOf(loop.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
 
 class BackoffTests(SynchronousTestCase):
     def test_doubles_from_the_first_to_a_cap(self) -> None:

@@ -2,7 +2,9 @@
 The reader: follows the chain block by block from its persisted height,
 reassembles batches from their entries, and keeps what their records say as
 claims (L{metadisk.store.claims}), so that C{find} and C{download} work for
-files this node never saw uploaded. A record is a stranger's claim: it never
+files this node never saw uploaded. A v0.3 announcement is kept pending for
+the manifest lane (L{metadisk.chain.manifest_lane}), which fetches its records
+apart from the reading of blocks. A record is a stranger's claim: it never
 becomes one of this node's files or placements.
 
 Each block is applied in one database transaction (its hash, its entries,
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import base64
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from metadisk.chain.adapter import ChainBlock
 from metadisk.chain.codec import (
+    Announcement,
     CodecError,
     Entry,
     Fragment,
@@ -31,6 +34,7 @@ from metadisk.chain.codec import (
     decode_batch,
     decode_entry,
 )
+from metadisk.chain.manifest_lane import Announced, Announcements
 from metadisk.chain.rpc import ChainUnavailable, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
 from metadisk.store.catalog import Catalog
@@ -51,6 +55,9 @@ class Reader:
     start_height: int = 0
     min_confirmations: int = 1
     rescan_depth: int = 10
+    # Announcements read so far (a block rolled back counts too): the service wakes the
+    # manifest lane when it grows.
+    announced: int = field(default=0, init=False)
 
     log = Logger()
 
@@ -118,6 +125,9 @@ class Reader:
         async def forget(txn: ITransaction) -> None:
             await txn.execute("DELETE FROM chain_blocks WHERE height > ?", (height,))
             await txn.execute("DELETE FROM chain_fragments WHERE height > ?", (height,))
+            # The announcements first: on PostgreSQL that waits for a manifest being kept
+            # (it holds its row), whose claims the next statement then sees and forgets.
+            await Announcements.forget_above(txn, height)
             await Claims.forget_above(txn, height)
             # Our own records in those blocks are on the chain again only once read again.
             await Catalog.unconfirm_above(txn, height)
@@ -186,9 +196,10 @@ class Reader:
                 return []
             decoded = decode_batch(data)
             records, problems = decoded.records, decoded.problems
+            announcements = decoded.announcements
         except CodecError as e:
             self.log.info("batch {batch} is not valid: {e}", batch=batch_id, e=e)
-            records, problems = [], []
+            records, problems, announcements = [], [], []
         await txn.execute("DELETE FROM chain_fragments WHERE batch_id = ?", (batch_id,))
         for problem in problems:
             self.log.info("batch {batch}: skipped a record: {p}", batch=batch_id, p=problem)
@@ -199,7 +210,23 @@ class Reader:
         for claim in claims:
             await Claims.add(txn, claim)
             await Catalog.confirm(txn, claim.record.filehash, batch_id, height)
+        await _announced(txn, batch_id, announcements, height, position)
+        self.announced += len(announcements)
         return claims
+
+
+async def _announced(
+    txn: ITransaction, batch_id: str, announcements: list[Announcement], height: int, position: int
+) -> None:
+    """
+    The announcements of a batch wait for their manifests (the manifest lane,
+    L{metadisk.chain.manifest_lane}), confirmed where the batch was: the n-th is
+    C{<batch_id>/<n>}, the txid of the claims its manifest holds.
+    """
+    for n, announcement in enumerate(announcements):
+        await Announcements.add(
+            txn, Announced(f"{batch_id}/{n}", batch_id, announcement, height, position)
+        )
 
 
 async def _store_fragment(txn: ITransaction, fragment: Fragment) -> None:

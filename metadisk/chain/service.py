@@ -1,7 +1,7 @@
 """
-Chain sync as a service: the reader and the publisher each in their own loop
-(one slow or failing never holds up the other), the wallet for the status,
-and what C{/api/status} says of all of it.
+Chain sync as a service: the reader, the publisher and the manifest lane
+each in their own loop (one slow or failing never holds up another), the
+wallet for the status, and what C{/api/status} says of all of it.
 
 Each loop is a L{Periodic}: it survives its errors and keeps the last one
 for the status; stopping cancels the round in flight, whose RPC calls all
@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 
 from metadisk.chain import make_chain
+from metadisk.chain.manifest_lane import Announcements, ManifestLane
 from metadisk.chain.manifests import ManifestStore
 from metadisk.chain.publisher import Publisher
 from metadisk.chain.queue import ChainQueue
@@ -31,7 +32,7 @@ DISABLED = {"balance": 0, "address": None, "coin": "none", "block": 0}
 
 
 class ChainService(service.MultiService):
-    """The chain's two loops, and the C{datacoin} object of C{/api/status}."""
+    """The chain's three loops, and the C{datacoin} object of C{/api/status}."""
 
     def __init__(
         self,
@@ -41,12 +42,14 @@ class ChainService(service.MultiService):
         queue: ChainQueue,
         clock: IReactorTime,
         interval: float,
+        lane: ManifestLane,
     ) -> None:
         super().__init__()
         self.chain = chain
         self.reader = reader
         self.publisher = publisher
         self._queue = queue
+        self._announcements = lane.announcements
         self._clock = clock
         self._balance = 0.0
         self._address: str | None = None
@@ -55,12 +58,18 @@ class ChainService(service.MultiService):
         self.publishing = Periodic(
             "chain publisher", publisher.publish_once, interval, clock, expected=(ChainError,)
         )
-        self._loops = [self.reading, self.publishing]
+        # Manifests come from strangers' URLs, slow or dead: never in the reader's way.
+        self.fetching = Periodic("manifest lane", lane.fetch_due, interval, clock)
+        self._loops = [self.reading, self.publishing, self.fetching]
         for loop in self._loops:
             loop.setServiceParent(self)
 
     async def _read(self) -> None:
+        announced = self.reader.announced
         await self.reader.read_once()
+        if self.reader.announced > announced:
+            # Their manifests are fetched now, not a poll later.
+            self.fetching.poke()
         self._balance, self._address = await self.chain.wallet()
 
     async def status(self) -> dict[str, Any]:
@@ -74,15 +83,28 @@ class ChainService(service.MultiService):
             "block": await self.reader.height() or 0,
             "error": "; ".join(errors) or None,
             "queue": {"count": count, "size": size},
+            "manifests": await manifests_status(self._announcements),
         }
 
 
-def disabled_status(queue: ChainQueue, clock: IReactorTime) -> Callable[[], Awaitable[dict]]:
-    """The status without a chain: nothing to say but the queue that waits for one."""
+async def manifests_status(announcements: Announcements) -> dict[str, int]:
+    """C{/api/status}'s C{sync.manifests}: manifests not fetched yet, records read from them."""
+    pending, records = await announcements.counts()
+    return {"pending": pending, "records": records}
+
+
+def disabled_status(
+    queue: ChainQueue, clock: IReactorTime, announcements: Announcements
+) -> Callable[[], Awaitable[dict]]:
+    """The status without a chain: the queue that waits for one, and what was read before."""
 
     async def status() -> dict[str, Any]:
         count, size = await queue.pending(clock.seconds())
-        return {**DISABLED, "queue": {"count": count, "size": size}}
+        return {
+            **DISABLED,
+            "queue": {"count": count, "size": size},
+            "manifests": await manifests_status(announcements),
+        }
 
     return status
 
@@ -95,14 +117,16 @@ def chain_sync(
     clock: IReactorTime,
     http: Any,
     node_id: str,
+    lane: ManifestLane,
     manifests: ManifestStore | None = None,
 ) -> tuple[ChainService | None, Callable[[], Awaitable[dict]]]:
     """
     The chain service the config asks for (None when disabled) and the status
-    to serve. C{manifests}: where v0.3 manifests go (None: every record inline).
+    to serve. C{lane}: the manifests this node reads; C{manifests}: where those
+    it publishes go (None: every record inline).
     """
     if config.kind == "none":
-        return None, disabled_status(queue, clock)
+        return None, disabled_status(queue, clock, lane.announcements)
     chain = make_chain(config, http, clock)
     reader = Reader(
         db, chain, clock, config.start_height, config.min_confirmations, config.rescan_depth
@@ -121,5 +145,5 @@ def chain_sync(
         manifest_wait=config.manifest_wait,
         manifest_max_records=config.manifest_max_records,
     )
-    chain_service = ChainService(chain, reader, publisher, queue, clock, config.poll_interval)
+    chain_service = ChainService(chain, reader, publisher, queue, clock, config.poll_interval, lane)
     return chain_service, chain_service.status

@@ -230,6 +230,16 @@ class Catalog:
         )
 
     @staticmethod
+    async def confirm_all(txn: ITransaction, filehashes: set[str], txid: str, height: int) -> None:
+        """L{confirm} for each of C{filehashes} (a manifest's) this node published in C{txid}."""
+        rows = await txn.query(
+            "SELECT filehash FROM chain_records WHERE txid = ? AND height IS NULL", (txid,)
+        )
+        for (filehash,) in rows:  # none, but for the manifests of this node's own batches
+            if filehash in filehashes:
+                await Catalog.confirm(txn, filehash, txid, height)
+
+    @staticmethod
     async def unconfirm_above(txn: ITransaction, height: int) -> None:
         """The blocks above C{height} were replaced: records read there are on it no longer."""
         await txn.execute("UPDATE chain_records SET height = NULL WHERE height > ?", (height,))

@@ -14,7 +14,7 @@ another size are discarded (the ciphertext is as long as the plaintext).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from attrs import define, field, frozen
@@ -37,6 +37,7 @@ MAX_CLAIMS = 8  # claims on one file whose URLs a download may try, earliest fir
 MAX_URLS = 8  # …and their URLs, in all
 URL_LANE = 4  # URL fetches at once, node-wide
 URL_TIMEOUT = 60.0  # seconds for a URL to start and end, plus the time its bytes take
+ROWS_PER_INSERT = 200  # claims of one INSERT: 1,400 values, well below SQLite's 32,766
 
 
 @frozen
@@ -44,8 +45,10 @@ class Claim:
     """A record as read, and where: C{(height, position, index)} orders claims."""
 
     record: FileRecord
-    txid: str  # of the first entry of the batch that carried it
-    index: int  # its place in that batch
+    # Of the first entry of the batch that carried it; for a manifest's record, the
+    # announcement's id (<batch txid>/<n>, docs/protocol.md section 5.8).
+    txid: str
+    index: int  # its place in that batch, or in the manifest
     height: int
     position: int  # in the block, of the batch's last entry
 
@@ -57,22 +60,29 @@ class Claims:
     @staticmethod
     async def add(txn: ITransaction, claim: Claim) -> bool:
         """Keep a claim read from the chain (once: read again, it changes nothing)."""
-        record = claim.record
         return bool(
             await txn.execute(
                 "INSERT INTO chain_claims (txid, idx, filehash, height, position, filesize, record)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid, idx) DO NOTHING",
-                (
-                    claim.txid,
-                    claim.index,
-                    record.filehash,
-                    claim.height,
-                    claim.position,
-                    record.filesize,
-                    json.dumps(record.to_json()),
-                ),
+                _row(claim),
             )
         )
+
+    @staticmethod
+    async def add_all(txn: ITransaction, claims: Sequence[Claim]) -> None:
+        """
+        Keep many claims (a manifest's: up to 50,000) in few statements, as
+        L{add} keeps one: a transaction of one statement a claim would outlast
+        PostgreSQL's query timeout.
+        """
+        for start in range(0, len(claims), ROWS_PER_INSERT):
+            rows = claims[start : start + ROWS_PER_INSERT]
+            await txn.execute(
+                "INSERT INTO chain_claims (txid, idx, filehash, height, position, filesize, record)"
+                f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
+                " ON CONFLICT (txid, idx) DO NOTHING",
+                tuple(value for claim in rows for value in _row(claim)),
+            )
 
     @staticmethod
     async def forget_above(txn: ITransaction, height: int) -> None:
@@ -109,6 +119,19 @@ class Claims:
         return await matching(
             self._db, filehashes, "SELECT filehash FROM chain_claims WHERE filehash IN ({marks})"
         )
+
+
+def _row(claim: Claim) -> tuple:
+    record = claim.record
+    return (
+        claim.txid,
+        claim.index,
+        record.filehash,
+        claim.height,
+        claim.position,
+        record.filesize,
+        json.dumps(record.to_json()),
+    )
 
 
 Pay = Callable[[int], Awaitable[None]]

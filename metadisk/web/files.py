@@ -288,6 +288,7 @@ class FilesAPI:
             "sync": {
                 "blockchain_queue": chain.pop("queue", {"count": 0, "size": 0}),
                 "cloud_queue": {"count": count, "size": size},
+                "manifests": chain.pop("manifests", {"pending": 0, "records": 0}),
             },
             "datacoin": chain,
             "florincoin": chain,

@@ -402,8 +402,20 @@ SCHEMAS: dict[str, Schema] = {
             },
             "sync": {
                 "type": "object",
-                "required": ["blockchain_queue", "cloud_queue"],
-                "properties": {"blockchain_queue": _QUEUE, "cloud_queue": _QUEUE},
+                "required": ["blockchain_queue", "cloud_queue", "manifests"],
+                "properties": {
+                    "blockchain_queue": _QUEUE,
+                    "cloud_queue": _QUEUE,
+                    # v0.3 manifests (docs/protocol.md 5.8): not fetched yet; records read.
+                    "manifests": {
+                        "type": "object",
+                        "required": ["pending", "records"],
+                        "properties": {
+                            "pending": {"type": "integer", "minimum": 0},
+                            "records": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
             },
             "datacoin": _ref("ChainStatus"),
             "florincoin": _ref("ChainStatus"),
