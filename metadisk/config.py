@@ -23,6 +23,9 @@ from attrs import Attribute, evolve, field, fields, fields_dict, frozen
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET
 
 MAX_BYTES = 2**53
+# Records of a manifest: metadisk.chain.codec.MAX_MANIFEST_RECORDS, which this module cannot
+# import (metadisk.chain imports it); a test holds the two equal.
+MANIFEST_RECORDS = 50_000
 
 _UNITS = {
     "": 1,
@@ -289,6 +292,12 @@ class ChainConfig:
     start_height: int = field(default=0, validator=whole(0, 2**31))  # a new node's first block
     # Seconds before a record goes out with fewer than `copies` hosts.
     publish_wait: float = field(default=3600.0, validator=number(0))
+    # v0.3 (docs/protocol.md 5.9): "auto" sends records_per_manifest due records or more as
+    # one manifest, fewer inline once one has waited manifest_wait; "0.2": always inline.
+    format: str = field(default="auto", validator=one_of("auto", "0.2"))
+    records_per_manifest: int = field(default=100, validator=whole(1, MANIFEST_RECORDS))
+    manifest_wait: float = field(default=600.0, validator=number(0))  # seconds
+    manifest_max_records: int = field(default=50_000, validator=whole(1, MANIFEST_RECORDS))
     # Addresses a record's URL may lead to although they are not public (tests: loopback).
     fetch_allowed_networks: tuple[Network, ...] = field(default=(), converter=_networks)
 

@@ -21,6 +21,7 @@ from twisted.web.client import Agent
 
 from metadisk.chain.codec import MAX_MANIFEST_SIZE
 from metadisk.chain.manifest_lane import Announcements, ManifestLane
+from metadisk.chain.manifests import ManifestStore, gives_public_urls
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.service import ChainService, chain_sync
 from metadisk.config import Config
@@ -83,6 +84,32 @@ def node_identity(config: Config) -> tuple[str, str]:
         config.node.data_dir / "secret_key", lambda: secrets.token_urlsafe(32)
     )
     return node_id, secret_key
+
+
+def manifest_store(
+    config: Config,
+    catalog: Catalog,
+    cache: BlobCache,
+    sync: CloudSync,
+    reactor: Any,
+    run_blocking: RunBlocking,
+) -> ManifestStore | None:
+    """
+    Where v0.3 manifests go (with format 0.2 too: those made before are still
+    announced); None (every record inline) if no host could serve one.
+    """
+    if config.chain.kind == "none":
+        return None
+    if not any(gives_public_urls(host) for host in config.effective_hosts):
+        if config.chain.format != "auto":
+            return None
+        Node.log.warn(
+            "[chain] format is auto, but no host gives its copies a public URL (a local"
+            " host's public_url, a WebDAV or HTTP rclone remote, plowshare): records are"
+            " published inline, as with format 0.2"
+        )
+        return None
+    return ManifestStore(catalog, cache, sync, reactor, run_blocking, config.chain.publish_wait)
 
 
 @define
@@ -225,7 +252,7 @@ async def build_node(
     # Manifests are written to a file of their own while they are read, not to the cache;
     # what a fetch cut short by the last stop left there is of no use.
     await run_blocking(shutil.rmtree, config.node.data_dir / "manifests", True)
-    manifests = ManifestLane(
+    lane = ManifestLane(
         Announcements(db),
         URLHost(strangers, MAX_MANIFEST_SIZE, reactor),
         reactor,
@@ -235,7 +262,15 @@ async def build_node(
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(
-        config.chain, db, catalog, chain_queue, reactor, http, node_id, manifests
+        config.chain,
+        db,
+        catalog,
+        chain_queue,
+        reactor,
+        http,
+        node_id,
+        lane,
+        manifest_store(config, catalog, cache, sync, reactor, run_blocking),
     )
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
     claim_fetcher = ClaimFetcher(

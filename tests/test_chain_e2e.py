@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from metadisk.chain import codec
+from metadisk.chain.bitcoinlike import op_return_data
 from metadisk.config import Config
 from tests.fakes import WebDAVServer
 from tests.support import (
@@ -40,7 +42,7 @@ class EndToEndTests(TestCase):
         await self.webdav.start()
         self.addCleanup(self.webdav.stop)
 
-    def config(self, name: str, copies: int = 1) -> Config:
+    def config(self, name: str, copies: int = 1, **chain_keys: Any) -> Config:
         base = self.work / name
         hosts = [
             {"name": "shared", "kind": "rclone", "remote": self.webdav.remote()},
@@ -52,8 +54,11 @@ class EndToEndTests(TestCase):
             "poll_interval": POLL,
             "timeout": 20,
             "start_height": 0,
+            # Due records go out at once: inline, as long as fewer than records_per_manifest are.
+            "manifest_wait": 0.0,
             # The hosts are on loopback: their URLs are not public addresses.
             "fetch_allowed_networks": ["127.0.0.0/8"],
+            **chain_keys,
         }
         return test_config(
             base,
@@ -118,6 +123,50 @@ class EndToEndTests(TestCase):
         found = await eventually(lambda: self.find(c, filehash), 30, what="node C to find the file")
         self.assertEqual(found, record)
         self.assertEqual(await self.download(c, filehash, key), data)
+
+    async def test_uploads_go_out_in_a_manifest_another_node_reads(self) -> None:
+        """A's three uploads, one v0.3 manifest on its WebDAV host, one transaction; B reads it."""
+        a = await start_node(self, self.config("a", records_per_manifest=3))
+        b = await start_node(self, self.config("b"))
+        uploaded = []
+        for n in range(3):
+            data = os.urandom(1000 + n)
+            response = await upload(a, data, None, name=f"part{n}.bin")
+            self.assertEqual(response.code, 201)
+            uploaded.append((data, await json_of(response)))
+
+        async def announced() -> bool:
+            rows = await a.node.db.query("SELECT DISTINCT state FROM chain_queue")
+            return rows == [("published",)]
+
+        await eventually(announced, 60)
+        mempool = await self.litecoind.rpc().call("getrawmempool")
+        [entry] = [codec.decode_entry(data) for data in await self.op_returns(mempool)]
+        [announcement] = codec.decode_batch(entry.region).announcements
+        self.assertEqual(announcement.records, 3)
+        self.assertEqual([name for name, _ in announcement.uploads], ["shared"])  # the disk: no URL
+        # The manifest is not one of A's files, nor counted in its status.
+        self.assertIsNone(await self.find(a, announcement.manifest))
+        self.assertEqual((await self.status(a))["sync"]["cloud_queue"]["count"], 0)
+
+        await self.litecoind.mine()
+        for data, file in uploaded:
+            record = await self.find(a, file["filehash"])
+            found = await eventually(lambda f=file: self.find(b, f["filehash"]), 30)
+            self.assertEqual(found, record)
+            self.assertEqual(await self.download(b, file["filehash"], file["key"]), data)
+
+    async def op_returns(self, txids: list[str]) -> list[bytes]:
+        """The OP_RETURN data of transactions."""
+        rpc = self.litecoind.rpc()
+        found = []
+        for txid in txids:
+            tx = await rpc.call("getrawtransaction", txid, True)
+            for out in tx["vout"]:
+                script = out["scriptPubKey"]["hex"]
+                if script.startswith("6a"):
+                    found.append(op_return_data(bytes.fromhex(script)))
+        return found
 
     async def test_the_chain_down_stops_nothing(self) -> None:
         a = await start_node(self, self.config("a"))

@@ -5,6 +5,10 @@ transaction per region (docs/protocol.md, section 5), and each record exactly on
 What makes "exactly once" hold across crashes and nodes sharing a database:
 - claiming records for a batch is one transaction that only takes rows still
   C{waiting}, and a queue row never goes back to waiting;
+- a v0.3 batch (section 5.9) is claimed with its manifest, already in the
+  cache; its announcement is written on the batch once the hosts hold the
+  manifest (L{ManifestStore.announcement}), and sent from there like any
+  batch's text;
 - a batch belongs to the node that claimed it, which alone sends its entries;
 - each entry is written down (C{sending}, with its txid and signed
   transaction where the chain can know them first) before it is sent, and
@@ -17,14 +21,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from metadisk.chain import codec
 from metadisk.chain.adapter import ChainBusy, Ticket
+from metadisk.chain.manifests import ManifestStore, ManifestUnreachable
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.rpc import ChainError, RPCError
 from metadisk.interfaces import IChain, IDatabase, ITransaction
@@ -45,11 +51,20 @@ class SendInDoubt(ChainError):
 
 
 @frozen
+class ManifestRef:
+    manifest: str
+    records: int
+    size: int
+
+
+@frozen
 class Batch:
     id: str
-    payload: str
-    regions: tuple[bytes, ...]
+    payload: str  # the text its entries carry: records inline, or a manifest's announcement
+    regions: tuple[bytes, ...]  # empty: a manifest's batch whose announcement is not written yet
     attempts: int
+    created: float
+    manifest: ManifestRef | None = None  # a v0.3 batch: its records are in the manifest
 
 
 @define
@@ -61,6 +76,12 @@ class Publisher:
     _clock: IReactorTime
     _node_id: str
     recover_after: float = 60.0  # an unanswered send is checked after this long
+    # Where v0.3 manifests go (docs/protocol.md 5.9); None: no host could serve one.
+    manifests: ManifestStore | None = None
+    make_manifests: bool = False  # format "auto"; with "0.2" a node still announces those it made
+    records_per_manifest: int = 100  # due records that go out as one manifest
+    manifest_wait: float = 600.0  # seconds a due record waits for a manifest to fill
+    manifest_max_records: int = codec.MAX_MANIFEST_RECORDS
 
     log = Logger()
 
@@ -70,26 +91,41 @@ class Publisher:
         is written on its batch (retried with a backoff) and raised.
         """
         published = 0
+        # Once a round sends records inline, the others due go with them.
+        inline = not self._auto
         while True:
-            batch = await self._resume() or await self._claim()
+            batch = await self._resume() or await self._claim(inline)
             if batch is None:
                 return published
-            await self._publish(batch)
+            if not await self._publish(batch):
+                return published  # its manifest is not on its hosts yet: the next round looks
             published += 1
+            inline = inline or batch.manifest is None
+
+    @property
+    def _auto(self) -> bool:
+        return self.make_manifests and self.manifests is not None
 
     async def _resume(self) -> Batch | None:
         """This node's oldest batch that is not out yet and is due."""
         rows = await self._db.query(
-            "SELECT id, payload, regions, attempts FROM chain_batches"
-            " WHERE node_id = ? AND published IS NULL AND next_attempt <= ?"
-            " ORDER BY created LIMIT 1",
+            "SELECT b.id, b.payload, b.regions, b.attempts, b.created,"
+            " m.manifest, m.records, m.size"
+            " FROM chain_batches b LEFT JOIN chain_manifests m ON m.batch_id = b.id"
+            " WHERE b.node_id = ? AND b.published IS NULL AND b.next_attempt <= ?"
+            " ORDER BY b.created LIMIT 1",
             (self._node_id, self._clock.seconds()),
         )
         if not rows:
             return None
-        batch_id, payload, regions, attempts = rows[0]
+        batch_id, payload, regions, attempts, created, manifest, records, size = rows[0]
         return Batch(
-            batch_id, payload, tuple(r.encode("ascii") for r in json.loads(regions)), attempts
+            batch_id,
+            payload,
+            tuple(r.encode("ascii") for r in json.loads(regions)),
+            attempts,
+            created,
+            None if manifest is None else ManifestRef(manifest, records, size),
         )
 
     async def _open_batches(self) -> bool:
@@ -99,44 +135,43 @@ class Publisher:
         )
         return bool(rows)
 
-    async def _claim(self) -> Batch | None:
-        """A new batch of due records, claimed in one transaction."""
+    async def _claim(self, inline: bool) -> Batch | None:
+        """
+        A new batch of due records, claimed in one transaction: a manifest
+        of them whenever C{records_per_manifest} are due, else inline once
+        one has waited C{manifest_wait} (or the round sends inline already).
+        """
         if await self._open_batches():
             return None  # one at a time: a batch waiting for its retry keeps its place
         now = self._clock.seconds()
-        records: list[dict[str, Any]] = []
-        for filehash in await self._queue.due(now, CANDIDATES):
-            record = await self._catalog.current(filehash)
-            if record is not None and record.uploads:
-                records.append(record.to_json())
+        if self._auto and self.manifests is not None:
+            due = await self._queue.due(now, self.records_per_manifest)
+            if len(due) >= self.records_per_manifest:
+                return await self._claim_manifest(self.manifests, now)
+            if not inline:
+                oldest = await self._queue.oldest_due(now)
+                if oldest is None or oldest > now - self.manifest_wait:
+                    return None  # waiting for a manifest to fill
+        return await self._claim_inline(now)
+
+    async def _due_records(self, now: float, limit: int) -> list[dict[str, Any]]:
+        records = await self._catalog.current_many(await self._queue.due(now, limit))
+        return [record.to_json() for record in records if record.uploads]
+
+    async def _claim_inline(self, now: float) -> Batch | None:
+        records = await self._due_records(now, CANDIDATES)
         if not records:
             return None
         chosen = codec.pack(records)[0]
         payload = codec.batch_text(chosen)
         regions = codec.split_regions(payload, self._chain.max_entry)
-        batch = Batch(uuid.uuid4().hex, payload, tuple(regions), 0)
+        batch = Batch(uuid.uuid4().hex, payload, tuple(regions), 0, now)
 
         async def claim(txn: ITransaction) -> None:
-            await txn.execute(
-                "INSERT INTO chain_batches (id, node_id, payload, regions, created, next_attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    batch.id,
-                    self._node_id,
-                    payload,
-                    json.dumps([r.decode("ascii") for r in regions]),
-                    now,
-                    now,
-                ),
-            )
-            for record in chosen:
-                if not await ChainQueue.take(txn, record["filehash"], batch.id):
-                    raise BatchConflict(record["filehash"])
+            await self._insert_batch(txn, batch)
+            await self._take(txn, batch, [record["filehash"] for record in chosen])
 
-        try:
-            await self._db.transaction(claim)
-        except BatchConflict as e:
-            self.log.info("{filehash} was claimed by another node", filehash=str(e))
+        if not await self._claimed(claim):
             return None
         self.log.debug(
             "batch {batch}: {n} records in {regions} entries",
@@ -146,8 +181,75 @@ class Publisher:
         )
         return batch
 
-    async def _publish(self, batch: Batch) -> None:
+    async def _claim_manifest(self, manifests: ManifestStore, now: float) -> Batch | None:
+        records = await self._due_records(now, self.manifest_max_records)
+        if not records:
+            return None
+        # In the cache before the claim: a crash in between leaves a blob no record names,
+        # which the cache clears at start.
+        manifest = await manifests.make(records)
+        ref = ManifestRef(manifest.manifest, manifest.records, manifest.size)
+        batch = Batch(uuid.uuid4().hex, "", (), 0, now, ref)
+
+        async def claim(txn: ITransaction) -> None:
+            await self._insert_batch(txn, batch)
+            await manifests.record(txn, manifest)
+            await txn.execute(
+                "INSERT INTO chain_manifests (batch_id, manifest, records, size, payload)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (batch.id, ref.manifest, ref.records, ref.size, manifest.payload),
+            )
+            await self._take(txn, batch, [r["filehash"] for r in records[: ref.records]])
+
+        if not await self._claimed(claim):
+            await manifests.forget(manifest)
+            return None
+        manifests.replicate()
+        self.log.info(
+            "batch {batch}: {n} records in manifest {manifest} ({size} bytes), for the hosts",
+            batch=batch.id,
+            n=ref.records,
+            manifest=ref.manifest,
+            size=ref.size,
+        )
+        return batch
+
+    async def _insert_batch(self, txn: ITransaction, batch: Batch) -> None:
+        await txn.execute(
+            "INSERT INTO chain_batches (id, node_id, payload, regions, created, next_attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                batch.id,
+                self._node_id,
+                batch.payload,
+                json.dumps([r.decode("ascii") for r in batch.regions]),
+                batch.created,
+                batch.created,
+            ),
+        )
+
+    @staticmethod
+    async def _take(txn: ITransaction, batch: Batch, filehashes: list[str]) -> None:
+        if await ChainQueue.take_all(txn, filehashes, batch.id) != len(filehashes):
+            raise BatchConflict(f"{len(filehashes)} records")
+
+    async def _claimed(self, claim: Callable[[ITransaction], Awaitable[None]]) -> bool:
+        """Run a claim's transaction; False if another node took some of its records first."""
         try:
+            await self._db.transaction(claim)
+        except BatchConflict as e:
+            self.log.info("some of {records} were claimed by another node", records=str(e))
+            return False
+        return True
+
+    async def _publish(self, batch: Batch) -> bool:
+        """Send a batch; False if it is a manifest's that its hosts do not hold yet."""
+        try:
+            if batch.manifest is not None and not batch.regions:
+                announced = await self._announce(batch, batch.manifest)
+                if announced is None:
+                    return False
+                batch = announced
             first_txid = await self._send_entries(batch)
         except ChainBusy as e:
             await self._retry(batch, BUSY_RETRY, str(e), count=False)
@@ -160,7 +262,7 @@ class Publisher:
                 batch, backoff(batch.attempts + 1, RETRY_FIRST, RETRY_LONGEST), str(e)
             )
             raise
-        records = json.loads(batch.payload)
+        records = json.loads(await self._records_of(batch))
         await self._db.transaction(lambda txn: self._published(txn, batch, records, first_txid))
         self.log.info(
             "batch {batch} is on the chain: {n} records in {entries} transactions from {txid}",
@@ -169,6 +271,38 @@ class Publisher:
             entries=len(batch.regions),
             txid=first_txid,
         )
+        return True
+
+    async def _announce(self, batch: Batch, ref: ManifestRef) -> Batch | None:
+        """
+        Once the hosts hold its manifest: the batch's announcement, written
+        on it before any entry is sent (as an inline batch's text is when it
+        is claimed); None while they do not.
+        """
+        if self.manifests is None:
+            raise ManifestUnreachable(f"manifest {ref.manifest}: no host gives a public URL now")
+        announcement = await self.manifests.announcement(
+            ref.manifest, ref.records, ref.size, batch.created
+        )
+        if announcement is None:
+            return None
+        payload = codec.batch_text([announcement.to_json()])
+        # Longer regions than a record's: an announcement with three URLs is one entry.
+        regions = codec.split_regions(payload, self._chain.max_entry, codec.MAX_REGION_IN)
+        await self._db.execute(
+            "UPDATE chain_batches SET payload = ?, regions = ? WHERE id = ?",
+            (payload, json.dumps([r.decode("ascii") for r in regions]), batch.id),
+        )
+        return evolve(batch, payload=payload, regions=tuple(regions))
+
+    async def _records_of(self, batch: Batch) -> str:
+        """The JSON of the records a batch publishes: its text, or its manifest's."""
+        if batch.manifest is None:
+            return batch.payload
+        rows = await self._db.query(
+            "SELECT payload FROM chain_manifests WHERE batch_id = ?", (batch.id,)
+        )
+        return str(rows[0][0])
 
     async def _send_entries(self, batch: Batch) -> str:
         """Send what is not sent yet; return the txid of the first entry."""
@@ -266,5 +400,4 @@ class Publisher:
             (self._clock.seconds(), first_txid, batch.id),
         )
         await ChainQueue.published(txn, batch.id)
-        for record in records:
-            await Catalog.published(txn, record, first_txid)
+        await Catalog.published(txn, records, first_txid)

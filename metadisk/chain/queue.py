@@ -10,9 +10,11 @@ so far. A row never goes back to an earlier state, so a record goes out once
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from attrs import define
 
+from metadisk.db import IN_BATCH
 from metadisk.interfaces import IDatabase, ITransaction
 
 
@@ -60,16 +62,33 @@ class ChainQueue:
         )
         return [filehash for (filehash,) in rows]
 
+    async def oldest_due(self, now: float) -> float | None:
+        """When the record due longest ago was queued; None if none is due."""
+        rows = await self._db.query(f"SELECT MIN(q.enqueued) {_DUE}", (now - self.wait,))
+        return None if rows[0][0] is None else float(rows[0][0])
+
     @staticmethod
-    async def take(txn: ITransaction, filehash: str, batch_id: str) -> bool:
-        """Claim a waiting record for a batch; False if it is no longer waiting."""
-        if not await txn.execute(
-            "UPDATE chain_queue SET state = ?, batch_id = ? WHERE filehash = ? AND state = ?",
-            (State.BATCHED, batch_id, filehash, State.WAITING),
-        ):
-            return False
-        await _count_waiting(txn, filehash, -1)
-        return True
+    async def take_all(txn: ITransaction, filehashes: Sequence[str], batch_id: str) -> int:
+        """
+        Claim waiting records for a batch, a statement per L{IN_BATCH} of
+        them; return how many were still waiting (all of them, or the
+        caller rolls back: another node took the others).
+        """
+        taken = 0
+        for start in range(0, len(filehashes), IN_BATCH):
+            batch = tuple(filehashes[start : start + IN_BATCH])
+            taken += await txn.execute(
+                "UPDATE chain_queue SET state = ?, batch_id = ?"
+                f" WHERE state = ? AND filehash IN ({', '.join('?' * len(batch))})",
+                (State.BATCHED, batch_id, State.WAITING, *batch),
+            )
+        # They left the waiting ones: C{chain_queue_waiting} follows, as for L{_count_waiting}.
+        await txn.execute(
+            "UPDATE chain_queue_waiting SET count = count - ?, size = size -"
+            " (SELECT COALESCE(SUM(filesize), 0) FROM chain_queue WHERE batch_id = ?)",
+            (taken, batch_id),
+        )
+        return taken
 
     @staticmethod
     async def published(txn: ITransaction, batch_id: str) -> None:

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from metadisk.chain import make_chain
 from metadisk.chain.manifest_lane import Announcements, ManifestLane
+from metadisk.chain.manifests import ManifestStore
 from metadisk.chain.publisher import Publisher
 from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
@@ -121,14 +122,32 @@ def chain_sync(
     http: Any,
     node_id: str,
     lane: ManifestLane,
+    manifests: ManifestStore | None = None,
 ) -> tuple[ChainService | None, Callable[[], Awaitable[dict]]]:
-    """The chain service the config asks for (None when disabled) and the status to serve."""
+    """
+    The chain service the config asks for (None when disabled) and the status
+    to serve. C{lane}: the manifests this node reads; C{manifests}: where those
+    it publishes go (None: every record inline).
+    """
     if config.kind == "none":
         return None, disabled_status(queue, lane.announcements)
     chain = make_chain(config, http, clock)
     reader = Reader(
         db, chain, clock, config.start_height, config.min_confirmations, config.rescan_depth
     )
-    publisher = Publisher(db, chain, catalog, queue, clock, node_id, 2 * config.timeout)
+    publisher = Publisher(
+        db,
+        chain,
+        catalog,
+        queue,
+        clock,
+        node_id,
+        2 * config.timeout,
+        manifests=manifests,
+        make_manifests=config.format == "auto",
+        records_per_manifest=config.records_per_manifest,
+        manifest_wait=config.manifest_wait,
+        manifest_max_records=config.manifest_max_records,
+    )
     chain_service = ChainService(chain, reader, publisher, queue, clock, config.poll_interval, lane)
     return chain_service, chain_service.status

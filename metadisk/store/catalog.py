@@ -18,6 +18,9 @@ from metadisk.interfaces import IDatabase, ITransaction
 
 FORMAT_VERSION = "0.2"
 MAX_NAME = 200
+# files.kind: a user's file, or a manifest of this node's records (docs/protocol.md 5.8),
+# a blob replicated like a file's that find, downloads and the status leave out.
+FILE, MANIFEST = "file", "manifest"
 
 
 def safe_filename(name: str, longest: int = MAX_NAME) -> str:
@@ -91,7 +94,8 @@ class Catalog:
         rows = await (using or self._db).query(
             "SELECT r.record, f.filename, f.filesize, f.datetime, f.version, u.host_name, u.url"
             " FROM files f LEFT JOIN chain_records r ON r.filehash = f.filehash"
-            " LEFT JOIN uploads u ON u.filehash = f.filehash WHERE f.filehash = ?"
+            " LEFT JOIN uploads u ON u.filehash = f.filehash"
+            f" WHERE f.filehash = ? AND f.kind = '{FILE}'"
             " ORDER BY u.added, u.host_name",
             (filehash,),
         )
@@ -110,6 +114,32 @@ class Catalog:
             (filehash,),
         )
         return await self._with_hosts(filehash, *rows[0]) if rows else None
+
+    async def current_many(self, filehashes: list[str]) -> list[FileRecord]:
+        """L{current} of each of C{filehashes} this node has, in their order: a query a batch."""
+        files: dict[str, tuple[str, int, int, str]] = {}
+        hosts: dict[str, list[tuple[str, str]]] = {filehash: [] for filehash in filehashes}
+        for start in range(0, len(filehashes), IN_BATCH):
+            batch = tuple(filehashes[start : start + IN_BATCH])
+            marks = ", ".join("?" * len(batch))
+            rows = await self._db.query(
+                "SELECT filehash, filename, filesize, datetime, version FROM files"
+                f" WHERE filehash IN ({marks})",
+                batch,
+            )
+            files.update((filehash, tuple(rest)) for filehash, *rest in rows)
+            rows = await self._db.query(
+                f"SELECT filehash, host_name, url FROM uploads WHERE filehash IN ({marks})"
+                " ORDER BY added, host_name",
+                batch,
+            )
+            for filehash, name, url in rows:
+                hosts[filehash].append((name, url))
+        return [
+            FileRecord(filehash, *files[filehash], tuple(hosts[filehash]))
+            for filehash in filehashes
+            if filehash in files
+        ]
 
     async def _with_hosts(
         self, filehash: str, filename: str, filesize: int, when: int, version: str
@@ -140,6 +170,15 @@ class Catalog:
         return holding
 
     @staticmethod
+    async def add_manifest(txn: ITransaction, manifest: str, size: int, when: int) -> None:
+        """A manifest's blob, to be replicated like a file's (once: it is named by its hash)."""
+        await txn.execute(
+            "INSERT INTO files (filehash, filename, filesize, datetime, version, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (filehash) DO NOTHING",
+            (manifest, "manifest", size, when, FORMAT_VERSION, MANIFEST),
+        )
+
+    @staticmethod
     async def add_upload(
         txn: ITransaction, filehash: str, host_name: str, url: str, when: float
     ) -> None:
@@ -165,13 +204,21 @@ class Catalog:
         )
 
     @staticmethod
-    async def published(txn: ITransaction, record: dict, txid: str) -> None:
-        """This node's record went out in the batch C{txid}: C{find} answers it from now on."""
-        await txn.execute(
-            "INSERT INTO chain_records (filehash, record, txid) VALUES (?, ?, ?)"
-            " ON CONFLICT (filehash) DO NOTHING",
-            (record["filehash"], json.dumps(record), txid),
-        )
+    async def published(txn: ITransaction, records: list[dict], txid: str) -> None:
+        """
+        This node's records went out in the batch C{txid}: C{find} answers
+        them from now on. A statement per L{IN_BATCH} records: a manifest's
+        tens of thousands, one statement each, would outlast a transaction's
+        timeout on PostgreSQL.
+        """
+        for start in range(0, len(records), IN_BATCH):
+            batch = records[start : start + IN_BATCH]
+            await txn.execute(
+                "INSERT INTO chain_records (filehash, record, txid)"
+                f" VALUES {', '.join(['(?, ?, ?)'] * len(batch))}"
+                " ON CONFLICT (filehash) DO NOTHING",
+                tuple(v for r in batch for v in (r["filehash"], json.dumps(r), txid)),
+            )
 
     @staticmethod
     async def confirm(txn: ITransaction, filehash: str, txid: str, height: int) -> None:

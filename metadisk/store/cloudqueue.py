@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.periodic import backoff
+from metadisk.store.catalog import FILE
 
 
 @define
@@ -62,8 +63,13 @@ class CloudQueue:
 
     async def pending(self) -> tuple[int, int]:
         """
-        (count, bytes) of blobs still to be copied, for C{/api/status} and
-        C{/metrics}: read from the queue's own rows, whatever the catalog's size.
+        (count, bytes) of files' blobs still to be copied (manifests aside), for
+        C{/api/status} and C{/metrics}: read from the queue's own rows, whatever
+        the catalog's size.
         """
-        rows = await self._db.query("SELECT COUNT(*), COALESCE(SUM(filesize), 0) FROM cloud_queue")
+        rows = await self._db.query(
+            "SELECT COUNT(*), COALESCE(SUM(filesize), 0) FROM cloud_queue q WHERE NOT EXISTS"
+            " (SELECT 1 FROM files f WHERE f.filehash = q.filehash AND f.kind <> ?)",
+            (FILE,),
+        )
         return int(rows[0][0]), int(rows[0][1])

@@ -268,7 +268,8 @@ class CloudSync:
 
     async def _recache(self, filehash: str) -> None:
         """Fetch a blob back into the cache (verified by L{fetch})."""
-        record = await self._catalog.find(filehash)
+        # current, not find: a manifest's blob (which find leaves out) is restored as well.
+        record = await self._catalog.current(filehash)
         if record is None:
             raise NoCopyAvailable(filehash)
         allocation = await self._cache.allocate(record.filesize)

@@ -166,4 +166,3 @@ class ConnectionGuard(WrappingFactory):
                 refused=self._refused,
             )
             self._refused, self._reported_at = 0, now
-
