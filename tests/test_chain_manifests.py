@@ -353,6 +353,7 @@ class StatementTests(ManifestTestCase):
         hashes = await self.add_files(db, 1200)
         records = [r.to_json() for r in await Catalog(db).current_many(hashes)]
         self.assertEqual([r["filehash"] for r in records], hashes)
+        self.assertEqual((await ChainQueue(db, 0).waiting())[0], 1200)
 
         async def claim_and_mark(txn: ITransaction) -> tuple[int, int, int]:
             counting = Counting(txn)
@@ -361,7 +362,9 @@ class StatementTests(ManifestTestCase):
             await Catalog.published(counting, records, "t" * 64)
             return taken, claimed, counting.statements - claimed
 
-        self.assertEqual(await db.transaction(claim_and_mark), (1200, 3, 3))
+        # Claiming: three UPDATEs of 500 at most, and the waiting counter's one.
+        self.assertEqual(await db.transaction(claim_and_mark), (1200, 4, 3))
+        self.assertEqual(await ChainQueue(db, 0).waiting(), (0, 0))
         self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_records"), [(1200,)])
         self.assertEqual(await ChainQueue.take_all(db, hashes[:10], "c"), 0)  # taken already
 
