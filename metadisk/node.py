@@ -99,6 +99,9 @@ class Node:
     resumable: ResumableUploads | None = None  # expired by the node's service (tap.py)
     # Where the node listens, once it does: the URLs of records must not lead there.
     listening: ListeningAddresses = field(factory=ListeningAddresses)
+    # Their folders of the flat layout are moved into shards once the node listens.
+    local_hosts: list[LocalDirectoryHost] = field(factory=list)
+    _moving: list[defer.Deferred[Any]] = field(factory=list)
 
     log = Logger()
 
@@ -106,8 +109,30 @@ class Node:
     def sync(self) -> CloudSync:
         return self.store.sync
 
+    def start_background(self) -> None:
+        """
+        Once the node listens: the long work on folders of blobs (the
+        cache's check, the move of flat folders into shards), while requests
+        are answered.
+        """
+        self.store.start_checks()
+        for host in self.local_hosts:
+            moving = defer.Deferred.fromCoroutine(host.move_flat())
+            moving.addErrback(
+                lambda f, name=host.name: self.log.failure(
+                    "host {host}: moving its blobs into shards failed", f, host=name
+                )
+            )
+            self._moving.append(moving)
+
     async def close(self) -> None:
-        """Cancel the host transfers in flight, write the meters, close the database."""
+        """
+        Cancel the host transfers in flight, write the cache's index and the
+        meters, close the database.
+        """
+        for host in self.local_hosts:
+            host.stop_moving()
+        await defer.gatherResults(self._moving)  # each ends after its batch
         # Both cancel what they have in flight, and then wait for it to end.
         await defer.gatherResults(
             [
@@ -115,6 +140,10 @@ class Node:
                 defer.Deferred.fromCoroutine(self.store.stop()),
             ]
         )
+        try:
+            await self.store.cache.close()
+        except Exception:
+            self.log.failure("could not write the cache's index at shutdown")
         try:
             await self.meters.flush()
         except Exception:
@@ -174,6 +203,8 @@ async def build_node(
         config.node.data_dir / "blobs",
         config.storage.capacity,
         evictable(catalog, claims, config.replication.copies),
+        reactor,
+        run_blocking,
     )
     bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
@@ -349,4 +380,5 @@ async def build_node(
         private_site=private_site,
         listening=listening,
         resumable=resumable,
+        local_hosts=[host for host in hosts if isinstance(host, LocalDirectoryHost)],
     )

@@ -29,6 +29,7 @@ from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
 from metadisk.store.hosts.rclone import MIN_RUN, RcloneHost, object_url, public_location
+from metadisk.store.shards import sharded
 from tests.fakes import (
     RecordingRunner,
     WebDAVServer,
@@ -205,7 +206,7 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         )
 
     async def lose(self, filehash: str, url: str) -> None:
-        (self.root / filehash).unlink()
+        sharded(self.root, filehash).unlink()
 
     async def break_host(self) -> None:
         # Its disk unmounted: what is left is the mount point, an empty folder.

@@ -40,6 +40,7 @@ from metadisk.chain.rpc import JSONRPCClient
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.db import open_database
 from metadisk.logs import ACCESS_NAMESPACE
+from metadisk.store.shards import sharded
 from tests.fakes.florincoind import FakeFlorincoind
 from tests.flood import (
     WAIT,
@@ -248,7 +249,7 @@ class RecordPublishedFirstTests(TestCase):
         # On this node's three hosts, each copy written by this node.
         self.assertEqual(len(found["uploads"]), 3)
         for host in config.effective_hosts:
-            self.assertTrue((Path(host.setting) / filehash).is_file())
+            self.assertTrue(sharded(Path(host.setting), filehash).is_file())
         rows = await node.node.db.query("SELECT added FROM uploads WHERE filehash = ?", (filehash,))
         self.assertTrue(all(added < 2**40 for (added,) in rows))
 
@@ -376,11 +377,11 @@ class RecordNamingOurHostsTests(TestCase):
         hosts = [Path(host.setting) for host in config.effective_hosts]
 
         async def replicated() -> bool:
-            return all((host / mine).is_file() for host in hosts)
+            return all(sharded(host, mine).is_file() for host in hosts)
 
         await eventually(replicated)
         await node.node.sync.idle()
-        self.assertFalse(any((host / filehash).exists() for host in hosts))
+        self.assertFalse(any(sharded(host, filehash).exists() for host in hosts))
         self.assertEqual((web.connections, silent.connections), (0, 0))
         for table in ("uploads", "cloud_queue"):
             rows = await node.node.db.query(f"SELECT filehash FROM {table}")
