@@ -229,7 +229,8 @@ class BlobCache:
         try:
             await self.check()
             if not self._stopping:
-                await self.drop_unrecorded(recorded)
+                dropped = await self.drop_unrecorded(recorded)
+                self.log.info("cache checked: {n} unrecorded blobs removed", n=dropped)
         except Exception:
             self.log.failure("checking the cache failed")
 
