@@ -160,7 +160,10 @@ class UploadDownloadTests(TestCase):
         self.assertEqual(
             sorted(record.uploads),
             [
-                ("local1", f"https://files.example/one/{result['filehash']}"),
+                (
+                    "local1",
+                    f"https://files.example/one/{result['filehash'][:2]}/{result['filehash']}",
+                ),
                 ("local2", ""),
                 ("local3", ""),
             ],

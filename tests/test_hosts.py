@@ -220,7 +220,7 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         """Never the folder's own path: a record goes on a public chain."""
         filehash, path, _ = self.blob()
         url = await self.host.store(filehash, str(path))
-        self.assertEqual(url, f"https://files.example/metadisk/{filehash}")
+        self.assertEqual(url, f"https://files.example/metadisk/{filehash[:2]}/{filehash}")
         unserved = LocalDirectoryHost("local2", self.work / "unserved", in_caller)
         self.assertEqual(await unserved.store(filehash, str(path)), "")
         self.assertIs(await unserved.exists(filehash, ""), True)

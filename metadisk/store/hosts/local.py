@@ -261,7 +261,9 @@ class LocalDirectoryHost:
         return self._run_blocking(store_all)
 
     def _url(self, filehash: str) -> str:
-        return f"{self.public_url.rstrip('/')}/{filehash}" if self.public_url else ""
+        # The copy's place under the folder, shard and all: a plain static server serves it.
+        where = f"{filehash[:2]}/{filehash}"
+        return f"{self.public_url.rstrip('/')}/{where}" if self.public_url else ""
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         # The object is found by its filehash, never by a URL that came from elsewhere.
