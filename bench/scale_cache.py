@@ -183,6 +183,7 @@ def _settle(log: Path, new_layout: bool, process: subprocess.Popen) -> None:
 def cache_phase(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list[dict]:
     """For each size, fill a node's cache, start it and measure; print and return the rows."""
     new_layout = (tree / "metadisk" / "store" / "cacheindex.py").exists()
+    os.umask(0o077)  # the blobs as the node writes them: its own alone (else it tightens them)
     rows = []
     print(f"tree {tree} ({'sharded, indexed' if new_layout else 'flat'} cache)", flush=True)
     print(
