@@ -21,7 +21,9 @@ in mtimes). Then the real node (twistd) starts on it:
     .venv/bin/python -m bench.scale_cache --sizes 10000 --tree /tmp/cache-before
 
 C{--tree}: run the node of another checkout (a baseline: C{git worktree add
-/tmp/cache-before main}); the bench itself is this one's.
+/tmp/cache-before main}); the bench itself is this one's. L{cache_table} is
+that table; L{cache_phase} is the same measure on the node bench/scale.py
+built (its catalog in SQLite or PostgreSQL), for its C{--cache-blobs}.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import http.client
 import os
 import random
+import re
 import secrets
 import shutil
 import sqlite3
@@ -38,9 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench._node import LISTENING, ROOT, address_in_log, rss_mib, stop_process
+try:
+    from bench._node import LISTENING, ROOT, address_in_log, rss_mib, stop_process
+except ImportError:  # imported by bench/scale.py, run as a script: bench/ is on the path
+    from _node import LISTENING, ROOT, address_in_log, rss_mib, stop_process
 
 BLOB_SIZE = 1024
 SAMPLES = 300  # requests timed of each kind
@@ -80,23 +87,45 @@ def _start(tree: Path, work: Path) -> tuple[subprocess.Popen, int, float]:
     return process, port, time.perf_counter() - started
 
 
+def _record(work: Path, filehashes: list[str], now: int) -> None:
+    """The blobs' rows in C{files}: in the database the node's config names, else its SQLite."""
+    toml = (work / "metadisk.toml").read_text()
+    named = re.search(r'^url\s*=\s*"(postgres(?:ql)?://[^"]+)"', toml, re.MULTILINE)
+    rows = [(f, f"{f[:7]}_blob.bin", BLOB_SIZE, now) for f in filehashes]
+    if named:
+        import psycopg2
+        from psycopg2.extras import execute_values
+
+        connection = psycopg2.connect(named.group(1).split("?")[0])
+        with connection, connection.cursor() as cursor:
+            execute_values(
+                cursor,
+                "INSERT INTO files (filehash, filename, filesize, datetime) VALUES %s",
+                rows,
+                page_size=10_000,
+            )
+        connection.close()
+        return
+    db = sqlite3.connect(work / "node" / "metadisk.sqlite")
+    with db:
+        db.executemany(
+            "INSERT INTO files (filehash, filename, filesize, datetime) VALUES (?, ?, ?, ?)", rows
+        )
+    db.close()
+
+
 def _fill(work: Path, n: int, sharded_layout: bool) -> list[str]:
     """N cached blobs and their records, written directly; their filehashes."""
-    data = work / "node"
-    blobs = data / "blobs"
+    blobs = work / "node" / "blobs"
     now = int(time.time())
     filehashes = sorted(secrets.token_hex(32) for _ in range(n))
     content = os.urandom(BLOB_SIZE)
-    db = sqlite3.connect(data / "metadisk.sqlite")
-    with db:
-        db.executemany(
-            "INSERT INTO files (filehash, filename, filesize, datetime) VALUES (?, ?, ?, ?)",
-            ((f, f"{f[:7]}_blob.bin", BLOB_SIZE, now) for f in filehashes),
-        )
-    db.close()
+    _record(work, filehashes, now)
     order = list(range(n))
     random.shuffle(order)  # a use order unlike the name order
     if sharded_layout:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))  # imported by bench/scale.py, run as a script
         from metadisk.store.cacheindex import CacheIndex
 
         for i in range(256):
@@ -180,8 +209,71 @@ def _settle(log: Path, new_layout: bool, process: subprocess.Popen) -> None:
     time.sleep(SETTLE)
 
 
-def cache_phase(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list[dict]:
-    """For each size, fill a node's cache, start it and measure; print and return the rows."""
+def _measure(tree: Path, work: Path, filehashes: list[str], new_layout: bool) -> dict:
+    """Start the node of C{tree} on C{work} (its cache filled) and measure it; then stop it."""
+    subprocess.run(["sync"], check=True)
+    process, port, start = _start(tree, work)
+    try:
+        _settle(work / "node.log", new_layout, process)
+        idle = rss_mib(process.pid)
+        secret = (work / "node" / "secret_key").read_text().strip()
+        token = _token(port, secret)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        downloads = [
+            _timed(connection, "GET", f"/api/download/{f}?token={token}")
+            for f in random.sample(filehashes, min(SAMPLES, len(filehashes)))
+        ]
+        uploads = []
+        for _ in range(SAMPLES):
+            content_type, body = _multipart(os.urandom(10 * 1024), token)
+            uploads.append(
+                _timed(
+                    connection,
+                    "POST",
+                    "/api/upload",
+                    body=body,
+                    headers={"Content-Type": content_type},
+                )
+            )
+        connection.close()
+    finally:
+        stop_process(process, 120)
+    return {
+        "start": start,
+        "idle_rss": idle,
+        "download": _percentiles(downloads),
+        "upload": _percentiles(uploads),
+    }
+
+
+def cache_phase(
+    work: Path, toml: str, files: int, blobs: int, log: Callable[[str], None]
+) -> dict[str, str]:
+    """
+    For bench/scale.py: the node of C{work} (its catalog of C{files} built,
+    stopped), its cache filled with C{blobs} blobs (what an earlier phase
+    left there removed first); the columns of its figures.
+    """
+    os.umask(0o077)
+    (work / "metadisk.toml").write_text(toml)
+    cache = work / "node" / "blobs"
+    if cache.exists():
+        shutil.rmtree(cache)
+    cache.mkdir()
+    began = time.perf_counter()
+    filehashes = _fill(work, blobs, sharded_layout=True)
+    log(f"{blobs} cached blobs written in {time.perf_counter() - began:.0f} s")
+    figures = _measure(ROOT, work, filehashes, new_layout=True)
+    return {
+        f"{blobs:,} cached: start s": f"{figures['start']:.2f}",
+        f"{blobs:,} cached: RSS MiB": f"{figures['idle_rss']:.0f}",
+        f"{blobs:,} cached: download p50/p99 ms": figures["download"],
+        f"{blobs:,} cached: upload p50/p99 ms": figures["upload"],
+    }
+
+
+def cache_table(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list[dict]:
+    """For each size, fill a fresh node's cache, start it and measure; print and return the rows."""
     new_layout = (tree / "metadisk" / "store" / "cacheindex.py").exists()
     os.umask(0o077)  # the blobs as the node writes them: its own alone (else it tightens them)
     rows = []
@@ -200,44 +292,10 @@ def cache_phase(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list
             began = time.perf_counter()
             filehashes = _fill(work, n, new_layout)
             fill = time.perf_counter() - began
-            subprocess.run(["sync"], check=True)
-            process, port, start = _start(tree, work)
-            try:
-                _settle(work / "node.log", new_layout, process)
-                idle = rss_mib(process.pid)
-                secret = (work / "node" / "secret_key").read_text().strip()
-                token = _token(port, secret)
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                downloads = [
-                    _timed(connection, "GET", f"/api/download/{f}?token={token}")
-                    for f in random.sample(filehashes, SAMPLES)
-                ]
-                uploads = []
-                for _ in range(SAMPLES):
-                    content_type, body = _multipart(os.urandom(10 * 1024), token)
-                    uploads.append(
-                        _timed(
-                            connection,
-                            "POST",
-                            "/api/upload",
-                            body=body,
-                            headers={"Content-Type": content_type},
-                        )
-                    )
-                connection.close()
-            finally:
-                stop_process(process, 120)
-            row = {
-                "blobs": n,
-                "fill": fill,
-                "start": start,
-                "idle_rss": idle,
-                "download": _percentiles(downloads),
-                "upload": _percentiles(uploads),
-            }
+            row = {"blobs": n, "fill": fill, **_measure(tree, work, filehashes, new_layout)}
             rows.append(row)
             print(
-                f"{n:>9} {fill:>7.1f} {start:>8.2f} {idle:>13.1f} "
+                f"{n:>9} {fill:>7.1f} {row['start']:>8.2f} {row['idle_rss']:>13.1f} "
                 f"{row['download']:>20} {row['upload']:>25}",
                 flush=True,
             )
@@ -245,7 +303,7 @@ def cache_phase(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list
             if keep:
                 print(f"  kept {work}")
             else:
-                shutil.rmtree(work, ignore_errors=True)
+                subprocess.run(["rm", "-rf", str(work)], check=False)
     return rows
 
 
@@ -255,7 +313,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose node runs")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
-    cache_phase([int(s) for s in args.sizes.split(",")], args.tree.resolve(), args.keep)
+    cache_table([int(s) for s in args.sizes.split(",")], args.tree.resolve(), args.keep)
 
 
 if __name__ == "__main__":
