@@ -61,6 +61,7 @@ from metadisk.web.tus import TusAPI, TusIntake
 from metadisk.web.unpaid import UnpaidBudget
 from metadisk.web.upload import UploadPolicy
 
+BLOBS = "blobs"  # the cache's folder in the data directory
 CLAIM_TIMEOUT = 30.0  # seconds for a local host's folder to answer at start
 
 
@@ -74,6 +75,24 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(value + "\n")
         return value
+
+
+def _report(tightened: Tightened, folder: Path) -> None:
+    where = str(folder.resolve())
+    if tightened.loosened > tightened.failed:
+        Node.log.warn(
+            "data directory {data_dir} was open to others: group and others' permissions"
+            " taken off {n} files and folders",
+            data_dir=where,
+            n=tightened.loosened - tightened.failed,
+        )
+    if tightened.failed:
+        Node.log.error(
+            "data directory {data_dir}: {n} files or folders open to others could not be"
+            " changed (another user's?)",
+            data_dir=where,
+            n=tightened.failed,
+        )
 
 
 def node_identity(config: Config) -> tuple[str, str]:
@@ -129,6 +148,10 @@ class Node:
     resumable: ResumableUploads | None = None  # expired by the node's service (tap.py)
     # Where the node listens, once it does: the URLs of records must not lead there.
     listening: ListeningAddresses = field(factory=ListeningAddresses)
+    # Their folders of the flat layout are moved into shards once the node listens.
+    local_hosts: list[LocalDirectoryHost] = field(factory=list)
+    _run_blocking: RunBlocking | None = None
+    _background: list[defer.Deferred[Any]] = field(factory=list)
 
     log = Logger()
 
@@ -136,8 +159,38 @@ class Node:
     def sync(self) -> CloudSync:
         return self.store.sync
 
+    def start_background(self) -> None:
+        """
+        Once the node listens: the long work on folders of blobs (the
+        cache's check, the move of flat folders into shards), while requests
+        are answered.
+        """
+        self.store.start_checks()
+        for host in self.local_hosts:
+            moving = defer.Deferred.fromCoroutine(host.move_flat())
+            moving.addErrback(
+                lambda f, name=host.name: self.log.failure(
+                    "host {host}: moving its blobs into shards failed", f, host=name
+                )
+            )
+            self._background.append(moving)
+        if self._run_blocking is not None:
+            blobs = self.config.node.data_dir / BLOBS
+            tightening = self._run_blocking(tighten, blobs)
+            tightening.addCallback(_report, blobs)
+            tightening.addErrback(
+                lambda f: self.log.failure("cannot tighten {blobs}", f, blobs=str(blobs))
+            )
+            self._background.append(tightening)
+
     async def close(self) -> None:
-        """Cancel the host transfers in flight, write the meters, close the database."""
+        """
+        Cancel the host transfers in flight, write the cache's index and the
+        meters, close the database.
+        """
+        for host in self.local_hosts:
+            host.stop_moving()
+        await defer.gatherResults(self._background)  # each move ends after its batch
         # Both cancel what they have in flight, and then wait for it to end.
         await defer.gatherResults(
             [
@@ -145,6 +198,10 @@ class Node:
                 defer.Deferred.fromCoroutine(self.store.stop()),
             ]
         )
+        try:
+            await self.store.cache.close()
+        except Exception:
+            self.log.failure("could not write the cache's index at shutdown")
         try:
             await self.meters.flush()
         except Exception:
@@ -163,22 +220,9 @@ async def build_node(
     run_blocking = run_blocking or in_thread_pool(reactor)
     metrics = Metrics()  # this node's own registry: several nodes may share a process
     # Before anything is opened there: what an older node or an operator left open is closed.
-    tightened: Tightened = await run_blocking(tighten, config.node.data_dir)
-    data_dir = str(config.node.data_dir.resolve())
-    if tightened.loosened > tightened.failed:
-        Node.log.warn(
-            "data directory {data_dir} was open to others: group and others' permissions"
-            " taken off {n} files and folders",
-            data_dir=data_dir,
-            n=tightened.loosened - tightened.failed,
-        )
-    if tightened.failed:
-        Node.log.error(
-            "data directory {data_dir}: {n} files or folders open to others could not be"
-            " changed (another user's?)",
-            data_dir=data_dir,
-            n=tightened.failed,
-        )
+    # The cache's folder is closed, and what it holds tightened once the node listens.
+    data_dir = config.node.data_dir
+    _report(await run_blocking(tighten, data_dir, [data_dir / BLOBS]), data_dir)
     node_id, secret_key = node_identity(config)
     db = await open_database(config.effective_database_url, reactor)
     ledger = Ledger(db, reactor, node_id, metrics)
@@ -201,9 +245,11 @@ async def build_node(
     catalog = Catalog(db)
     claims = Claims(db)
     cache = BlobCache(
-        config.node.data_dir / "blobs",
+        config.node.data_dir / BLOBS,
         config.storage.capacity,
         evictable(catalog, claims, config.replication.copies),
+        reactor,
+        run_blocking,
     )
     bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
@@ -400,4 +446,6 @@ async def build_node(
         private_site=private_site,
         listening=listening,
         resumable=resumable,
+        local_hosts=[host for host in hosts if isinstance(host, LocalDirectoryHost)],
+        run_blocking=run_blocking,
     )

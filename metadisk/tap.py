@@ -151,6 +151,8 @@ class NodeService(service.MultiService):
             listen=self.config.node.listen,
             data_dir=str(self.config.node.data_dir.resolve()),
         )
+        # The long work on the folders of blobs runs now, while requests are answered.
+        node.start_background()
 
     def _guard(self, site: MetaDiskSite, budget: DescriptorBudget) -> ConnectionGuard:
         # It also knows the open connections, so that stopping can close them.

@@ -156,7 +156,7 @@ class ReplicationTests(TestCase):
         stopped = Deferred.fromCoroutine(grid.sync.stop())
         await eventually(lambda: stopped.called)
         self.assertEqual(await grid.queued(), [(filehash, 0)])
-        self.assertEqual(os.listdir(grid.cache.root), [])  # no partial restore left
+        self.assertEqual(os.listdir(grid.cache.partial(filehash).parent), [])  # no restore left
         for name in ("h1", "h2"):
             self.assertIsNone(
                 grid.sync.metrics.registry.get_sample_value(

@@ -43,6 +43,17 @@ class TightenTests(SynchronousTestCase):
         self.assertEqual(mode(self.script), 0o700)  # the owner's own bits are left as they were
         self.assertEqual(tighten(self.data), Tightened(0, 0))  # the next start finds nothing
 
+    def test_a_shallow_folder_is_closed_not_entered(self) -> None:
+        """The cache's folder: closed before the node listens, what it holds tightened after."""
+        blobs = self.data / "blobs"
+        blobs.chmod(0o755)
+        self.blob.chmod(0o644)
+        self.assertEqual(tighten(self.data, shallow=[blobs]), Tightened(loosened=1, failed=0))
+        self.assertEqual(mode(blobs), 0o700)
+        self.assertEqual(mode(self.blob), 0o644)
+        self.assertEqual(tighten(blobs), Tightened(loosened=1, failed=0))
+        self.assertEqual(mode(self.blob), 0o600)
+
     def test_links_are_not_followed(self) -> None:
         outside = self.root / "outside"
         outside.mkdir()

@@ -10,6 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.store.files import FileStore
+from metadisk.store.shards import sharded
 from tests.support import (
     body_of,
     eventually,
@@ -159,13 +160,16 @@ class UploadDownloadTests(TestCase):
         self.assertEqual(
             sorted(record.uploads),
             [
-                ("local1", f"https://files.example/one/{result['filehash']}"),
+                (
+                    "local1",
+                    f"https://files.example/one/{result['filehash'][:2]}/{result['filehash']}",
+                ),
                 ("local2", ""),
                 ("local3", ""),
             ],
         )
         for host in node.node.config.effective_hosts:
-            self.assertTrue((Path(host.setting) / result["filehash"]).is_file())
+            self.assertTrue(sharded(Path(host.setting), result["filehash"]).is_file())
         count, _ = await node.node.sync.queue.pending()
         self.assertEqual(count, 0)
 
@@ -198,7 +202,7 @@ class UploadDownloadTests(TestCase):
         first_host = next(
             h for h in node.node.config.effective_hosts if h.name == record.uploads[0][0]
         )
-        (Path(first_host.setting) / result["filehash"]).write_bytes(b"garbage")
+        sharded(Path(first_host.setting), result["filehash"]).write_bytes(b"garbage")
         response = await node.http.get(
             node.url + f"/api/download/{result['filehash']}",
             params={"key": result["key"], "token": token},
@@ -213,7 +217,7 @@ class UploadDownloadTests(TestCase):
         await node.node.sync.idle()
         node.node.store.cache.discard(result["filehash"])
         for host in node.node.config.effective_hosts:
-            (Path(host.setting) / result["filehash"]).write_bytes(b"corrupt")
+            sharded(Path(host.setting), result["filehash"]).write_bytes(b"corrupt")
         before = await balance(node, token)
         response = await node.http.get(
             node.url + f"/api/download/{result['filehash']}", params={"token": token}

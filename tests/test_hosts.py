@@ -24,11 +24,12 @@ from zope.interface.verify import verifyObject
 from metadisk.config import HostConfig
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import in_caller
-from metadisk.store.hosts import SLOWEST_RATE, HostError, make_host
+from metadisk.store.hosts import SLOWEST_RATE, HostError, local, make_host
 from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
 from metadisk.store.hosts.rclone import MIN_RUN, RcloneHost, object_url, public_location
+from metadisk.store.shards import sharded
 from tests.fakes import (
     RecordingRunner,
     WebDAVServer,
@@ -205,7 +206,7 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         )
 
     async def lose(self, filehash: str, url: str) -> None:
-        (self.root / filehash).unlink()
+        sharded(self.root, filehash).unlink()
 
     async def break_host(self) -> None:
         # Its disk unmounted: what is left is the mount point, an empty folder.
@@ -219,7 +220,7 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         """Never the folder's own path: a record goes on a public chain."""
         filehash, path, _ = self.blob()
         url = await self.host.store(filehash, str(path))
-        self.assertEqual(url, f"https://files.example/metadisk/{filehash}")
+        self.assertEqual(url, f"https://files.example/metadisk/{filehash[:2]}/{filehash}")
         unserved = LocalDirectoryHost("local2", self.work / "unserved", in_caller)
         self.assertEqual(await unserved.store(filehash, str(path)), "")
         self.assertIs(await unserved.exists(filehash, ""), True)
@@ -251,6 +252,75 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         (self.root / MARKER).unlink()
         self.assertTrue(await self.host.claim(holds_copies=True))
         self.assertTrue((self.root / MARKER).is_file())
+
+    def flat_folder(self, n: int) -> list[tuple[str, bytes]]:
+        """A host folder of the flat layout (a node from before shards), marked."""
+        self.root.mkdir(parents=True)
+        (self.root / MARKER).write_text("MetaDisk blobs of host local1; do not delete.\n")
+        blobs = []
+        for i in range(n):
+            filehash, _, content = make_blob(self.root, 100 + i, seed=b"flat")
+            blobs.append((filehash, content))
+        return blobs
+
+    async def found(self, filehash: str, content: bytes) -> None:
+        self.assertIs(await self.host.exists(filehash, ""), True)
+        back = self.work / "back"
+        await self.host.fetch(filehash, "", str(back), len(content))
+        self.assertEqual(back.read_bytes(), content)
+
+    async def test_flat_folder_moved_into_shards(self) -> None:
+        """
+        An old folder: its copies are found where they are, then moved into
+        their shards (in batches), the marker left at the folder's root.
+        """
+        self.patch(local, "MOVE_BATCH", 2)
+        blobs = self.flat_folder(5)
+        self.assertTrue(await self.host.claim(holds_copies=True))
+        for filehash, content in blobs:
+            await self.found(filehash, content)
+        self.assertEqual(await self.host.move_flat(), 5)
+        for filehash, content in blobs:
+            self.assertTrue(sharded(self.root, filehash).is_file())
+            self.assertFalse((self.root / filehash).exists())
+            await self.found(filehash, content)
+        self.assertTrue((self.root / MARKER).is_file())
+        self.assertEqual(await self.host.move_flat(), 0)  # nothing left: a look at the root
+        # Marked and sharded: a start on it takes it as its own.
+        (self.root / MARKER).unlink()
+        self.assertTrue(await self.host.claim(holds_copies=True))
+
+    async def test_crash_mid_move(self) -> None:
+        """
+        A crash while moving: a copy in its shard only, one still flat, one
+        in both places (a copy stored again before it moved). Each is found;
+        the next move finishes, each copy in one place, whole.
+        """
+        blobs = self.flat_folder(3)
+        [moved, _, both] = [filehash for filehash, _ in blobs]
+        for filehash in (moved, both):
+            sharded(self.root, filehash).parent.mkdir(exist_ok=True)
+            shutil.copy(self.root / filehash, sharded(self.root, filehash))
+        (self.root / moved).unlink()
+        for filehash, content in blobs:
+            await self.found(filehash, content)
+        self.assertEqual(await self.host.move_flat(), 2)
+        for filehash, content in blobs:
+            self.assertFalse((self.root / filehash).exists())
+            self.assertEqual(sharded(self.root, filehash).read_bytes(), content)
+
+    async def test_unmarked_flat_folder_not_moved(self) -> None:
+        """A folder the host cannot call its own (no marker) is not touched."""
+        [(filehash, _)] = self.flat_folder(1)
+        (self.root / MARKER).unlink()
+        self.assertEqual(await self.host.move_flat(), 0)
+        self.assertTrue((self.root / filehash).is_file())
+
+    async def test_stored_in_shards(self) -> None:
+        filehash, path, content = self.blob()
+        await self.host.store(filehash, str(path))
+        self.assertEqual(sharded(self.root, filehash).read_bytes(), content)
+        self.assertEqual(sorted(os.listdir(self.root)), sorted([MARKER, filehash[:2]]))
 
     async def test_folder_inside_an_unmounted_disk(self) -> None:
         """A host folder below the mount point is gone with the disk: not made again."""

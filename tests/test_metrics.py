@@ -14,6 +14,7 @@ from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key
 from metadisk.db import open_database
 from metadisk.ledger import Ledger
 from metadisk.metrics import Metrics
+from metadisk.store.shards import sharded
 from tests.support import (
     RunningNode,
     funded_token,
@@ -195,7 +196,7 @@ class ScrapeTests(TestCase):
         # A corrupt copy on the first host that holds it: counted, and the next host serves.
         record = await node.node.store.find(filehash)
         first_host = record.uploads[0][0]
-        (base / "hosts" / first_host / filehash).write_bytes(b"garbage")
+        sharded(base / "hosts" / first_host, filehash).write_bytes(b"garbage")
         node.node.store.cache.discard(filehash)
         key = convergent_key(DEFAULT_CONVERGENCE_SECRET, hashlib.sha256(data).hexdigest()).hex()
         response = await node.http.get(

@@ -6,9 +6,12 @@ import os
 import shutil
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.support import funded_token, json_of, start_node, test_config, upload
+from metadisk.store.cache import INDEX, BlobCache
+from metadisk.store.shards import sharded
+from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
 
 
 class RestartTests(TestCase):
@@ -81,3 +84,55 @@ class RestartTests(TestCase):
         mounted = await start_node(self, config)
         repair = await mounted.node.repair.run_once()
         self.assertEqual((repair.checked, repair.missing, repair.unknown), (3, (), 0))
+
+    async def test_flat_layout_of_an_older_node(self) -> None:
+        """
+        A node from before shards: its cache and its hosts hold their blobs
+        flat, and its cache has no index. It listens at once, serves a cached
+        blob while the cache is still being checked, and then has every blob
+        in its shard, indexed and counted.
+        """
+        base = Path(self.mktemp()).resolve()
+        config = test_config(base)
+        node = await start_node(self, config)
+        token = await funded_token(node)
+        data = os.urandom(20_000)
+        result = await json_of(await upload(node, data, token))
+        filehash = result["filehash"]
+        await node.node.sync.idle()
+        await node.stop()
+
+        # The older layout: every blob flat, no index.
+        blobs = base / "data" / "blobs"
+        folders = [blobs] + [Path(host.setting) for host in config.effective_hosts]
+        for folder in folders:
+            os.replace(sharded(folder, filehash), folder / filehash)
+            (folder / filehash[:2]).rmdir()
+        for name in os.listdir(blobs):
+            if name.startswith(INDEX):
+                (blobs / name).unlink()
+
+        # The check waits until the download is done: it runs after listening.
+        checked: Deferred[None] = Deferred()
+        check = BlobCache.check
+
+        async def held_check(cache: BlobCache) -> None:
+            await checked
+            await check(cache)
+
+        self.patch(BlobCache, "check", held_check)
+        again = await start_node(self, config)
+        download = await again.http.get(
+            again.url + f"/api/download/{filehash}", params={"key": result["key"], "token": token}
+        )
+        self.assertEqual(await download.content(), data)
+        self.assertEqual(await again.node.sync.queue.pending(), (0, 0))  # nothing fetched again
+        checked.callback(None)
+
+        async def moved() -> bool:
+            return all(sharded(folder, filehash).is_file() for folder in folders)
+
+        await eventually(moved)
+        await eventually(lambda: again.node.store.cache.used == len(data))
+        for folder in folders:
+            self.assertFalse((folder / filehash).exists())

@@ -62,11 +62,13 @@ class ResumableTestsMixin:
         async def nothing_evictable(filehashes: list[str]) -> set[str]:
             return set()
 
+        cache = BlobCache(self.base / "cache", capacity, nothing_evictable, self.clock, in_caller)
+        cache.load()
         return ResumableUploads(
             ResumableTable(self.db),
             None,  # a FileStore: these tests never store a finished upload
             self.ledger,
-            BlobCache(self.base / "cache", capacity, nothing_evictable),
+            cache,
             Meters(None, self.clock, monthly_limits={}, rate_limits={}),
             TokenGuard(self.clock, 20, 60),
             UnpaidBudget(2**30),

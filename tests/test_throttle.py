@@ -473,7 +473,7 @@ class UploadTests(Case):
 
         policy = UploadPolicy(
             ledger=ledger,
-            cache=BlobCache(base / "cache", 2**30, nothing_evictable),
+            cache=BlobCache(base / "cache", 2**30, nothing_evictable, clock, in_caller),
             meters=Meters(None, clock, monthly_limits={}, rate_limits={}),
             guard=TokenGuard(clock, 20, 60),
             max_file_size=2**30,

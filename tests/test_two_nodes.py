@@ -19,6 +19,7 @@ from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
@@ -251,7 +252,7 @@ class SharedCloudQueueTests(TestCase):
             root.mkdir()
             for filehash in filehashes:
                 (root / filehash).write_bytes(b"x")
-            cache = BlobCache(root, 2**20, lambda hashes: succeed(set()))
+            cache = BlobCache(root, 2**20, lambda hashes: succeed(set()), Clock(), in_caller)
             cache.load()
             sync = CloudSync(db, Catalog(db), cache, hosts, reactor, in_caller, name, copies=3)
             syncs.append(sync)

@@ -273,8 +273,8 @@ class CloudSync:
         if record is None:
             raise NoCopyAvailable(filehash)
         allocation = await self._cache.allocate(record.filesize)
-        # Not a blob's name: the cache clears it at start if a crash leaves it.
-        partial = self._cache.root / f"{filehash}.restore"
+        # The cache clears it at start if a crash leaves it.
+        partial = self._cache.partial(filehash)
         try:
             await self._transfer(
                 Deferred.fromCoroutine(self.fetch(filehash, partial, record.filesize))

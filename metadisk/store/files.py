@@ -85,17 +85,26 @@ class FileStore:
         return self.incoming / f"{secrets.token_hex(16)}{suffix}"
 
     async def recover(self) -> None:
-        """After a restart: clear half-received files and blobs that no record names."""
+        """
+        After a restart: clear half-received files and open the cache's
+        index (quick: the rest of the cache's check waits for L{start_checks}).
+        """
         self.incoming.mkdir(parents=True, exist_ok=True)
         for leftover in self.incoming.iterdir():
             remove(leftover)
         self.cache.load()
-        cached = self.cache.filehashes()
-        known = await self.catalog.known(cached) | await self.claims.known(cached)
-        for filehash in cached:
-            if filehash not in known:
-                self.log.info("removing unrecorded blob {filehash}", filehash=filehash)
-                self.cache.discard(filehash)
+
+    def start_checks(self) -> None:
+        """
+        Once the node listens, in the background: the cache's folder against
+        its index, and the blobs that no record names (a crash between the
+        cache and the record) removed.
+        """
+        self.cache.start_checking(self._recorded_blobs)
+
+    async def _recorded_blobs(self, filehashes: list[str]) -> set[str]:
+        known = await self.catalog.known(filehashes)
+        return known | await self.claims.known([f for f in filehashes if f not in known])
 
     async def ingest(
         self,
@@ -173,7 +182,7 @@ class FileStore:
             await self._fetch_once(record, pay)
         self.cache.touch(filehash)
         # Opened at once: an eviction after this point cannot take it away from the reader.
-        return open(self.cache.path(filehash), "rb")
+        return self.cache.open(filehash)
 
     def _fetch_once(self, record: FileRecord, pay: Pay) -> Deferred[None]:
         """

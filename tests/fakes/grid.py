@@ -21,6 +21,7 @@ from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
+from metadisk.store.shards import sharded
 from tests.fakes import FaultyHost
 
 
@@ -55,7 +56,11 @@ class Grid:
         self.clock.advance(1_000_000)
         self.catalog = Catalog(db)
         self.cache = BlobCache(
-            base / "cache", 64 * 2**20, lambda fhs: self.catalog.replicated(fhs, copies)
+            base / "cache",
+            64 * 2**20,
+            lambda fhs: self.catalog.replicated(fhs, copies),
+            Clock(),  # its own: the index's batches are no round of the sync's
+            in_caller,
         )
         self.cache.load()
         self.hosts = hosts
@@ -106,4 +111,4 @@ class Grid:
 
     def copy_on(self, name: str, filehash: str) -> Path:
         """Where the local host C{name} keeps its copy of C{filehash}."""
-        return self.base / name / filehash
+        return sharded(self.base / name, filehash)

@@ -5,6 +5,10 @@ The folder carries a marker file, so that a disk that is not mounted is told
 apart from a host that lost its copies: without the marker the host never
 answers that a copy is gone (repair would copy every blob again) and stores
 nothing (it would fill the disk under the mount point).
+
+Blobs are in shard folders by filehash (C{ab/abcdef…}); a folder of the older
+flat layout is moved into shards in the background once the node listens,
+and a blob is found in either place meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import RunBlocking
 from metadisk.store.hosts import HostError, Stored, check_filehash, host_errors, one
+from metadisk.store.shards import flat, flat_blobs, is_shard, move_into_shard, sharded
 
 # copy_file_range cannot do this copy (another filesystem, an old kernel, a special file…).
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -91,13 +96,15 @@ def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
             i, lambda partial=partials[i], destination=destination: os.replace(partial, destination)
         )
     placed = {destination.parent for i, (_, destination) in enumerate(copies) if not outcome[i]}
-    for folder in placed:
+    # The shards' entries too: a shard made for this batch must survive a crash with it.
+    for folder in placed | {shard.parent for shard in placed}:
         with host_errors():
             _flush(folder)  # the renames: a crash must not lose a copy recorded as made
     return outcome
 
 
 def _write(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(exist_ok=True)  # its shard
     # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
     with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
         _copy_contents(src, dst)
@@ -113,6 +120,7 @@ def _flush(path: Path) -> None:
 
 
 MARKER = ".metadisk-host"
+MOVE_BATCH = 10_000  # flat blobs moved into their shards per call in the thread pool
 
 
 @implementer(IFileHost)
@@ -127,6 +135,7 @@ class LocalDirectoryHost:
     # A host that holds no copy yet may make its folder (and mark it) when it is not
     # there. Set at start from the node's records; false once a copy is stored.
     _new: bool = True
+    _stopping: bool = False  # the node stops: the move into shards ends after its batch
 
     log = Logger()
 
@@ -175,7 +184,53 @@ class LocalDirectoryHost:
 
     def _object(self, filehash: str) -> Path:
         check_filehash(filehash)
-        return self.root / filehash
+        return sharded(self.root, filehash)
+
+    def _find(self, filehash: str) -> Path:
+        """Where the copy is: its shard, or the flat layout's place if not moved yet."""
+        where = self._object(filehash)
+        if where.is_file() or not flat(self.root, filehash).is_file():
+            return where
+        return flat(self.root, filehash)
+
+    async def move_flat(self) -> int:
+        """
+        Move the blobs of the flat layout into their shards, a batch at a
+        time in the thread pool (once the node listens: a large folder takes
+        a while, and its blobs are found in either place meanwhile). Only in
+        the host's own, marked, folder. The number moved.
+        """
+        moved = 0
+        before: list[str] = []
+        while not self._stopping:
+            batch = await self._run_blocking(self._move_batch)
+            if not batch:
+                break
+            if batch == before:
+                raise HostError(f"cannot move the blobs of {self.root} into shards")
+            moved += len(batch)
+            before = batch
+        if moved:
+            self.log.info("host {host}: moved {n} blobs into shards", host=self.name, n=moved)
+        return moved
+
+    def _move_batch(self) -> list[str]:
+        if not self.marker.is_file():
+            return []
+        batch = flat_blobs(self.root, MOVE_BATCH)
+        for filehash in batch:
+            try:
+                move_into_shard(self.root, filehash)
+            except FileNotFoundError:
+                pass  # moved or removed meanwhile
+        for folder in {sharded(self.root, filehash).parent for filehash in batch}:
+            _flush(folder)
+        if batch:
+            _flush(self.root)  # the renames out of it, and the shards made for them
+        return batch
+
+    def stop_moving(self) -> None:
+        self._stopping = True
 
     def _check_marked(self) -> None:
         if not self.marker.is_file():
@@ -206,19 +261,22 @@ class LocalDirectoryHost:
         return self._run_blocking(store_all)
 
     def _url(self, filehash: str) -> str:
-        return f"{self.public_url.rstrip('/')}/{filehash}" if self.public_url else ""
+        # The copy's place under the folder, shard and all: a plain static server serves it.
+        where = f"{filehash[:2]}/{filehash}"
+        return f"{self.public_url.rstrip('/')}/{where}" if self.public_url else ""
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
         # The object is found by its filehash, never by a URL that came from elsewhere.
         # Without its disk the copy is not there to read: an error, which loses nothing.
-        return self._run_blocking(_copy, self._object(filehash), Path(destination))
+        check_filehash(filehash)
+        return self._run_blocking(lambda: _copy(self._find(filehash), Path(destination)))
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:
-        target = self._object(filehash)
+        check_filehash(filehash)
 
         def exists() -> bool:
             with host_errors():
-                if target.is_file():
+                if self._find(filehash).is_file():
                     return True
                 self._check_marked()  # only the host's own folder may say a copy is gone
                 return False
@@ -227,8 +285,19 @@ class LocalDirectoryHost:
 
 
 def _holds_a_blob(root: Path) -> bool:
+    """Whether the folder holds any blob, flat or in a shard (a look at a few entries)."""
     try:
         with os.scandir(root) as entries:
-            return any(is_hex64(entry.name) for entry in entries)
+            folders = []
+            for entry in entries:
+                if is_hex64(entry.name):
+                    return True
+                if is_shard(entry.name):
+                    folders.append(entry.path)
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                if any(is_hex64(entry.name) for entry in entries):
+                    return True
     except FileNotFoundError:
-        return False
+        pass
+    return False
