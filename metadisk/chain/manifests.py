@@ -93,8 +93,7 @@ class ManifestStore:
             self._cache.touch(manifest.manifest)
             return manifest
         allocation = await self._cache.allocate(manifest.size)
-        # Not a blob's name: the cache clears it at start if a crash leaves it.
-        partial = self._cache.root / f"{manifest.manifest}.manifest"
+        partial = self._cache.partial(manifest.manifest, "manifest")
         try:
             await self._run_blocking(_write, str(partial), data)
         except BaseException:

@@ -122,9 +122,12 @@ class BlobCache:
             return flat(self.root, filehash)
         return where
 
-    def partial(self, filehash: str) -> Path:
-        """Where a blob fetched back from a host is written before L{add}; cleared at start."""
-        return self.root / PARTIAL / f"{filehash}.restore"
+    def partial(self, filehash: str, purpose: str = "restore") -> Path:
+        """
+        Where a blob on its way in (fetched back from a host, or a manifest
+        being written) is put before L{add}; cleared at start.
+        """
+        return self.root / PARTIAL / f"{filehash}.{purpose}"
 
     def open(self, filehash: str) -> BinaryIO:
         """Open a cached blob for reading (an eviction after this cannot take it away)."""
