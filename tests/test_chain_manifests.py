@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from metadisk.chain import codec
@@ -29,6 +30,7 @@ from metadisk.store.catalog import Catalog
 from metadisk.store.cloudsync import CloudSync
 from metadisk.store.hosts.local import LocalDirectoryHost
 from metadisk.store.repair import Repair
+from metadisk.store.shards import sharded
 from tests.fakes import FaultyHost
 from tests.support import local_host, test_config
 from tests.test_chain_sync import TIMEOUT, WAIT, ChainTestCase, filehash
@@ -45,35 +47,56 @@ class ManifestTestCase(ChainTestCase):
         self.base.mkdir(parents=True)
         self.catalog = Catalog(db)
         self.cache = BlobCache(
-            self.base / "cache", 2**30, lambda fhs: self.catalog.replicated(fhs, copies)
+            root=self.base / "cache",
+            capacity=2**30,
+            evictable=lambda fhs: self.catalog.replicated(fhs, copies),
+            clock=Clock(),  # its own: the index's batches are no round of the sync's
+            run_blocking=in_caller,
         )
         self.cache.load()
         self.hosts = [
             FaultyHost(
                 LocalDirectoryHost(
-                    f"p{i}", self.base / f"p{i}", in_caller, public_url=f"http://p{i}.example/m"
+                    name=f"p{i}",
+                    root=self.base / f"p{i}",
+                    run_blocking=in_caller,
+                    public_url=f"http://p{i}.example/m",
                 )
             )
             for i in range(hosts)
         ]
         self.sync = CloudSync(
-            db, self.catalog, self.cache, self.hosts, self.clock, in_caller, "node-a", copies
+            db=db,
+            catalog=self.catalog,
+            cache=self.cache,
+            hosts=self.hosts,
+            clock=self.clock,
+            run_blocking=in_caller,
+            node_id="node-a",
+            copies=copies,
         )
         return db
 
     def manifest_publisher(self, db: IDatabase, node_id: str = "node-a", **kw: Any) -> Publisher:
         """A publisher in format auto; each call is a node (re)started on C{db}."""
-        store = ManifestStore(self.catalog, self.cache, self.sync, self.clock, in_caller, WAIT)
+        store = ManifestStore(
+            catalog=self.catalog,
+            cache=self.cache,
+            sync=self.sync,
+            clock=self.clock,
+            run_blocking=in_caller,
+            publish_wait=WAIT,
+        )
         kw.setdefault("records_per_manifest", PER_MANIFEST)
         kw.setdefault("make_manifests", True)
         return Publisher(
-            db,
-            self.chain,
-            Catalog(db),
-            ChainQueue(db, WAIT),
-            self.clock,
-            node_id,
-            60.0,
+            db=db,
+            chain=self.chain,
+            catalog=Catalog(db),
+            queue=ChainQueue(db, WAIT),
+            clock=self.clock,
+            node_id=node_id,
+            recover_after=60.0,
             manifests=store,
             manifest_wait=MANIFEST_WAIT,
             **kw,
@@ -109,8 +132,9 @@ class ManifestTestCase(ChainTestCase):
     def manifest_records(self, announcement: codec.Announcement) -> list[str]:
         """The filehashes of an announced manifest, as a reader gets them from its first URL."""
         name, url = announcement.uploads[0]
-        self.assertEqual(url, f"http://{name}.example/m/{announcement.manifest}")
-        data = (self.base / name / announcement.manifest).read_bytes()
+        shard = f"{announcement.manifest[:2]}/{announcement.manifest}"
+        self.assertEqual(url, f"http://{name}.example/m/{shard}")
+        data = (self.base / name / shard).read_bytes()
         records, problems = codec.decode_manifest(data, announcement)
         self.assertEqual(problems, [])
         return [record.filehash for record in records]
@@ -316,13 +340,21 @@ class ManifestBlobTests(ManifestTestCase):
         [announcement], _ = self.published()
         manifest = announcement.manifest
         self.cache.discard(manifest)  # evicted once on its hosts
-        (self.base / "p1" / manifest).unlink()
-        repair = Repair(db, self.sync, self.cache, self.hosts, self.clock, in_caller, sample=100)
+        sharded(self.base / "p1", manifest).unlink()
+        repair = Repair(
+            db=db,
+            sync=self.sync,
+            cache=self.cache,
+            hosts=self.hosts,
+            clock=self.clock,
+            run_blocking=in_caller,
+            sample=100,
+        )
         self.assertEqual((await repair.run_once()).missing, ((manifest, "p1"),))
         await self.sync.idle()
         self.assertEqual(len(await Catalog(db).hosts_of(manifest)), 3)
-        copy = (self.base / "p1" / manifest).read_bytes()
-        self.assertEqual(copy, (self.base / "p0" / manifest).read_bytes())
+        copy = sharded(self.base / "p1", manifest).read_bytes()
+        self.assertEqual(copy, sharded(self.base / "p0", manifest).read_bytes())
 
 
 class Counting:
