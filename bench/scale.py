@@ -207,7 +207,15 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
             return []
 
     hosts = [Holding(name) for name in HOSTS]
-    repair = Repair(db, Sync(Metrics()), None, hosts, reactor, None, sample=20)
+    repair = Repair(
+        db=db,
+        sync=Sync(Metrics()),
+        cache=None,
+        hosts=hosts,
+        clock=reactor,
+        run_blocking=None,
+        sample=20,
+    )
     repair_times = []
     for _ in range(ROUNDS):
         start = time.perf_counter()
@@ -226,7 +234,7 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
     rpc = JSONRPCClient.from_url(chain_url, HTTPClient(Agent(reactor)), reactor, 30.0)
     tip = len(fake.blocks) - 1
     await db.execute("DELETE FROM chain_blocks")  # its hashes are not the fake chain's
-    reader = Reader(db, Florincoin(rpc), reactor, start_height=tip + 1)
+    reader = Reader(db=db, chain=Florincoin(rpc), clock=reactor, start_height=tip + 1)
     read_times = []
     for n in range(ROUNDS):
         fake.publish(

@@ -60,7 +60,7 @@ class _RateWindow:
         return recent // RATE_WINDOW
 
 
-@define
+@define(kw_only=True)
 class Meters:
     """
     Counts bytes as they flow, by direction and by the month they flowed in;

@@ -128,10 +128,17 @@ def manifest_store(
             " published inline, as with format 0.2"
         )
         return None
-    return ManifestStore(catalog, cache, sync, reactor, run_blocking, config.chain.publish_wait)
+    return ManifestStore(
+        catalog=catalog,
+        cache=cache,
+        sync=sync,
+        clock=reactor,
+        run_blocking=run_blocking,
+        publish_wait=config.chain.publish_wait,
+    )
 
 
-@define
+@define(kw_only=True)
 class Node:
     config: Config
     db: IDatabase
@@ -230,8 +237,8 @@ async def build_node(
     if refunded:
         Node.log.info("refunded {n} transfers cut short by the last stop", n=refunded)
     meters = Meters(
-        db,
-        reactor,
+        db=db,
+        clock=reactor,
         monthly_limits={
             INCOMING: config.bandwidth.monthly_incoming,
             OUTGOING: config.bandwidth.monthly_outgoing,
@@ -245,11 +252,11 @@ async def build_node(
     catalog = Catalog(db)
     claims = Claims(db)
     cache = BlobCache(
-        config.node.data_dir / BLOBS,
-        config.storage.capacity,
-        evictable(catalog, claims, config.replication.copies),
-        reactor,
-        run_blocking,
+        root=config.node.data_dir / BLOBS,
+        capacity=config.storage.capacity,
+        evictable=evictable(catalog, claims, config.replication.copies),
+        clock=reactor,
+        run_blocking=run_blocking,
     )
     bandwidth = Bandwidth.from_config(config.bandwidth, reactor)
     # rclone limits its own transfers to a host; no other host tool can. Host
@@ -277,17 +284,17 @@ async def build_node(
     # The URLs of records from the chain are strangers': public addresses only.
     listening = ListeningAddresses()
     policy = AddressPolicy(config.chain.fetch_allowed_networks, listening)
-    strangers = public_agent(reactor, PublicEndpoints(reactor, policy))
+    strangers = public_agent(reactor, PublicEndpoints(reactor=reactor, policy=policy))
     urls = URLHost(strangers, config.storage.capacity, reactor)
     sync = CloudSync(
-        db,
-        catalog,
-        cache,
-        hosts,
-        reactor,
-        run_blocking,
-        node_id,
-        config.replication.copies,
+        db=db,
+        catalog=catalog,
+        cache=cache,
+        hosts=hosts,
+        clock=reactor,
+        run_blocking=run_blocking,
+        node_id=node_id,
+        copies=config.replication.copies,
         meters=meters,
         unmetered=local,
         metrics=metrics,
@@ -299,12 +306,12 @@ async def build_node(
     # what a fetch cut short by the last stop left there is of no use.
     await run_blocking(shutil.rmtree, config.node.data_dir / "manifests", True)
     lane = ManifestLane(
-        Announcements(db),
-        URLHost(strangers, MAX_MANIFEST_SIZE, reactor),
-        reactor,
-        run_blocking,
-        config.node.data_dir / "manifests",
-        metrics,
+        announcements=Announcements(db),
+        urls=URLHost(strangers, MAX_MANIFEST_SIZE, reactor),
+        clock=reactor,
+        run_blocking=run_blocking,
+        directory=config.node.data_dir / "manifests",
+        metrics=metrics,
         slowest_rate=slowest,
     )
     chain, chain_status = chain_sync(
@@ -320,26 +327,26 @@ async def build_node(
     )
     metrics.watch(meters, sync, cache, [host.name for host in hosts])
     claim_fetcher = ClaimFetcher(
-        claims,
-        urls,
-        reactor,
-        run_blocking,
-        config.storage.capacity,
-        meters,
-        metrics,
+        claims=claims,
+        urls=urls,
+        clock=reactor,
+        run_blocking=run_blocking,
+        largest=config.storage.capacity,
+        meters=meters,
+        metrics=metrics,
         slowest_rate=slowest,
     )
     store = FileStore(
-        db,
-        catalog,
-        claims,
-        cache,
-        sync,
-        claim_fetcher,
-        reactor,
-        run_blocking,
-        config.crypto.convergence_secret,
-        config.node.data_dir / "incoming",
+        db=db,
+        catalog=catalog,
+        claims=claims,
+        cache=cache,
+        sync=sync,
+        claim_fetcher=claim_fetcher,
+        clock=reactor,
+        run_blocking=run_blocking,
+        convergence_secret=config.crypto.convergence_secret,
+        incoming=config.node.data_dir / "incoming",
         recorded=chain_queue.add,  # the chain's queue, in the transaction that records a file
     )
     await store.recover()
@@ -354,13 +361,13 @@ async def build_node(
             share=unpaid.share,
         )
     files_api = FilesAPI(
-        store,
-        ledger_if_enabled,
-        meters,
-        guard,
-        cooperator or Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
-        config.storage.max_file_size,
-        chain_status,
+        store=store,
+        ledger=ledger_if_enabled,
+        meters=meters,
+        guard=guard,
+        cooperator=cooperator or Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
+        max_file_size=config.storage.max_file_size,
+        chain_status=chain_status,
         outgoing=bandwidth.outgoing,
     )
     accounts_api = (
@@ -369,25 +376,28 @@ async def build_node(
         else None
     )
     resumable = ResumableUploads(
-        ResumableTable(db),
-        store,
-        ledger_if_enabled,
-        cache,
-        meters,
-        guard,
-        unpaid,
-        reactor,
-        run_blocking,
-        node_id,
-        config.node.data_dir / "resumable",
-        config.uploads.resumable_expiry,
-        config.uploads.resumable_per_token,
-        config.storage.max_file_size,
+        table=ResumableTable(db),
+        store=store,
+        ledger=ledger_if_enabled,
+        cache=cache,
+        meters=meters,
+        guard=guard,
+        unpaid=unpaid,
+        clock=reactor,
+        run_blocking=run_blocking,
+        node_id=node_id,
+        folder=config.node.data_dir / "resumable",
+        expiry=config.uploads.resumable_expiry,
+        per_token=config.uploads.resumable_per_token,
+        max_file_size=config.storage.max_file_size,
     )
     await resumable.recover()
     tus = TusIntake(resumable, guard, bandwidth.incoming)
     root = NodeRoot(
-        files_api, accounts_api, TusAPI(tus, config.storage.max_file_size), metrics=metrics
+        files=files_api,
+        accounts=accounts_api,
+        tus=TusAPI(tus, config.storage.max_file_size),
+        metrics=metrics,
     )
     policy = UploadPolicy(
         ledger=ledger_if_enabled,
@@ -412,7 +422,13 @@ async def build_node(
         tus=tus,
     )
     repair = Repair(
-        db, sync, cache, hosts, reactor, run_blocking, sample=config.replication.repair_sample
+        db=db,
+        sync=sync,
+        cache=cache,
+        hosts=hosts,
+        clock=reactor,
+        run_blocking=run_blocking,
+        sample=config.replication.repair_sample,
     )
     # The local-only listener of the private API: the same resources, on a site marked private.
     private_site = (
@@ -432,16 +448,16 @@ async def build_node(
         else None
     )
     return Node(
-        config,
-        db,
-        ledger,
-        meters,
-        store,
-        guard,
-        site,
-        secret_key,
-        metrics,
-        chain,
+        config=config,
+        db=db,
+        ledger=ledger,
+        meters=meters,
+        store=store,
+        guard=guard,
+        site=site,
+        secret_key=secret_key,
+        metrics=metrics,
+        chain=chain,
         repair=repair,
         private_site=private_site,
         listening=listening,

@@ -33,7 +33,13 @@ class CacheTests(TestCase):
         self.cache = self.open()
 
     def open(self) -> BlobCache:
-        cache = BlobCache(self.root, 1000, self.evictable, self.clock, in_caller)
+        cache = BlobCache(
+            root=self.root,
+            capacity=1000,
+            evictable=self.evictable,
+            clock=self.clock,
+            run_blocking=in_caller,
+        )
         cache.load()
         return cache
 

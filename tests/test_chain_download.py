@@ -43,7 +43,7 @@ LOOPBACK = ["127.0.0.0/8"]  # where the test servers are: to be let through
 
 def loopback_agent() -> Any:
     policy = AddressPolicy(networks(LOOPBACK))
-    return public_agent(reactor, PublicEndpoints(reactor, policy))
+    return public_agent(reactor, PublicEndpoints(reactor=reactor, policy=policy))
 
 
 class BlobServer:
@@ -125,7 +125,7 @@ class DownloadFromChainTests(TestCase):
         node = await start_node(self, config)
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(fake), clock)
-        await Reader(node.node.db, Florincoin(rpc), clock).read_once()
+        await Reader(db=node.node.db, chain=Florincoin(rpc), clock=clock).read_once()
 
         found = await json_of(await node.http.get(f"{node.url}/api/find/{filehash}"))
         self.assertEqual(found, record)

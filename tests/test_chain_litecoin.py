@@ -256,7 +256,7 @@ class LitecoinSyncTests(ChainTestCase):
         self.assertGreater(await publisher.publish_once(), 0)
         await self.node.mine()
         self.assertEqual(await ChainQueue(a, 3600).pending(self.clock.seconds()), (0, 0))
-        reader = Reader(b, self.chain, self.clock, start_height=100)
+        reader = Reader(db=b, chain=self.chain, clock=self.clock, start_height=100)
         self.assertEqual(await reader.read_once(), 4)  # blocks 100 to 103
         for h in hashes:
             self.assertEqual(
@@ -265,5 +265,10 @@ class LitecoinSyncTests(ChainTestCase):
 
     def publisher(self, db: Any, node_id: str = "node-a", chain: Any = None) -> Publisher:
         return Publisher(
-            db, chain or self.chain, Catalog(db), ChainQueue(db, 3600), self.clock, node_id
+            db=db,
+            chain=chain or self.chain,
+            catalog=Catalog(db),
+            queue=ChainQueue(db, 3600),
+            clock=self.clock,
+            node_id=node_id,
         )

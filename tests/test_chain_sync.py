@@ -115,11 +115,17 @@ class ChainTestCase(TestCase):
 
     def publisher(self, db: IDatabase, node_id: str = "node-a", chain: Any = None) -> Publisher:
         return Publisher(
-            db, chain or self.chain, Catalog(db), ChainQueue(db, WAIT), self.clock, node_id, 60.0
+            db=db,
+            chain=chain or self.chain,
+            catalog=Catalog(db),
+            queue=ChainQueue(db, WAIT),
+            clock=self.clock,
+            node_id=node_id,
+            recover_after=60.0,
         )
 
     def reader(self, db: IDatabase, **kw: Any) -> Reader:
-        return Reader(db, self.chain, self.clock, **kw)
+        return Reader(db=db, chain=self.chain, clock=self.clock, **kw)
 
     def sent_comments(self) -> list[str]:
         return [self.fake.transactions[e["txid"]]["tx-comment"] for e in self.fake.wallet]
@@ -456,7 +462,11 @@ class ReaderTests(ChainTestCase):
 class ServiceTests(ChainTestCase):
     def service(self, db: IDatabase) -> ChainService:
         lane = ManifestLane(
-            Announcements(db), URLHost(None, 0, self.clock), self.clock, in_caller, Path("unused")
+            announcements=Announcements(db),
+            urls=URLHost(None, 0, self.clock),
+            clock=self.clock,
+            run_blocking=in_caller,
+            directory=Path("unused"),
         )
         return ChainService(
             self.chain,

@@ -253,13 +253,13 @@ class ReplicationTests(TestCase):
         """A plowup that hangs: its process group is killed at the runner's timeout."""
         processes = FakeProcessReactor()
         runner = ProcessRunner(
-            processes,
-            Clock(),
+            reactor=processes,
+            clock=Clock(),
             timeout=30,
             env={"PATH": os.environ["PATH"]},
             killpg=processes.killpg,
         )
-        plow = PlowshareHost("plow", "rghost", runner, in_caller)
+        plow = PlowshareHost(name="plow", site="rghost", runner=runner, run_blocking=in_caller)
         grid = await Grid.create(self, hosts=3, extra=[plow])
         runner._clock = grid.clock  # the grid's clock drives everything
         self.patch(ProcessRunner, "_spawn", _spawn_found)
@@ -296,18 +296,24 @@ class FetchTests(TestCase):
         incoming = grid.base / "incoming-files"
         incoming.mkdir()
         claims = Claims(grid.db)
-        urls = ClaimFetcher(claims, URLHost(None, 0, grid.clock), grid.clock, in_caller, 0)
+        urls = ClaimFetcher(
+            claims=claims,
+            urls=URLHost(None, 0, grid.clock),
+            clock=grid.clock,
+            run_blocking=in_caller,
+            largest=0,
+        )
         return FileStore(
-            grid.db,
-            grid.catalog,
-            claims,
-            grid.cache,
-            grid.sync,
-            urls,
-            grid.clock,
-            in_caller,
-            b"s",
-            incoming,
+            db=grid.db,
+            catalog=grid.catalog,
+            claims=claims,
+            cache=grid.cache,
+            sync=grid.sync,
+            claim_fetcher=urls,
+            clock=grid.clock,
+            run_blocking=in_caller,
+            convergence_secret=b"s",
+            incoming=incoming,
         )
 
     async def test_a_reader_leaving_does_not_cancel_a_shared_fetch(self) -> None:

@@ -202,7 +202,10 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         self.work = Path(self.mktemp()).resolve()
         self.root = self.work / "host"
         self.host = LocalDirectoryHost(
-            "local1", self.root, in_caller, public_url="https://files.example/metadisk/"
+            name="local1",
+            root=self.root,
+            run_blocking=in_caller,
+            public_url="https://files.example/metadisk/",
         )
 
     async def lose(self, filehash: str, url: str) -> None:
@@ -221,7 +224,9 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         filehash, path, _ = self.blob()
         url = await self.host.store(filehash, str(path))
         self.assertEqual(url, f"https://files.example/metadisk/{filehash[:2]}/{filehash}")
-        unserved = LocalDirectoryHost("local2", self.work / "unserved", in_caller)
+        unserved = LocalDirectoryHost(
+            name="local2", root=self.work / "unserved", run_blocking=in_caller
+        )
         self.assertEqual(await unserved.store(filehash, str(path)), "")
         self.assertIs(await unserved.exists(filehash, ""), True)
 
@@ -325,7 +330,7 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
     async def test_folder_inside_an_unmounted_disk(self) -> None:
         """A host folder below the mount point is gone with the disk: not made again."""
         mount = self.work / "mnt"
-        host = LocalDirectoryHost("local2", mount / "metadisk", in_caller)
+        host = LocalDirectoryHost(name="local2", root=mount / "metadisk", run_blocking=in_caller)
         self.assertTrue(await host.claim(holds_copies=False))
         filehash, path, _ = self.blob()
         url = await host.store(filehash, str(path))
@@ -384,8 +389,8 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         self.host = self.rclone(self.server.remote())
 
     def rclone(self, remote: str, timeout: float = 30.0) -> RcloneHost:
-        runner = ProcessRunner(reactor, reactor, timeout=timeout, env=self.env)
-        return RcloneHost("webdav1", remote, runner, in_caller)
+        runner = ProcessRunner(reactor=reactor, clock=reactor, timeout=timeout, env=self.env)
+        return RcloneHost(name="webdav1", remote=remote, runner=runner, run_blocking=in_caller)
 
     async def lose(self, filehash: str, url: str) -> None:
         (self.server.root / "blobs" / filehash).unlink()
@@ -501,8 +506,10 @@ class PlowshareHostTests(FileHostTestsMixin, TestCase):
         self.addCleanup(lambda: self.assertEqual(os.listdir(scratch), []))
 
     def plowshare(self, site: str, timeout: float = 30.0) -> PlowshareHost:
-        runner = ProcessRunner(reactor, reactor, timeout=timeout, kill_grace=2, env=self.env)
-        return PlowshareHost("plow1", site, runner, in_caller)
+        runner = ProcessRunner(
+            reactor=reactor, clock=reactor, timeout=timeout, kill_grace=2, env=self.env
+        )
+        return PlowshareHost(name="plow1", site=site, runner=runner, run_blocking=in_caller)
 
     def mode(self, mode: str) -> None:
         set_plowshare_mode(self.sites, "rghost", mode)
@@ -645,10 +652,15 @@ class TransferTimeoutTests(TestCase):
 
     async def test_rclone(self) -> None:
         runner = RecordingRunner(lambda: fail(HostError("recorded")))
-        host = RcloneHost("r", ":webdav,url='http://127.0.0.1:1':b", runner, in_caller)
+        host = RcloneHost(
+            name="r",
+            remote=":webdav,url='http://127.0.0.1:1':b",
+            runner=runner,
+            run_blocking=in_caller,
+        )
         await self.check(host, runner, ["rclone copyto", "rclone copyto", "rclone lsjson"])
 
     async def test_plowshare(self) -> None:
         runner = RecordingRunner(lambda: fail(HostError("recorded")))
-        host = PlowshareHost("p", "rghost", runner, in_caller)
+        host = PlowshareHost(name="p", site="rghost", runner=runner, run_blocking=in_caller)
         await self.check(host, runner, ["plowup rghost", "plowdown rghost", "plowprobe rghost"])

@@ -109,14 +109,14 @@ class ManifestTestCase(ChainTestCase):
 
     def lane(self, db: IDatabase, allowed: tuple[str, ...] = ("127.0.0.0/8",)) -> ManifestLane:
         policy = AddressPolicy(networks(list(allowed)))
-        agent = public_agent(reactor, PublicEndpoints(reactor, policy))
+        agent = public_agent(reactor, PublicEndpoints(reactor=reactor, policy=policy))
         return ManifestLane(
-            Announcements(db),
-            URLHost(agent, codec.MAX_MANIFEST_SIZE, self.clock),
-            self.clock,
-            in_caller,
-            Path(self.mktemp()),
-            self.metrics,
+            announcements=Announcements(db),
+            urls=URLHost(agent, codec.MAX_MANIFEST_SIZE, self.clock),
+            clock=self.clock,
+            run_blocking=in_caller,
+            directory=Path(self.mktemp()),
+            metrics=self.metrics,
         )
 
     def publish_manifest(
@@ -528,7 +528,7 @@ class LitecoinManifestTests(ManifestTestCase):
         await self.node.mine()
         for _ in range(2):  # a node that follows the chain, then a cold one started later
             db = await self.database()
-            await Reader(db, self.chain, self.clock, start_height=100).read_once()
+            await Reader(db=db, chain=self.chain, clock=self.clock, start_height=100).read_once()
             self.assertEqual(await self.status(db), (1, 0))
             self.assertEqual(await self.lane(db).fetch_due(), 1)
             self.assertEqual(await self.status(db), (0, 100))

@@ -27,8 +27,8 @@ class MetersTests(TestCase):
         db = await open_database(f"sqlite:///{Path(self.mktemp()).resolve()}", reactor)
         self.addCleanup(db.close)
         return db, Meters(
-            db,
-            clock,
+            db=db,
+            clock=clock,
             monthly_limits={
                 INCOMING: limits.get("incoming", 0),
                 OUTGOING: limits.get("outgoing", 0),
@@ -54,7 +54,7 @@ class MetersTests(TestCase):
         self.assertEqual(meters.current(OUTGOING), 0)
 
         # Another node (or a restart) on the same database sees the same figures.
-        again = Meters(db, clock, monthly_limits={}, rate_limits={})
+        again = Meters(db=db, clock=clock, monthly_limits={}, rate_limits={})
         await again.flush()
         self.assertEqual(again.snapshot()["total"], {INCOMING: 150, OUTGOING: 7})
         self.assertEqual(again.snapshot()["current"], {INCOMING: 50, OUTGOING: 0})

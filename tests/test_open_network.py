@@ -118,7 +118,7 @@ class RecordURLsInsideTests(TestCase):
         self.chain.mine()
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(self.chain), clock)
-        await Reader(node.node.db, Florincoin(rpc), clock).read_once()
+        await Reader(db=node.node.db, chain=Florincoin(rpc), clock=clock).read_once()
 
     async def download(self, node: RunningNode, filehash: str) -> tuple[int, Any]:
         """The ciphertext, as anyone may ask for it: (status, body)."""
@@ -560,7 +560,7 @@ class ChainInputBoundsTests(TestCase):
         self.chain = FakeFlorincoind()
         clock = Clock()
         rpc = JSONRPCClient.from_url("http://flo:secret@florincoind/", StubTreq(self.chain), clock)
-        return db, Reader(db, Florincoin(rpc), clock)
+        return db, Reader(db=db, chain=Florincoin(rpc), clock=clock)
 
     async def stored(self, db: Any) -> int:
         """Bytes of entries the node keeps (decoded regions of incomplete batches)."""

@@ -49,8 +49,8 @@ class FakeProcessTests(TestCase):
         self.clock = Clock()
         self.env = install_tool(self, "mytool", "")
         self.runner = ProcessRunner(
-            self.processes,
-            self.clock,
+            reactor=self.processes,
+            clock=self.clock,
             max_processes=2,
             timeout=30,
             kill_grace=5,
@@ -190,7 +190,9 @@ class FakeProcessTests(TestCase):
         self.assertEqual(self.runner.running, 0)
 
     def test_tool_missing(self) -> None:
-        runner = ProcessRunner(self.processes, self.clock, env={"PATH": "/nonexistent"})
+        runner = ProcessRunner(
+            reactor=self.processes, clock=self.clock, env={"PATH": "/nonexistent"}
+        )
         error = self.failureResultOf(runner.run(TOOL, []), ToolNotFound).value
         self.assertEqual(str(error), "mytool is not installed (not found on PATH)")
         self.assertEqual(runner.running, 0)
@@ -230,7 +232,7 @@ class RealProcessTests(TestCase):
             "print('bad news', file=sys.stderr)\n"
             "sys.exit(int(sys.argv[1]))\n",
         )
-        runner = ProcessRunner(reactor, reactor, env=env, timeout=20)
+        runner = ProcessRunner(reactor=reactor, clock=reactor, env=env, timeout=20)
         result = await runner.run(Tool("talker"), ["0", "two words"])
         self.assertEqual(result.text, "group leader: True ['0', 'two words']\n")
         self.assertEqual(result.stderr, "bad news")
@@ -251,7 +253,7 @@ class RealProcessTests(TestCase):
             f"open({str(pids)!r}, 'w').write(str(child.pid))\n"
             "time.sleep(600)\n",
         )
-        runner = ProcessRunner(reactor, reactor, env=env, timeout=1.5, kill_grace=2)
+        runner = ProcessRunner(reactor=reactor, clock=reactor, env=env, timeout=1.5, kill_grace=2)
         d = runner.run(Tool("hanger"), [])
         await eventually(lambda: pids.exists() and pids.read_text(), 10)
         grandchild = int(pids.read_text())
@@ -262,7 +264,7 @@ class RealProcessTests(TestCase):
 
     async def test_cancel_real(self) -> None:
         env = install_tool(self, "sleeper", "import time\ntime.sleep(600)\n")
-        runner = ProcessRunner(reactor, reactor, env=env, timeout=60)
+        runner = ProcessRunner(reactor=reactor, clock=reactor, env=env, timeout=60)
         d = runner.run(Tool("sleeper"), [])
         waited: Deferred[None] = Deferred()
         reactor.callLater(0.3, waited.callback, None)

@@ -266,7 +266,9 @@ class PublicEndpointTests(SynchronousTestCase):
         self, url: bytes, names: dict[str, list[str]], **options: Any
     ) -> tuple[Deferred[Any], MemoryReactorClock, StaticResolver]:
         reactor, resolver = MemoryReactorClock(), StaticResolver(names)
-        endpoints = PublicEndpoints(reactor, AddressPolicy(), resolver, **options)
+        endpoints = PublicEndpoints(
+            reactor=reactor, policy=AddressPolicy(), resolver=resolver, **options
+        )
         factory = Factory.forProtocol(Protocol)
         return endpoints.endpointForURI(URI.fromBytes(url)).connect(factory), reactor, resolver
 
@@ -322,7 +324,9 @@ class PublicEndpointTests(SynchronousTestCase):
         self.assertEqual(names, ["files.example"])
 
     def test_what_cannot_be_a_url_host(self) -> None:
-        endpoints = PublicEndpoints(MemoryReactorClock(), AddressPolicy(), StaticResolver({}))
+        endpoints = PublicEndpoints(
+            reactor=MemoryReactorClock(), policy=AddressPolicy(), resolver=StaticResolver({})
+        )
         for url in (b"ftp://files.example/blob", b"http://files.example:0/", b"http://h:99999/"):
             with self.assertRaises(HostError):
                 endpoints.endpointForURI(URI.fromBytes(url))
@@ -340,7 +344,7 @@ def url_host(
 ) -> URLHost:
     """A URL host on the guarded path, letting C{allowed} networks through."""
     policy = AddressPolicy(networks(allowed), own or ListeningAddresses())
-    agent = public_agent(reactor, PublicEndpoints(reactor, policy, **options))
+    agent = public_agent(reactor, PublicEndpoints(reactor=reactor, policy=policy, **options))
     return URLHost(agent, 10**6, reactor)
 
 
@@ -397,7 +401,8 @@ class CountedFetchTests(TestCase):
         self.assertEqual((attacker.connections, self.internal.connections), (1, 0))
         # Were a redirect followed, its address would be checked all the same.
         agent = public_agent(
-            reactor, PublicEndpoints(reactor, AddressPolicy(networks(["127.0.0.2/32"])))
+            reactor,
+            PublicEndpoints(reactor=reactor, policy=AddressPolicy(networks(["127.0.0.2/32"]))),
         )
         with self.assertRaises(HostError):
             await HTTPClient(agent).get(attacker.url("go"), allow_redirects=True)

@@ -62,23 +62,29 @@ class ResumableTestsMixin:
         async def nothing_evictable(filehashes: list[str]) -> set[str]:
             return set()
 
-        cache = BlobCache(self.base / "cache", capacity, nothing_evictable, self.clock, in_caller)
+        cache = BlobCache(
+            root=self.base / "cache",
+            capacity=capacity,
+            evictable=nothing_evictable,
+            clock=self.clock,
+            run_blocking=in_caller,
+        )
         cache.load()
         return ResumableUploads(
-            ResumableTable(self.db),
-            None,  # a FileStore: these tests never store a finished upload
-            self.ledger,
-            cache,
-            Meters(None, self.clock, monthly_limits={}, rate_limits={}),
-            TokenGuard(self.clock, 20, 60),
-            UnpaidBudget(2**30),
-            self.clock,
-            in_caller,
-            "node-a",
-            self.base / "resumable",
-            EXPIRY,
-            per_token,
-            2**30,
+            table=ResumableTable(self.db),
+            store=None,  # a FileStore: these tests never store a finished upload
+            ledger=self.ledger,
+            cache=cache,
+            meters=Meters(db=None, clock=self.clock, monthly_limits={}, rate_limits={}),
+            guard=TokenGuard(self.clock, 20, 60),
+            unpaid=UnpaidBudget(2**30),
+            clock=self.clock,
+            run_blocking=in_caller,
+            node_id="node-a",
+            folder=self.base / "resumable",
+            expiry=EXPIRY,
+            per_token=per_token,
+            max_file_size=2**30,
         )
 
     async def create(self, length: int, uploads: ResumableUploads | None = None) -> LiveUpload:

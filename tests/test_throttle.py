@@ -473,8 +473,14 @@ class UploadTests(Case):
 
         policy = UploadPolicy(
             ledger=ledger,
-            cache=BlobCache(base / "cache", 2**30, nothing_evictable, clock, in_caller),
-            meters=Meters(None, clock, monthly_limits={}, rate_limits={}),
+            cache=BlobCache(
+                root=base / "cache",
+                capacity=2**30,
+                evictable=nothing_evictable,
+                clock=clock,
+                run_blocking=in_caller,
+            ),
+            meters=Meters(db=None, clock=clock, monthly_limits={}, rate_limits={}),
             guard=TokenGuard(clock, 20, 60),
             max_file_size=2**30,
             temporary=lambda suffix: base / f"upload{suffix}",
@@ -656,14 +662,14 @@ class HostTransferTests(Case):
 
     def sync(self, clock: Clock, hosts: list[FakeHost], meters: Meters) -> CloudSync:
         return CloudSync(
-            None,
-            FakeCatalog([host.name for host in hosts]),
-            None,
-            hosts,
-            clock,
-            in_caller,
-            "node",
-            1,
+            db=None,
+            catalog=FakeCatalog([host.name for host in hosts]),
+            cache=None,
+            hosts=hosts,
+            clock=clock,
+            run_blocking=in_caller,
+            node_id="node",
+            copies=1,
             meters=meters,
             unmetered=frozenset({"disk"}),
         )
@@ -671,7 +677,7 @@ class HostTransferTests(Case):
     def test_host_transfers_count_in_the_meters(self) -> None:
         """Copies to and from remote hosts count; copies to a local directory do not."""
         clock = Clock()
-        meters = Meters(None, clock, monthly_limits={}, rate_limits={})
+        meters = Meters(db=None, clock=clock, monthly_limits={}, rate_limits={})
         blob = os.urandom(5000)
         path = Path(self.mktemp())
         path.write_bytes(blob)

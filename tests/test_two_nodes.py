@@ -252,9 +252,24 @@ class SharedCloudQueueTests(TestCase):
             root.mkdir()
             for filehash in filehashes:
                 (root / filehash).write_bytes(b"x")
-            cache = BlobCache(root, 2**20, lambda hashes: succeed(set()), Clock(), in_caller)
+            cache = BlobCache(
+                root=root,
+                capacity=2**20,
+                evictable=lambda hashes: succeed(set()),
+                clock=Clock(),
+                run_blocking=in_caller,
+            )
             cache.load()
-            sync = CloudSync(db, Catalog(db), cache, hosts, reactor, in_caller, name, copies=3)
+            sync = CloudSync(
+                db=db,
+                catalog=Catalog(db),
+                cache=cache,
+                hosts=hosts,
+                clock=reactor,
+                run_blocking=in_caller,
+                node_id=name,
+                copies=3,
+            )
             syncs.append(sync)
             dbs.append(db)
 

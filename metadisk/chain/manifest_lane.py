@@ -221,7 +221,7 @@ def read_manifest(path: str, announced: Announcement) -> tuple[list[FileRecord],
     return decode_manifest(data, announced)
 
 
-@define
+@define(kw_only=True)
 class ManifestLane:
     """Fetches the manifests of pending announcements; L{fetch_due} is one round."""
 

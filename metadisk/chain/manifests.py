@@ -75,7 +75,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[Manifest, bytes]:
     return Manifest(hashlib.sha256(data).hexdigest(), count, len(data), payload), data
 
 
-@define
+@define(kw_only=True)
 class ManifestStore:
     _catalog: Catalog
     _cache: BlobCache

@@ -67,7 +67,7 @@ class Batch:
     manifest: ManifestRef | None = None  # a v0.3 batch: its records are in the manifest
 
 
-@define
+@define(kw_only=True)
 class Publisher:
     _db: IDatabase
     _chain: IChain

@@ -47,7 +47,7 @@ FRAGMENT_HORIZON = 1_000  # blocks after which a batch still incomplete is given
 MAX_BLOCK_IN = 256 * 1024
 
 
-@define
+@define(kw_only=True)
 class Reader:
     _db: IDatabase
     _chain: IChain

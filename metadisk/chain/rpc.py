@@ -62,7 +62,7 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return parsed.replace(userinfo="").to_text(), (unquote(user), unquote(password))
 
 
-@define
+@define(kw_only=True)
 class JSONRPCClient:
     """
     One node's JSON-RPC endpoint. C{http} is a treq C{HTTPClient} (or a
@@ -83,7 +83,7 @@ class JSONRPCClient:
         cls, url: str, http: Any, clock: IReactorTime, timeout: float = 30.0
     ) -> JSONRPCClient:
         bare, auth = split_credentials(url)
-        return cls(bare, auth, http, clock, timeout)
+        return cls(url=bare, auth=auth, http=http, clock=clock, timeout=timeout)
 
     def call(self, method: str, *params: Any) -> defer.Deferred[Any]:
         """Call C{method}; fire with its result or fail with a L{ChainError}."""

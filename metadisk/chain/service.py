@@ -133,16 +133,21 @@ def chain_sync(
         return None, disabled_status(queue, lane.announcements)
     chain = make_chain(config, http, clock)
     reader = Reader(
-        db, chain, clock, config.start_height, config.min_confirmations, config.rescan_depth
+        db=db,
+        chain=chain,
+        clock=clock,
+        start_height=config.start_height,
+        min_confirmations=config.min_confirmations,
+        rescan_depth=config.rescan_depth,
     )
     publisher = Publisher(
-        db,
-        chain,
-        catalog,
-        queue,
-        clock,
-        node_id,
-        2 * config.timeout,
+        db=db,
+        chain=chain,
+        catalog=catalog,
+        queue=queue,
+        clock=clock,
+        node_id=node_id,
+        recover_after=2 * config.timeout,
         manifests=manifests,
         make_manifests=config.format == "auto",
         records_per_manifest=config.records_per_manifest,

@@ -86,7 +86,7 @@ def _filename(disposition: str | None, filehash: str, key: bytes | None) -> str:
     return name or filehash
 
 
-@define
+@define(kw_only=True)
 class Download:
     """One download: the HEAD that sizes it, then ranged GETs until every byte is in."""
 
@@ -198,7 +198,9 @@ def download(
     if args.key is not None and not is_hex64(args.key):
         raise CLIError("download: --key must be 64 hexadecimal digits", EXIT_USAGE)
     key = bytes.fromhex(args.key) if args.key is not None else None
-    job = Download(client, output, filehash, key, token, args.retries)
+    job = Download(
+        client=client, output=output, filehash=filehash, key=key, token=token, retries=args.retries
+    )
     total, name = job.head()
     if args.output == "-":
         target, offset = None, 0

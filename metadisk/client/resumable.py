@@ -90,7 +90,7 @@ class _Cut(Exception):
         self.sent = sent
 
 
-@define
+@define(kw_only=True)
 class ResumableUpload:
     """One upload of C{f} (C{size} bytes) through tus, resumed after cuts."""
 

@@ -78,7 +78,17 @@ def upload(
         name = os.path.basename(path)
         if size >= THRESHOLD:
             key = fingerprint(client, path, info)
-            job = ResumableUpload(client, f, size, name, token, retries, state, key, output.note)
+            job = ResumableUpload(
+                client=client,
+                f=f,
+                size=size,
+                name=name,
+                token=token,
+                retries=retries,
+                state=state,
+                key=key,
+                note=output.note,
+            )
             try:
                 with output.bar(size, 0, name) as bar:
                     answer = job.run(bar)

@@ -55,7 +55,7 @@ Evictable = Callable[[list[str]], Awaitable[set[str]]]
 Recorded = Callable[[list[str]], Awaitable[set[str]]]
 
 
-@define
+@define(kw_only=True)
 class BlobCache:
     root: Path
     capacity: int

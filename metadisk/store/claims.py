@@ -137,7 +137,7 @@ def _row(claim: Claim) -> tuple:
 Pay = Callable[[int], Awaitable[None]]
 
 
-@define
+@define(kw_only=True)
 class ClaimFetcher:
     """
     The blob of a file known only from claims, fetched from their URLs:

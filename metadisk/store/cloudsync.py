@@ -55,7 +55,7 @@ class HostHealth:
         self.failures = 0
 
 
-@define
+@define(kw_only=True)
 class CloudSync:
     _db: IDatabase
     _catalog: Catalog

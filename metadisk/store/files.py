@@ -60,7 +60,7 @@ async def _free(size: int) -> None:
     """What a download that has paid up front, or costs nothing, pays for a fetch."""
 
 
-@define
+@define(kw_only=True)
 class FileStore:
     _db: IDatabase
     catalog: Catalog

@@ -32,7 +32,7 @@ class RepairRound:
     unknown: int  # copies whose host could not answer
 
 
-@define
+@define(kw_only=True)
 class Repair:
     _db: IDatabase
     _sync: CloudSync

@@ -110,7 +110,7 @@ class Charge:
             await self._ledger.settle(self.reservation, (self.fetch if self.fetched else 0) + sent)
 
 
-@define(slots=False)  # Klein binds itself to the instance's __dict__
+@define(slots=False, kw_only=True)  # Klein binds itself to the instance's __dict__
 class FilesAPI:
     _store: FileStore
     _ledger: Ledger | None  # None: accounts disabled, transfers are free

@@ -55,7 +55,7 @@ def new_upload_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-@define(eq=False)
+@define(eq=False, kw_only=True)
 class LiveUpload:
     """One resumable upload of this node, in memory; its row is the truth across restarts."""
 
@@ -154,7 +154,7 @@ class Chunk:
         os.close(self.fd)
 
 
-@define
+@define(kw_only=True)
 class ResumableUploads:
     """This node's resumable uploads: creation, bytes, durability, the end, expiry."""
 
@@ -220,7 +220,7 @@ class ResumableUploads:
                 remove(leftover)
         for row in rows:
             path = self.folder / row.id
-            upload = LiveUpload(row, path, row.received, row.received)
+            upload = LiveUpload(row=row, path=path, durable=row.received, written=row.received)
             if row.reservation_id is not None:
                 upload.reservation = Reservation(row.reservation_id, row.token, row.reserved)
             if row.state == RECEIVING:
@@ -268,7 +268,9 @@ class ResumableUploads:
             expires=now + int(self.expiry),
             state=RECEIVING,
         )
-        upload = LiveUpload(row, self.folder / upload_id, 0, 0, hasher=hashlib.sha256())
+        upload = LiveUpload(
+            row=row, path=self.folder / upload_id, durable=0, written=0, hasher=hashlib.sha256()
+        )
         try:
             self._meters.check(INCOMING, length)
             if token is not None:

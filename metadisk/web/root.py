@@ -18,7 +18,7 @@ from metadisk.web.page import WebPage
 from metadisk.web.tus import TusAPI
 
 
-@define(slots=False)  # Klein binds itself to the instance's __dict__
+@define(slots=False, kw_only=True)  # Klein binds itself to the instance's __dict__
 class NodeRoot:
     _files: FilesAPI
     _accounts: AccountsAPI | None  # None: accounts disabled

@@ -76,7 +76,7 @@ class ReceivedUpload:
     allocation: Allocation
 
 
-@define
+@define(kw_only=True)
 class UploadPolicy:
     """What the node requires of an upload, and where uploads go."""
 

@@ -56,18 +56,33 @@ class Grid:
         self.clock.advance(1_000_000)
         self.catalog = Catalog(db)
         self.cache = BlobCache(
-            base / "cache",
-            64 * 2**20,
-            lambda fhs: self.catalog.replicated(fhs, copies),
-            Clock(),  # its own: the index's batches are no round of the sync's
-            in_caller,
+            root=base / "cache",
+            capacity=64 * 2**20,
+            evictable=lambda fhs: self.catalog.replicated(fhs, copies),
+            clock=Clock(),  # its own: the index's batches are no round of the sync's
+            run_blocking=in_caller,
         )
         self.cache.load()
         self.hosts = hosts
         self.sync = CloudSync(
-            db, self.catalog, self.cache, hosts, self.clock, in_caller, "node1", copies
+            db=db,
+            catalog=self.catalog,
+            cache=self.cache,
+            hosts=hosts,
+            clock=self.clock,
+            run_blocking=in_caller,
+            node_id="node1",
+            copies=copies,
         )
-        self.repair = Repair(db, self.sync, self.cache, hosts, self.clock, in_caller, sample=100)
+        self.repair = Repair(
+            db=db,
+            sync=self.sync,
+            cache=self.cache,
+            hosts=hosts,
+            clock=self.clock,
+            run_blocking=in_caller,
+            sample=100,
+        )
 
     @classmethod
     async def create(
@@ -79,7 +94,10 @@ class Grid:
         db = await open_database(f"sqlite:///{base / 'db.sqlite'}", reactor)
         case.addCleanup(db.close)
         faulty = [
-            FaultyHost(LocalDirectoryHost(f"h{i}", base / f"h{i}", in_caller)) for i in range(hosts)
+            FaultyHost(
+                LocalDirectoryHost(name=f"h{i}", root=base / f"h{i}", run_blocking=in_caller)
+            )
+            for i in range(hosts)
         ]
         return cls(case, base, db, [*extra, *faulty], copies)
 

@@ -88,25 +88,30 @@ def make_host(
         from metadisk.store.hosts.local import LocalDirectoryHost
 
         return LocalDirectoryHost(
-            config.name, Path(config.setting), run_blocking, public_url=config.public_url
+            name=config.name,
+            root=Path(config.setting),
+            run_blocking=run_blocking,
+            public_url=config.public_url,
         )
     # One runner per host: its bound on concurrent processes is per host.
     from metadisk.store.hosts.process import ProcessRunner
 
-    runner = ProcessRunner(reactor, reactor)
+    runner = ProcessRunner(reactor=reactor, clock=reactor)
     if config.kind == "rclone":
         from metadisk.store.hosts.rclone import RcloneHost
 
         return RcloneHost(
-            config.name,
-            config.setting,
-            runner,
-            run_blocking,
+            name=config.name,
+            remote=config.setting,
+            runner=runner,
+            run_blocking=run_blocking,
             one_transfer=one_transfer,
             slowest_rate=slowest_rate,
         )
     if config.kind == "plowshare":
         from metadisk.store.hosts.plowshare import PlowshareHost
 
-        return PlowshareHost(config.name, config.setting, runner, run_blocking)
+        return PlowshareHost(
+            name=config.name, site=config.setting, runner=runner, run_blocking=run_blocking
+        )
     raise ValueError(f"unknown host kind {config.kind!r}")

@@ -124,7 +124,7 @@ MOVE_BATCH = 10_000  # flat blobs moved into their shards per call in the thread
 
 
 @implementer(IFileHost)
-@define
+@define(kw_only=True)
 class LocalDirectoryHost:
     name: str
     root: Path

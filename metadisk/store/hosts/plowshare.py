@@ -71,7 +71,7 @@ def _module_name(instance: object, attribute: object, site: str) -> None:
 
 
 @implementer(IFileHost)
-@define
+@define(kw_only=True)
 class PlowshareHost:
     name: str
     site: str = field(validator=_module_name)  # a plowshare module name, e.g. "rghost"

@@ -111,7 +111,7 @@ class _Child(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-@define
+@define(kw_only=True)
 class ProcessRunner:
     """
     Runs one host's tool. At most C{max_processes} children at once; more

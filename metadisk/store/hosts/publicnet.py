@@ -266,7 +266,7 @@ class PublicEndpoint:
 
 
 @implementer(IAgentEndpointFactory)
-@frozen
+@frozen(kw_only=True)
 class PublicEndpoints:
     """An L{Agent}'s endpoints to the hosts of strangers' URLs."""
 

@@ -110,7 +110,7 @@ def _remote(instance: object, attribute: object, remote: str) -> None:
 
 
 @implementer(IFileHost)
-@define
+@define(kw_only=True)
 class RcloneHost:
     name: str
     remote: str = field(validator=_remote)
