@@ -17,8 +17,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
 from metadisk.chain import codec
 from metadisk.chain.bitcoinlike import BitcoinLike
@@ -34,6 +32,7 @@ from metadisk.store.catalog import Catalog, FileRecord
 from metadisk.store.hosts.publicnet import AddressPolicy, PublicEndpoints, public_agent
 from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import FakeFlorincoind
+from tests.fakes.manifest_server import ManifestServer
 from tests.support import eventually, json_of, start_node, test_config
 from tests.test_chain_litecoin import litecoind
 from tests.test_chain_sync import WAIT, ChainTestCase, filehash
@@ -49,56 +48,6 @@ def record(n: int, name: str = "hello.txt", size: int = 0) -> dict[str, Any]:
         "uploads": [{"host_name": "dav", "url": f"http://dav.example/{h}"}],
         "version": "0.2",
     }
-
-
-def announce(fake: FakeFlorincoind, announcement: codec.Announcement) -> list[str]:
-    """Someone's announcement, into the mempool as entries with regions of up to 1,024."""
-    text = codec.batch_text([announcement.to_json()])
-    txids: list[str] = []
-    for i, region in enumerate(codec.split_regions(text, codec.MAX_ENTRY, codec.MAX_REGION_IN)):
-        prev, first = (txids[-1], txids[0]) if txids else (None, None)
-        txids.append(fake.send_comment(codec.entry_text(region, i, prev, first, len(text))))
-    return txids
-
-
-class ManifestServer(Resource):
-    """Serves manifests by name on a loopback port; counts the requests; can hold one."""
-
-    isLeaf = True
-
-    def __init__(self, case: Any) -> None:
-        super().__init__()
-        self.files: dict[str, bytes] = {}
-        self.redirects: dict[str, str] = {}
-        self.requests: dict[str, int] = {}
-        self.held: list[Any] = []
-        self.hold = False
-        self.port = reactor.listenTCP(0, Site(self), interface="127.0.0.1")
-        case.addCleanup(self.port.stopListening)
-        case.addCleanup(self.release)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}/{name}"
-
-    def render_GET(self, request: Any) -> Any:
-        name = request.path.decode().lstrip("/")
-        self.requests[name] = self.requests.get(name, 0) + 1
-        if name in self.redirects:
-            request.redirect(self.redirects[name].encode())
-            return b""
-        if name not in self.files:
-            request.setResponseCode(404)
-            return b"not here"
-        if self.hold:
-            self.held.append((request, self.files[name]))
-            return NOT_DONE_YET
-        return self.files[name]
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for request, data in held:
-            request.write(data)
-            request.finish()
 
 
 class ManifestTestCase(ChainTestCase):
@@ -132,7 +81,7 @@ class ManifestTestCase(ChainTestCase):
             len(data),
             (("web", self.server.url(name)),),
         )
-        announce(self.fake, announced)
+        self.fake.announce(announced)
         return announced
 
     async def status(self, db: IDatabase) -> tuple[int, int]:
@@ -219,7 +168,7 @@ class FetchTests(ManifestTestCase):
             len(good),
             (("bad", self.server.url("bad")), ("late", self.server.url("late"))),
         )
-        announce(self.fake, announced)
+        self.fake.announce(announced)
         self.fake.mine()
         await self.reader(db).read_once()
         lane = self.lane(db)
@@ -267,8 +216,7 @@ class FetchTests(ManifestTestCase):
         self.publish_manifest([record(1)], name="m")
         self.server.redirects["moved"] = self.server.url("m")
         announced = self.publish_manifest([record(1)], name="m")
-        announce(
-            self.fake,
+        self.fake.announce(
             codec.Announcement(
                 announced.manifest, 1, announced.size, (("web", self.server.url("moved")),)
             ),
@@ -547,8 +495,7 @@ class NodeTests(TestCase):
         server = ManifestServer(self)
         records = [record(n) for n in range(1, 11)]
         server.files["m"] = data = codec.manifest_bytes(records)
-        announce(
-            fake,
+        fake.announce(
             codec.Announcement(
                 hashlib.sha256(data).hexdigest(), 10, len(data), (("web", server.url("m")),)
             ),

@@ -8,7 +8,8 @@ The statements are the real ones: a node runs on a database of a catalog
 built as a year-old node has it (L{tests.catalogs}), through a database
 wrapper that records what it is asked, while one upload, find, download,
 status, metrics scrape, cloud-sync round, repair round, chain publish round
-and chain-reader round go through the real code. Each statement is then
+(a v0.3 manifest), chain-reader round and manifest-lane round go through the
+real code. Each statement is then
 planned (C{EXPLAIN QUERY PLAN} on SQLite, C{EXPLAIN (FORMAT JSON)} on
 PostgreSQL) with the parameters it was run with. The planners see the
 statistics they would in production: SQLite's, which the node makes at start
@@ -18,6 +19,7 @@ would after a bulk insert.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -31,17 +33,28 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 import metadisk.node
+from metadisk.chain import codec
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.hosts.local import MARKER
 from metadisk.tap import STATISTICS_INTERVAL
 from tests.catalogs import BATCH, FIRST_HEIGHT, build, filehash, record_of
 from tests.fakes.florincoind import FakeFlorincoind
+from tests.fakes.manifest_server import ManifestServer
 from tests.pg import create_database
-from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
+from tests.support import (
+    eventually,
+    funded_token,
+    json_of,
+    local_host,
+    start_node,
+    test_config,
+    upload,
+)
 
 T = TypeVar("T")
 
+PUBLISHED_ONCE_HOSTS_HOLD_IT = 0  # the first round stores the manifest and waits for its hosts
 FILES = 20_000  # enough that a scan costs more than an index to either planner
 # The tables that grow with the catalog: a plan may reach them only through an index.
 GROWING = frozenset({"files", "uploads", "chain_records", "chain_queue"})
@@ -179,6 +192,7 @@ class QueryPlansMixin:
         port, chain_url = fake.listen(reactor)
         self.addCleanup(port.stopListening)
         base = Path(self.mktemp()).resolve()
+        manifests = ManifestServer(self)
         config = test_config(
             base,
             database={"url": url},
@@ -190,7 +204,18 @@ class QueryPlansMixin:
                 "url": chain_url,
                 "poll_interval": 3600.0,
                 "start_height": tip,
+                # This node's records go out in a manifest (its hosts give public URLs),
+                # and a stranger's manifest is fetched from loopback.
+                "records_per_manifest": 1,
+                "fetch_allowed_networks": ["127.0.0.0/8"],
             },
+            hosts=[
+                {
+                    **local_host(name, base / "hosts" / name),
+                    "public_url": f"http://127.0.0.1:9/{name}",  # port 9: nobody answers
+                }
+                for name in ("local1", "local2", "local3")
+            ],
         )
         for host in config.effective_hosts:
             # The catalog puts copies there: an unmarked folder would be an unmounted disk.
@@ -233,10 +258,28 @@ class QueryPlansMixin:
         repaired = await node.node.repair.run_once()
         self.assertEqual(repaired.checked, 20)
         await node.node.sync.idle()
-        self.assertEqual(await node.node.chain.publisher.publish_once(), 1)
+        # The upload's record goes out in a manifest, announced once the hosts hold it.
+        publisher = node.node.chain.publisher
+        self.assertEqual(await publisher.publish_once(), PUBLISHED_ONCE_HOSTS_HOLD_IT)
+        await node.node.sync.idle()
+        self.assertEqual(await publisher.publish_once(), 1)
         fake.publish([record_of(FILES + 1)])  # someone else's record, in the same block
+        stranger = codec.manifest_bytes([record_of(FILES + 2), record_of(FILES + 3)])
+        manifests.files["m"] = stranger
+        fake.announce(
+            codec.Announcement(
+                hashlib.sha256(stranger).hexdigest(),
+                2,
+                len(stranger),
+                (("web", manifests.url("m")),),
+            )
+        )
         fake.mine()
         self.assertGreaterEqual(await node.node.chain.reader.read_once(), 1)
+        # The lane's round: the stranger's manifest kept, this node's own retried (port 9).
+        await node.node.chain.lane.fetch_due()
+        status = await json_of(await node.http.get(f"{node.url}/api/status"))
+        self.assertEqual(status["sync"]["manifests"], {"pending": 1, "records": 2})
         # A reorganisation: the reader unreads the replaced block, then reads the new ones.
         fake.reorganise(1)
         self.assertGreaterEqual(await node.node.chain.reader.read_once(), 1)
@@ -247,6 +290,8 @@ class QueryPlansMixin:
 
         statements = {sql: params for sql, params in db.seen if not sql.startswith(_NOT_PLANNED)}
         self.assertGreater(len(statements), 30)
+        for table in ("chain_manifests", "chain_announcements", "claims"):
+            self.assertTrue([sql for sql in statements if table in sql], table)
         scanning = {}
         for sql, params in statements.items():
             found_scans = await scans(db, sql, params)

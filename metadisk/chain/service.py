@@ -49,6 +49,7 @@ class ChainService(service.MultiService):
         self.reader = reader
         self.publisher = publisher
         self._queue = queue
+        self.lane = lane
         self._announcements = lane.announcements
         self._clock = clock
         self._balance = 0.0

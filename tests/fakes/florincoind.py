@@ -140,6 +140,19 @@ class FakeFlorincoind(Resource):
             txids.append(self.send_comment(codec.entry_text(region, i, prev, first, len(batch))))
         return txids
 
+    def announce(self, announcement: codec.Announcement) -> list[str]:
+        """
+        Someone's v0.3 announcement into the mempool, as entries whose regions
+        may be up to 1,024 characters (docs/protocol.md, section 5.8).
+        """
+        text = codec.batch_text([announcement.to_json()])
+        txids: list[str] = []
+        regions = codec.split_regions(text, codec.MAX_ENTRY, codec.MAX_REGION_IN)
+        for i, region in enumerate(regions):
+            prev, first = (txids[-1], txids[0]) if txids else (None, None)
+            txids.append(self.send_comment(codec.entry_text(region, i, prev, first, len(text))))
+        return txids
+
     # -- HTTP
 
     def render_POST(self, request: Any) -> Any:
