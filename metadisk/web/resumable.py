@@ -28,7 +28,7 @@ from metadisk.crypto import sha256_file
 from metadisk.interfaces import ITransaction
 from metadisk.ledger import FREE, Ledger, Reservation
 from metadisk.meters import INCOMING, Meters
-from metadisk.store.blocking import RunBlocking
+from metadisk.store.blocking import RunBlocking, sync_path
 from metadisk.store.cache import Allocation, BlobCache, StorageFull, remove
 from metadisk.store.catalog import safe_filename
 from metadisk.store.files import FileStore
@@ -292,7 +292,7 @@ class ResumableUploads:
                 upload.unpaid = length
             upload.path.touch()
             # Its name, durable too: a synced offset in a file a power cut forgot is worth nothing.
-            await self._run_blocking(_sync_folder, self.folder)
+            await self._run_blocking(sync_path, self.folder)
             await self._table.create(row)
             if token is not None:
                 await self._recount(upload, token)
@@ -442,11 +442,3 @@ class ResumableUploads:
 
 def _host(address: Any) -> str:
     return str(getattr(address, "host", None) or "unknown")
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
-from metadisk.store.blocking import RunBlocking
+from metadisk.store.blocking import RunBlocking, sync_path
 from metadisk.store.hosts import HostError, Stored, check_filehash, host_errors, one
 from metadisk.store.shards import flat, flat_blobs, is_shard, move_into_shard, sharded
 
@@ -90,7 +90,7 @@ def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
     for i, (source, _) in enumerate(copies):
         step(i, lambda source=source, partial=partials[i]: _write(source, partial))
     for i in range(len(copies)):
-        step(i, lambda partial=partials[i]: _flush(partial))
+        step(i, lambda partial=partials[i]: sync_path(partial))
     for i, (_, destination) in enumerate(copies):
         step(
             i, lambda partial=partials[i], destination=destination: os.replace(partial, destination)
@@ -99,7 +99,7 @@ def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
     # The shards' entries too: a shard made for this batch must survive a crash with it.
     for folder in placed | {shard.parent for shard in placed}:
         with host_errors():
-            _flush(folder)  # the renames: a crash must not lose a copy recorded as made
+            sync_path(folder)  # the renames: a crash must not lose a copy recorded as made
     return outcome
 
 
@@ -108,15 +108,6 @@ def _write(source: Path, destination: Path) -> None:
     # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
     with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
         _copy_contents(src, dst)
-
-
-def _flush(path: Path) -> None:
-    """Make a file's bytes, or a folder's entries, durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 MARKER = ".metadisk-host"
@@ -224,9 +215,9 @@ class LocalDirectoryHost:
             except FileNotFoundError:
                 pass  # moved or removed meanwhile
         for folder in {sharded(self.root, filehash).parent for filehash in batch}:
-            _flush(folder)
+            sync_path(folder)
         if batch:
-            _flush(self.root)  # the renames out of it, and the shards made for them
+            sync_path(self.root)  # the renames out of it, and the shards made for them
         return batch
 
     def stop_moving(self) -> None:
