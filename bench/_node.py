@@ -127,13 +127,25 @@ def stop_process(process: subprocess.Popen, seconds: float = 30) -> None:
 class Node:
     """A MetaDisk node run by twistd in a child process, on the port it chose."""
 
-    def __init__(self, workdir: Path, toml: str = "", listen_options: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        toml: str = "",
+        listen_options: str = "",
+        root: Path = ROOT,
+        seconds: float = 30,
+    ) -> None:
+        """
+        Start the node of the checkout at C{root} (another one: a baseline) on
+        C{workdir}, waiting C{seconds} at most until it listens.
+        """
         self.data = workdir / "node"
         config = workdir / "metadisk.toml"
         config.write_text(toml)
         log = workdir / "node.log"
         start = log.stat().st_size if log.exists() else 0  # twistd appends to its log
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        began = time.perf_counter()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -155,10 +167,13 @@ class Node:
             cwd=workdir,
         )
         try:
-            self.port = int(address_in_log(log, LISTENING, self.process, "the node", start=start))
+            self.port = int(
+                address_in_log(log, LISTENING, self.process, "the node", seconds, start=start)
+            )
         except RuntimeError:
             self.stop()
             raise
+        self.listened_after = time.perf_counter() - began  # seconds from its start
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while True:
@@ -206,8 +221,23 @@ class Node:
             time.sleep(0.1)
         return time.monotonic() - start
 
-    def stop(self) -> None:
-        stop_process(self.process)
+    def stop(self, seconds: float = 30) -> None:
+        stop_process(self.process, seconds)
+
+
+def upload_body(data: bytes, token: str) -> tuple[bytes, dict]:
+    """A C{POST /api/upload} body of C{data} paid by C{token}, and its headers."""
+    boundary = secrets.token_hex(16)
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def _need_curl() -> None:

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from random import Random
 
-from _node import ROOT, Node, fresh_database, rss_mib
+from _node import ROOT, Node, fresh_database, rss_mib, upload_body
 
 sys.path.insert(0, str(ROOT))
 
@@ -111,20 +111,6 @@ class Client:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def upload_body(data: bytes, token: str) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def requests(node: Node, files: int, n: int) -> dict[str, tuple[float, float]]:

@@ -45,9 +45,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 try:
-    from bench._node import LISTENING, ROOT, address_in_log, rss_mib, stop_process
+    from bench._node import ROOT, Node, address_in_log, rss_mib, upload_body
 except ImportError:  # imported by bench/scale.py, run as a script: bench/ is on the path
-    from _node import LISTENING, ROOT, address_in_log, rss_mib, stop_process
+    from _node import ROOT, Node, address_in_log, rss_mib, upload_body
 
 BLOB_SIZE = 1024
 SAMPLES = 300  # requests timed of each kind
@@ -58,33 +58,9 @@ capacity = "1 TiB"
 """
 
 
-def _start(tree: Path, work: Path) -> tuple[subprocess.Popen, int, float]:
-    """Start the node of C{tree} on C{work}: the process, its port, seconds until it listened."""
-    log = work / "node.log"
-    begin = log.stat().st_size if log.exists() else 0
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile",
-            str(log),
-            "metadisk",
-            "--config",
-            str(work / "metadisk.toml"),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(work / "node"),
-        ],
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        cwd=work,
-    )
-    port = int(address_in_log(log, LISTENING, process, "the node", seconds=3600, start=begin))
-    return process, port, time.perf_counter() - started
+def _start(tree: Path, work: Path) -> Node:
+    """Start the node of C{tree} on C{work} (its config written there)."""
+    return Node(work, (work / "metadisk.toml").read_text(), root=tree, seconds=3600)
 
 
 def _record(work: Path, filehashes: list[str], now: int) -> None:
@@ -155,20 +131,6 @@ def _fill(work: Path, n: int, sharded_layout: bool) -> list[str]:
     return filehashes
 
 
-def _multipart(data: bytes, token: str) -> tuple[str, bytes]:
-    boundary = secrets.token_hex(16)
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return f"multipart/form-data; boundary={boundary}", body
-
-
 def _timed(connection: http.client.HTTPConnection, *request: object, **kw: object) -> float:
     start = time.perf_counter()
     connection.request(*request, **kw)
@@ -212,34 +174,25 @@ def _settle(log: Path, new_layout: bool, process: subprocess.Popen) -> None:
 def _measure(tree: Path, work: Path, filehashes: list[str], new_layout: bool) -> dict:
     """Start the node of C{tree} on C{work} (its cache filled) and measure it; then stop it."""
     subprocess.run(["sync"], check=True)
-    process, port, start = _start(tree, work)
+    node = _start(tree, work)
     try:
-        _settle(work / "node.log", new_layout, process)
-        idle = rss_mib(process.pid)
-        secret = (work / "node" / "secret_key").read_text().strip()
-        token = _token(port, secret)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        _settle(work / "node.log", new_layout, node.process)
+        idle = rss_mib(node.pid)
+        token = _token(node.port, node.secret)
+        connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=60)
         downloads = [
             _timed(connection, "GET", f"/api/download/{f}?token={token}")
             for f in random.sample(filehashes, min(SAMPLES, len(filehashes)))
         ]
         uploads = []
         for _ in range(SAMPLES):
-            content_type, body = _multipart(os.urandom(10 * 1024), token)
-            uploads.append(
-                _timed(
-                    connection,
-                    "POST",
-                    "/api/upload",
-                    body=body,
-                    headers={"Content-Type": content_type},
-                )
-            )
+            body, headers = upload_body(os.urandom(10 * 1024), token)
+            uploads.append(_timed(connection, "POST", "/api/upload", body=body, headers=headers))
         connection.close()
     finally:
-        stop_process(process, 120)
+        node.stop(120)
     return {
-        "start": start,
+        "start": node.listened_after,
         "idle_rss": idle,
         "download": _percentiles(downloads),
         "upload": _percentiles(uploads),
@@ -287,8 +240,7 @@ def cache_table(sizes: list[int], tree: Path = ROOT, keep: bool = False) -> list
         work = Path(tempfile.mkdtemp(prefix=f"scale-cache-{n}-"))
         try:
             (work / "metadisk.toml").write_text(TOML)
-            process, _, _ = _start(tree, work)
-            stop_process(process)
+            _start(tree, work).stop()
             began = time.perf_counter()
             filehashes = _fill(work, n, new_layout)
             fill = time.perf_counter() - began
