@@ -121,13 +121,13 @@ class Announcements:
 
     async def counts(self) -> tuple[int, int]:
         """Announcements pending, and records kept from the manifests fetched."""
-        rows = await self._db.query(
-            "SELECT COUNT(*) FROM chain_announcements WHERE state = ?", (PENDING,)
+        # One statement, so one snapshot: a manifest kept in between is never counted twice.
+        [(pending, kept)] = await self._db.query(
+            "SELECT (SELECT COUNT(*) FROM chain_announcements WHERE state = ?),"
+            " (SELECT COALESCE(SUM(kept), 0) FROM chain_announcements WHERE state = ?)",
+            (PENDING, FETCHED),
         )
-        kept = await self._db.query(
-            "SELECT COALESCE(SUM(kept), 0) FROM chain_announcements WHERE state = ?", (FETCHED,)
-        )
-        return int(rows[0][0]), int(kept[0][0])
+        return int(pending), int(kept)
 
     async def keep(self, announced: Announced, records: list[FileRecord]) -> bool:
         """
