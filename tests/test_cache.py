@@ -314,6 +314,7 @@ class CacheTests(TestCase):
     async def test_unrecorded_blobs_dropped_in_pages(self) -> None:
         self.patch(cache_module, "PAGE", 2)
         blobs = [await self.put(i, 10) for i in range(5)]
+        self.cache = await self.restart()  # what is dropped is left from before a start
         self.recorded = {blobs[0], blobs[3]}
         self.assertEqual(await self.cache.drop_unrecorded(self.known), 3)
         self.assertEqual(self.cache.filehashes(), [blobs[0], blobs[3]])
@@ -329,6 +330,26 @@ class CacheTests(TestCase):
 
         self.assertEqual(await self.cache.drop_unrecorded(known), 0)
         self.assertIn(a, self.cache)
+
+    async def test_blobs_of_this_run_are_kept_whatever_their_page(self) -> None:
+        """
+        An upload's blob is in the cache before its record commits: one added
+        since the start, before the drop or during it, in any page, stays.
+        """
+        self.patch(cache_module, "PAGE", 2)
+        for i in range(4):
+            await self.put(i, 10)
+        self.cache = await self.restart()
+        before = await self.put(10, 10)  # accepted after the start, its record on its way
+        during: list[str] = []
+
+        async def known(filehashes: list[str]) -> set[str]:
+            if not during:
+                during.append(await self.put(11, 10))
+            return set()
+
+        self.assertEqual(await self.cache.drop_unrecorded(known), 4)
+        self.assertEqual(sorted(self.cache.filehashes()), sorted([before, *during]))
 
     async def test_restore_partials_cleared_at_start(self) -> None:
         partial = self.cache.partial(filehash(1))

@@ -77,6 +77,7 @@ class BlobCache:
     _failed_write: bool = False  # a batch was lost: the next start must check
     # Filehashes used while unrecorded blobs are being dropped: they may be records in the making.
     _used_during_drop: set[str] | None = None
+    _started_at: int = 0  # microseconds: a blob used since is this run's (its record on its way?)
     _holding: bool = False  # load() holds allocations back until check() is done
     _checking: Deferred[None] | None = None
     _stopping: bool = False
@@ -102,6 +103,7 @@ class BlobCache:
         state = index.state()
         self._indexed = state.bytes
         self._last_use = state.last_used
+        self._started_at = max(state.last_used, microseconds(self._clock.seconds()))
         self._trusted = state.clean  # a new index is not, unless its folder was empty
         self._flat_possible = not state.sharded
         index.mark(clean=False)  # until a stop writes every change
@@ -273,7 +275,9 @@ class BlobCache:
         """
         Remove the blobs that no record names (a crash between the cache and
         the record, a claim disproved since), reading the index a page at a
-        time. A blob used meanwhile is left: its record may be on its way.
+        time. Only blobs left from before this start go: one added or used
+        since (before the drop began, or during it, in whatever page) is left,
+        since its record may be on its way.
         """
         await self.flush()
         self._used_during_drop = set()
@@ -284,14 +288,13 @@ class BlobCache:
                 page := await self._with_index(lambda index, a=after: index.by_name(a, PAGE))
             ):
                 after = page[-1][0]
-                filehashes = [filehash for filehash, _ in page]
-                known = await recorded(filehashes)
-                for filehash in filehashes:
+                older = [filehash for filehash, used in page if used <= self._started_at]
+                known = await recorded(older) if older else set()
+                for filehash in older:
                     if filehash not in known and filehash not in self._used_during_drop:
                         self.log.info("removing unrecorded blob {filehash}", filehash=filehash)
                         self.discard(filehash)
                         dropped += 1
-                self._used_during_drop.clear()
         finally:
             self._used_during_drop = None
         return dropped
