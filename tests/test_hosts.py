@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from attrs import define
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import fail
@@ -313,6 +314,49 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         for filehash, content in blobs:
             self.assertFalse((self.root / filehash).exists())
             self.assertEqual(sharded(self.root, filehash).read_bytes(), content)
+
+    async def test_a_copy_moved_while_it_is_looked_for(self) -> None:
+        """
+        The move renames a flat copy into its shard between the host's look at
+        the shard and its look at the flat place: the copy is still there, to
+        repair's question and to a fetch (a copy said gone would be forgotten).
+        """
+        [(filehash, content)] = self.flat_folder(1)
+        self.assertTrue(await self.host.claim(holds_copies=True))
+        flat_place = local.flat
+
+        @define
+        class MovedAfterFirstLook:
+            """The flat place, its copy renamed into the shard once it has been seen there."""
+
+            place: Path
+            looks: int = 0
+
+            def is_file(self) -> bool:
+                self.looks += 1
+                if self.looks == 2 and self.place.is_file():
+                    sharded(self.place.parent, self.place.name).parent.mkdir(exist_ok=True)
+                    os.rename(self.place, sharded(self.place.parent, self.place.name))
+                return self.place.is_file()
+
+        self.patch(local, "flat", lambda root, name: MovedAfterFirstLook(flat_place(root, name)))
+        self.assertTrue(await self.host.exists(filehash, ""))
+        # Flat again; this time the move comes between finding it and reading it.
+        if sharded(self.root, filehash).is_file():
+            os.rename(sharded(self.root, filehash), self.root / filehash)
+        self.patch(local, "flat", flat_place)
+        copy = local._copy
+
+        def copy_moved_meanwhile(source: Path, destination: Path) -> None:
+            if source.is_file() and source == flat_place(self.root, filehash):
+                sharded(self.root, filehash).parent.mkdir(exist_ok=True)
+                os.rename(source, sharded(self.root, filehash))
+            copy(source, destination)
+
+        self.patch(local, "_copy", copy_moved_meanwhile)
+        destination = Path(self.mktemp())
+        await self.host.fetch(filehash, "", str(destination), len(content))
+        self.assertEqual(destination.read_bytes(), content)
 
     async def test_unmarked_flat_folder_not_moved(self) -> None:
         """A folder the host cannot call its own (no marker) is not touched."""

@@ -260,14 +260,27 @@ class LocalDirectoryHost:
         # The object is found by its filehash, never by a URL that came from elsewhere.
         # Without its disk the copy is not there to read: an error, which loses nothing.
         check_filehash(filehash)
-        return self._run_blocking(lambda: _copy(self._find(filehash), Path(destination)))
+
+        def fetch() -> None:
+            source = self._find(filehash)
+            try:
+                _copy(source, Path(destination))
+            except HostError:
+                # Moved into its shard since it was found in the flat layout: read it there.
+                if source == self._object(filehash) or not self._object(filehash).is_file():
+                    raise
+                _copy(self._object(filehash), Path(destination))
+
+        return self._run_blocking(fetch)
 
     def exists(self, filehash: str, url: str) -> Deferred[bool]:
         check_filehash(filehash)
 
         def exists() -> bool:
             with host_errors():
-                if self._find(filehash).is_file():
+                shard = self._object(filehash)
+                # The shard again after the flat place: the move may have renamed it between.
+                if shard.is_file() or flat(self.root, filehash).is_file() or shard.is_file():
                     return True
                 self._check_marked()  # only the host's own folder may say a copy is gone
                 return False
