@@ -325,16 +325,17 @@ class LocalDirectoryHostTests(FileHostTestsMixin, TestCase):
         self.assertTrue(await self.host.claim(holds_copies=True))
         flat_place = local.flat
 
+        looks: list[Path] = []
+
         @define
         class MovedAfterFirstLook:
             """The flat place, its copy renamed into the shard once it has been seen there."""
 
             place: Path
-            looks: int = 0
 
             def is_file(self) -> bool:
-                self.looks += 1
-                if self.looks == 2 and self.place.is_file():
+                looks.append(self.place)
+                if len(looks) == 2 and self.place.is_file():
                     sharded(self.place.parent, self.place.name).parent.mkdir(exist_ok=True)
                     os.rename(self.place, sharded(self.place.parent, self.place.name))
                 return self.place.is_file()
