@@ -179,6 +179,26 @@ class FetchTests(ManifestTestCase):
         self.assertEqual(await lane.fetch_due(), 1)
         self.assertEqual(self.server.requests, {"bad": 1, "late": 2})
 
+    async def test_a_body_cut_short_is_tried_again(self) -> None:
+        """
+        Fewer bytes than announced (a connection lost mid-body, read as a
+        whole body where no Content-Length was sent): the URL is kept and the
+        manifest fetched from it later, not failed for good.
+        """
+        db = await self.database()
+        data = codec.manifest_bytes([record(1), record(2)])
+        self.publish_manifest([record(1), record(2)], data=data)
+        self.server.files["m"] = data[: len(data) // 2]
+        self.fake.mine()
+        await self.reader(db).read_once()
+        lane = self.lane(db)
+        self.assertEqual(await lane.fetch_due(), 0)
+        self.assertEqual(await self.states(db), ["pending"])
+        self.server.files["m"] = data
+        self.clock.advance(FIRST_RETRY)
+        self.assertEqual(await lane.fetch_due(), 1)
+        self.assertEqual(await self.status(db), (0, 2))
+
     async def test_a_bz2_bomb(self) -> None:
         db = await self.database()
         bomb = bz2.compress(b"[" + b" " * (codec.MAX_MANIFEST_TEXT + 10) + b"]", 9)

@@ -56,6 +56,10 @@ class WrongBytes(Exception):
     """A URL served bytes that are not the announced manifest."""
 
 
+class CutShort(Exception):
+    """A URL's body ended before the announced size: tried again, like a URL that failed."""
+
+
 @frozen
 class Announced:
     """A row of C{chain_announcements}: an announcement, and where it was confirmed."""
@@ -211,11 +215,16 @@ class Announcements:
 def read_manifest(path: str, announced: Announcement) -> tuple[list[FileRecord], list[str]]:
     """
     The records of the manifest fetched into C{path} (blocking: run in a
-    thread); L{WrongBytes} if they are not the announced bytes, L{CodecError}
-    if those bytes are no manifest.
+    thread); L{CutShort} if fewer bytes than announced arrived, L{WrongBytes}
+    if they are not the announced bytes, L{CodecError} if those bytes are no
+    manifest.
     """
     with open(path, "rb") as f:
         data = f.read(announced.size + 1)
+    if len(data) < announced.size:
+        # A body cut short (a connection lost where no Content-Length said the size):
+        # the URL may serve it whole next time.
+        raise CutShort(f"{len(data)} of the {announced.size} bytes of {announced.manifest}")
     if len(data) != announced.size or hashlib.sha256(data).hexdigest() != announced.manifest:
         raise WrongBytes(f"{len(data)} bytes that are not manifest {announced.manifest}")
     return decode_manifest(data, announced)
