@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from metadisk.store import cache as cache_module
 from metadisk.store.blocking import in_caller
 from metadisk.store.cache import INDEX, BlobCache, StorageFull
+from metadisk.store.cacheindex import CacheIndex
 from metadisk.store.shards import sharded
 
 
@@ -254,6 +255,25 @@ class CacheTests(TestCase):
             sorted(os.listdir(self.root)),
             sorted(["00", INDEX, *_index_files(self.root), "partial"]),
         )
+
+    async def test_a_crash_mid_move_holds_allocations_until_counted(self) -> None:
+        """
+        A crash cut the move from the flat layout short: the index counts
+        only the blobs moved, so the next start waits for the check before it
+        grants room (else a full cache would look mostly free).
+        """
+        blobs = [self.put_flat(i, 100, mtime=10) for i in (1, 2, 3)]
+        self.cache = self.open()
+        index = CacheIndex.open(self.root / INDEX)
+        index.move_flat(self.root, blobs[:1])
+        index.close()
+        self.cache._index.close()  # a crash: the rest not moved, the stop never written
+        cache = self.cache = self.open()
+        allocation = Deferred.fromCoroutine(cache.allocate(10))
+        self.assertNoResult(allocation)
+        await cache.check()
+        await allocation
+        self.assertEqual(cache.used, 310)
 
     async def test_missing_index_is_rebuilt_in_background(self) -> None:
         a = await self.put(1, 100)

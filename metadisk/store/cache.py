@@ -111,9 +111,11 @@ class BlobCache:
         partial.mkdir(exist_ok=True)
         for leftover in partial.iterdir():
             remove(leftover)  # restores a crash cut short
-        if index.fresh and not empty:
-            # The room used is not known at all until the blobs are found: allocations
-            # wait for check(). (After a crash it is known but for the last batch.)
+        if not empty and (index.fresh or not state.sharded):
+            # The room used is not known until the blobs are found (a new index) or moved
+            # (flat blobs are counted as they move, and a crash may have cut the move
+            # short): allocations wait for check(). After another crash it is known but
+            # for the last batch of changes.
             self._deciding.acquire()  # free at once: released when check() is done
             self._holding = True
 
