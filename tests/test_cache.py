@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -274,6 +275,34 @@ class CacheTests(TestCase):
         await cache.check()
         await allocation
         self.assertEqual(cache.used, 310)
+
+    async def test_a_blob_moved_while_it_is_discarded_goes(self) -> None:
+        """The move renames a flat blob into its shard as it is discarded: it goes all the same."""
+        blob = self.put_flat(1, 100, mtime=10)
+        cache = self.cache = self.open()
+        flat_place = cache_module.flat
+
+        @define
+        class MovedWhenLookedAt:
+            """The flat place, its blob renamed into the shard just as it is looked at."""
+
+            place: Path
+
+            def stat(self) -> os.stat_result:
+                if self.place.is_file():
+                    sharded(self.place.parent, self.place.name).parent.mkdir(exist_ok=True)
+                    os.rename(self.place, sharded(self.place.parent, self.place.name))
+                return self.place.stat()
+
+            def unlink(self) -> None:
+                self.place.unlink()
+
+        self.patch(
+            cache_module, "flat", lambda root, name: MovedWhenLookedAt(flat_place(root, name))
+        )
+        cache.discard(blob)
+        self.assertFalse(sharded(self.root, blob).exists())
+        self.assertFalse(flat_place(self.root, blob).exists())
 
     async def test_missing_index_is_rebuilt_in_background(self) -> None:
         a = await self.put(1, 100)

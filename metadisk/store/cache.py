@@ -216,7 +216,9 @@ class BlobCache:
 
     def discard(self, filehash: str) -> None:
         size = 0
-        for where in (sharded(self.root, filehash), flat(self.root, filehash)):
+        shard = sharded(self.root, filehash)
+        # The shard again after the flat place: the move may have renamed it between.
+        for where in (shard, flat(self.root, filehash), shard):
             try:
                 size = where.stat().st_size
                 where.unlink()
