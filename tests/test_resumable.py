@@ -31,7 +31,7 @@ from metadisk.web.resumable import LiveUpload, ResumableUploads
 from metadisk.web.tus import TusIntake, TusReceiver
 from metadisk.web.unpaid import UnpaidBudget
 from tests.pg import create_database
-from tests.test_throttle import TCP_READ, FakeRequest, run
+from tests.test_throttle import TCP_READ, FakeRequest, feed
 
 EXPIRY = 3600
 CREDIT = 10**9
@@ -292,20 +292,7 @@ class ResumableTestsMixin:
         upload = await self.create(3_000_000)  # not finished by this PATCH: no store needed
         receiver, request = self.receiver(upload, rate=500_000)
         body = os.urandom(2_000_000)
-        position = 0
-        timeline = []
-
-        def step() -> None:
-            nonlocal position
-            if not request.transport.paused and position < len(body):
-                receiver.dataReceived(body[position : position + TCP_READ])
-                position += TCP_READ
-                if position >= len(body):
-                    receiver.bodyReceived()
-            timeline.append((self.clock.seconds() - start, min(position, len(body))))
-
-        start = self.clock.seconds()
-        run(self.clock, 8, step)
+        timeline = feed(self.clock, receiver, request, body, 8)
         for seconds, received in timeline:
             self.assertLessEqual(received, 500_000 * seconds + TCP_READ)
         finished = next(seconds for seconds, received in timeline if received == len(body))

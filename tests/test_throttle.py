@@ -58,6 +58,29 @@ def run(clock: Clock, seconds: float, each_step: Any = None) -> None:
         clock.advance(STEP)
 
 
+def feed(clock: Clock, receiver: Any, request: Any, body: bytes, seconds: float) -> list:
+    """
+    Hand C{body} to an upload's C{receiver} one socket read per step, only
+    while the socket is not paused, for C{seconds}; return (seconds since the
+    start, bytes handed) at each step.
+    """
+    start = clock.seconds()
+    position = 0
+    timeline = []
+
+    def step() -> None:
+        nonlocal position
+        if not request.transport.paused and position < len(body):
+            receiver.dataReceived(body[position : position + TCP_READ])
+            position += TCP_READ
+            if position >= len(body):
+                receiver.bodyReceived()
+        timeline.append((clock.seconds() - start, min(position, len(body))))
+
+    run(clock, seconds, step)
+    return timeline
+
+
 def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
 
@@ -490,23 +513,6 @@ class UploadTests(Case):
         request = FakeRequest()
         return request, policy
 
-    def feed(self, clock: Clock, receiver: UploadReceiver, request: Any, body: bytes) -> list:
-        """Hand the body over one socket read per step, only while the socket is not paused."""
-        position = 0
-        timeline = []
-
-        def step() -> None:
-            nonlocal position
-            if not request.transport.paused and position < len(body):
-                receiver.dataReceived(body[position : position + TCP_READ])
-                position += TCP_READ
-                if position >= len(body):
-                    receiver.bodyReceived()
-            timeline.append((clock.seconds(), min(position, len(body))))
-
-        run(clock, 20, step)
-        return timeline
-
     def test_upload_read_at_the_rate(self) -> None:
         clock = Clock()
         data = os.urandom(2_000_000)
@@ -514,7 +520,7 @@ class UploadTests(Case):
         request, policy = self.receiver(clock, 500_000, len(body))
         boundary = content_type.decode().split("boundary=")[1]
         receiver = UploadReceiver(policy, request, len(body), boundary, None)
-        timeline = self.feed(clock, receiver, request, body)
+        timeline = feed(clock, receiver, request, body, 20)
         received = self.successResultOf(receiver.result())
         self.assertEqual(received.size, len(data))
         self.assertEqual(received.path.read_bytes(), data)
