@@ -52,6 +52,15 @@ def metadata(**values: str) -> str:
     return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
 
 
+def patch_head(location: str, offset: int, length: int) -> bytes:
+    """The request line and headers of a raw PATCH of C{length} bytes from C{offset}."""
+    return (
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 @define
 class Answer:
     code: int
@@ -379,11 +388,7 @@ class ProtocolTests(TusCase):
         token = await funded_token(node, CREDIT)
         data = os.urandom(200_000)
         location = (await self.create(len(data), token)).header("Location")
-        head = (
-            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n"
-        ).encode()
+        head = patch_head(location, 0, len(data))
         first = await hold_open(self, node.port, head + data[:50_000])
         upload_id = location.rsplit("/", 1)[1]
 
@@ -410,11 +415,7 @@ class ProtocolTests(TusCase):
         token = await funded_token(node, CREDIT)
         data = os.urandom(300_000)
         location = (await self.create(len(data), token)).header("Location")
-        head = (
-            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n"
-        ).encode()
+        head = patch_head(location, 0, len(data))
         cut = await hold_open(self, node.port, head + data[:123_456])
         upload_id = location.rsplit("/", 1)[1]
 
@@ -587,11 +588,7 @@ class KilledNodeTests(TestCase):
             headers={**TUS, **STREAM, "Upload-Offset": "0"},
         )
         self.assertEqual(first.code, 204)
-        head = (
-            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {acknowledged}\r\n"
-            f"Content-Length: {len(data) - acknowledged}\r\n\r\n"
-        ).encode()
+        head = patch_head(location, acknowledged, len(data) - acknowledged)
         sender = await open_connection(node.port, head + data[acknowledged : 7 * 2**20])
 
         async def half_written() -> bool:
