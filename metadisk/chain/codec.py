@@ -345,7 +345,12 @@ def manifest_bytes(records: Sequence[dict[str, Any]]) -> bytes:
     A manifest: bzip2 (level 9) of the UTF-8 JSON array of the records, as
     C{json.dumps} writes it (ASCII, so the same bytes as a batch's text).
     """
-    return bz2.compress(batch_text(records).encode("ascii"), 9)
+    return compress_manifest(batch_text(records))
+
+
+def compress_manifest(text: str) -> bytes:
+    """The manifest of a batch's text (L{batch_text}): its bzip2, level 9."""
+    return bz2.compress(text.encode("ascii"), 9)
 
 
 def decode_manifest(data: bytes, announced: Announcement) -> tuple[list[FileRecord], list[str]]:

@@ -12,7 +12,6 @@ announces it once the hosts hold it, with the URLs other nodes can fetch.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import os
 from collections.abc import Sequence
@@ -66,7 +65,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[Manifest, bytes]:
     count = min(len(records), codec.MAX_MANIFEST_RECORDS)
     while True:
         payload = codec.batch_text(records[:count])
-        data = bz2.compress(payload.encode("ascii"), 9)
+        data = codec.compress_manifest(payload)
         if count == 1 or (
             len(data) <= codec.MAX_MANIFEST_SIZE and len(payload) <= codec.MAX_MANIFEST_TEXT
         ):
