@@ -211,6 +211,49 @@ async def raw_http(
             watchdog.cancel()
 
 
+class _KeptAlive(Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.waiting: Deferred[bytes] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        response = _complete_response(bytes(self.received), head_only=False)
+        if response is not None and self.waiting is not None:
+            del self.received[: len(response)]
+            waiting, self.waiting = self.waiting, None
+            waiting.callback(response)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.waiting is not None:
+            self.waiting.errback(reason)
+
+
+class Conversation:
+    """One kept-alive connection to the node: requests one after another on it."""
+
+    def __init__(self, protocol: _KeptAlive) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    async def open(cls, port: int) -> Conversation:
+        protocol = _KeptAlive()
+        factory = Factory()
+        factory.protocol = lambda: protocol
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        return cls(protocol)
+
+    async def ask(self, payload: bytes, timeout: float = 10) -> bytes:
+        """Send a request; its complete response, or a timeout after C{timeout} seconds."""
+        self._protocol.waiting = Deferred()
+        answer = self._protocol.waiting
+        self._protocol.transport.write(payload)
+        return await answer.addTimeout(timeout, reactor)
+
+    def close(self) -> None:
+        self._protocol.transport.loseConnection()
+
+
 POLL = 0.01  # seconds between two tries of a condition L{eventually} waits for
 
 

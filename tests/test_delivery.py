@@ -118,6 +118,18 @@ class AcknowledgedDeliveryTests(SynchronousTestCase):
         self.delivery.closing()
         self.assertEqual(self.socket.options, {})
 
+    def test_a_close_by_the_node_while_a_span_waits_discards_the_rest(self) -> None:
+        # A kept-alive connection whose download was answered but not yet acknowledged,
+        # closed idle or at a stop: what is unpaid must not be sent after the close.
+        self.ask()
+        self.transport.disconnecting = True
+        self.socket.acked = 500
+        self.delivery.closing()
+        self.assertEqual(self.results, [300])
+        self.assertEqual(
+            self.socket.options, {(socket.SOL_SOCKET, socket.SO_LINGER): struct.pack("ii", 1, 0)}
+        )
+
     def test_nothing_to_discard_no_reset(self) -> None:
         self.socket.acked = 1200
         self.delivery.closing()

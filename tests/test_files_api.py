@@ -11,7 +11,9 @@ from twisted.trial.unittest import TestCase
 from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_cipher
 from metadisk.store.files import FileStore
 from metadisk.store.shards import sharded
+from metadisk.web import delivery
 from tests.support import (
+    Conversation,
     body_of,
     eventually,
     funded_token,
@@ -225,6 +227,41 @@ class UploadDownloadTests(TestCase):
         self.assertEqual(response.code, 502)
         self.assertEqual(await json_of(response), {"error": "error-downloading-file"})
         self.assertEqual(await balance(node, token), before)
+
+
+class KeptAliveDownloadTests(TestCase):
+    async def test_the_next_request_does_not_wait_for_the_acknowledgement(self) -> None:
+        """
+        On a kept-alive connection a download's response ends once its bytes are handed
+        to the socket; its charge waits for the client's TCP to acknowledge them.
+        """
+        acknowledged: list[int | None] = [0]  # what the kernel says the client acknowledged
+        self.patch(delivery, "acknowledged_bytes", lambda sock: acknowledged[0])
+        node = await start_node(self)
+        token = await funded_token(node)
+        data = os.urandom(5000)
+        result = await json_of(await upload(node, data, token))
+        before = await balance(node, token)
+        conversation = await Conversation.open(node.port)
+        self.addCleanup(conversation.close)
+        answer = await conversation.ask(
+            b"GET /api/download/%s?key=%s&token=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+            % (result["filehash"].encode(), result["key"].encode(), token.encode())
+        )
+        self.assertEqual((status_line(answer), answer[-len(data) :]), (200, data))
+        # Nothing acknowledged yet: the next request is answered all the same...
+        status = await conversation.ask(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status_line(status), 200)
+        # ...while the download's credit is still held for it, unsettled.
+        held = "SELECT amount FROM reservations"
+        self.assertEqual(await node.node.db.query(held), [(len(data),)])  # cached: 1x
+        acknowledged[0] = 2**40  # everything (the count is capped at what was written)
+
+        async def settled() -> bool:
+            return not await node.node.db.query(held)
+
+        await eventually(settled)
+        self.assertEqual(await balance(node, token), before - len(data))
 
 
 class DownloadErrorTests(TestCase):

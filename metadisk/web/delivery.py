@@ -155,8 +155,9 @@ class AcknowledgedDelivery(Delivery):
     def closing(self) -> None:
         acked = self._read()
         self._final = acked if acked is not None else self.written
-        if self._final < self.written and not self._transport.disconnecting:
-            # Closed by the peer, not by us: reset rather than send what is still queued.
+        if self._final < self.written and (self._waiting or not self._transport.disconnecting):
+            # Closed by the peer, or by us while a download waits for its acknowledgement
+            # (idle, or at shutdown): reset rather than send what is still queued and unpaid.
             try:
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             except OSError:

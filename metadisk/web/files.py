@@ -9,8 +9,9 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from attrs import define, evolve
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Cooperator
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
@@ -20,7 +21,7 @@ from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
 from metadisk.throttle import Throttle
-from metadisk.web.delivery import delivery_of
+from metadisk.web.delivery import Delivery, delivery_of
 from metadisk.web.errors import error, json_app, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
@@ -110,6 +111,11 @@ class Charge:
             await self._ledger.settle(self.reservation, (self.fetch if self.fetched else 0) + sent)
 
 
+async def settle_delivered(charge: Charge, delivery: Delivery, start: int, end: int) -> None:
+    """What was not sent, or was sent but never reached the client, is given back."""
+    await charge.settle(await delivery.acknowledged(start, end))
+
+
 @define(slots=False, kw_only=True)  # Klein binds itself to the instance's __dict__
 class FilesAPI:
     _store: FileStore
@@ -120,6 +126,8 @@ class FilesAPI:
     _max_file_size: int
     _chain_status: ChainStatus
     _outgoing: Throttle | None = None  # the download bandwidth limits
+
+    log = Logger()
 
     app = json_app()
 
@@ -210,9 +218,19 @@ class FilesAPI:
             )
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
-        finally:
-            # What was not sent, or was sent but never reached the client, is given back.
-            await charge.settle(await delivery.acknowledged(position - sent, position))
+        except BaseException:
+            await settle_delivered(charge, delivery, position - sent, position)
+            raise
+        settled = Deferred.fromCoroutine(
+            settle_delivered(charge, delivery, position - sent, position)
+        )
+        if getattr(getattr(request, "channel", None), "persistent", False):
+            # The client's next request on this connection need not wait for its
+            # acknowledgement of this one: settled when it comes (docs/architecture.md).
+            settled.addErrback(lambda f: self.log.failure("settling a download failed", f))
+        else:
+            # The node closes the connection after this response: not before the client has it.
+            await settled
         return None
 
     async def _open(self, record: FileRecord, charge: Charge) -> BinaryIO:
