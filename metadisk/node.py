@@ -210,6 +210,10 @@ class Node:
         except Exception:
             self.log.failure("could not write the cache's index at shutdown")
         try:
+            await self.ledger.flush()  # the downloads' charges still due
+        except Exception:
+            self.log.failure("could not settle the last transfers at shutdown")
+        try:
             await self.meters.flush()
         except Exception:
             self.log.failure("could not write the bandwidth meters at shutdown")

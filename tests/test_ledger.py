@@ -5,16 +5,21 @@ from __future__ import annotations
 import random
 import string
 from pathlib import Path
+from typing import Any
 
+from attrs import define
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from metadisk import ledger as ledger_module
 from metadisk.db import open_database
 from metadisk.interfaces import IDatabase
 from metadisk.ledger import (
     FREE,
     MAX_BALANCE,
+    SETTLE_BATCH_DELAY,
     BalanceFull,
     BalanceInsufficient,
     Ledger,
@@ -22,6 +27,24 @@ from metadisk.ledger import (
     UnknownToken,
 )
 from tests.pg import create_database
+
+
+@define
+class CountingDatabase:
+    """A database that counts the transactions run on it."""
+
+    _db: IDatabase
+    transactions: int = 0
+
+    def transaction(self, work: Any) -> Deferred[Any]:
+        self.transactions += 1
+        return self._db.transaction(work)
+
+    def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        return self._db.query(sql, params)
+
+    def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
+        return self._db.execute(sql, params)
 
 
 class LedgerTestsMixin:
@@ -89,6 +112,39 @@ class LedgerTestsMixin:
         self.assertEqual(await self.ledger.balance(token), 900)
         await self.ledger.settle(FREE, 10)
         self.assertEqual(await self.ledger.balance(token), 900)
+
+    async def test_settled_soon_together(self) -> None:
+        """Transfers that end within the batch's delay are settled in one transaction."""
+        clock = Clock()
+        counting = CountingDatabase(self.db)
+        ledger = Ledger(counting, clock, "node-a")
+        token = await self.funded(1000)
+        reservations = [await ledger.reserve(token, 100) for _ in range(3)]
+        before = counting.transactions
+        kept = (100, 40, 0)
+        settled = [ledger.settle_soon(r, k) for r, k in zip(reservations, kept, strict=True)]
+        self.assertEqual((counting.transactions, await self.reservations()), (before, 3))
+        clock.advance(SETTLE_BATCH_DELAY)
+        await gatherResults(settled)
+        self.assertEqual(counting.transactions, before + 1)
+        self.assertEqual(await self.ledger.balance(token), 1000 - 140)
+        self.assertEqual(await self.reservations(), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_a_full_batch_and_a_stop_do_not_wait(self) -> None:
+        self.patch(ledger_module, "SETTLE_BATCH_MAX", 2)
+        clock = Clock()
+        ledger = Ledger(self.db, clock, "node-a")
+        token = await self.funded(1000)
+        reservations = [await ledger.reserve(token, 100) for _ in range(3)]
+        full = [ledger.settle_soon(r, 50) for r in reservations[:2]]
+        await gatherResults(full)  # the second filled the batch: committed without the delay
+        self.assertEqual(await self.reservations(), 1)
+        ledger.settle_soon(reservations[2], 50)
+        await ledger.flush()  # a stop: what is due now
+        self.assertEqual(await self.reservations(), 0)
+        self.assertEqual(await self.ledger.balance(token), 1000 - 150)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     async def test_refund(self) -> None:
         token = await self.funded(1000)

@@ -105,8 +105,8 @@ class RequestLogTests(TestCase):
             node.url + f"/api/download/{filehash}", params={"key": key, "token": token}
         )
         self.assertEqual(await response.content(), data)
-        # A download ends (and is logged) once the client's kernel has acknowledged it and its
-        # charge is settled, a moment after the last byte came: then comes the next request.
+        # A download is logged once its last byte is handed to the socket, a moment after
+        # the client may have read it: then comes the next request.
         await eventually(lambda: len(access_events(observer)) >= 4, what="the download's line")
         await (await node.http.get(node.url + f"/accounts/token/balance/{token}")).content()
         await (await node.http.get(node.url + "/nowhere")).content()

@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from attrs import define, evolve
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -108,12 +108,16 @@ class Charge:
     async def settle(self, sent: int) -> None:
         """Keep the fetch if it happened and what was sent; give back the rest."""
         if self._ledger is not None:
-            await self._ledger.settle(self.reservation, (self.fetch if self.fetched else 0) + sent)
+            await self._ledger.settle(self.reservation, self._kept(sent))
 
+    def settle_soon(self, sent: int) -> Deferred[None]:
+        """L{settle}, in the ledger's next batch of settlements (fires once committed)."""
+        if self._ledger is None:
+            return succeed(None)
+        return self._ledger.settle_soon(self.reservation, self._kept(sent))
 
-async def settle_delivered(charge: Charge, delivery: Delivery, start: int, end: int) -> None:
-    """What was not sent, or was sent but never reached the client, is given back."""
-    await charge.settle(await delivery.acknowledged(start, end))
+    def _kept(self, sent: int) -> int:
+        return (self.fetch if self.fetched else 0) + sent
 
 
 @define(slots=False, kw_only=True)  # Klein binds itself to the instance's __dict__
@@ -219,19 +223,28 @@ class FilesAPI:
             request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
         except BaseException:
-            await settle_delivered(charge, delivery, position - sent, position)
+            # What was not sent, or was sent but never reached the client, is given back.
+            await charge.settle(await delivery.acknowledged(position - sent, position))
             raise
-        settled = Deferred.fromCoroutine(
-            settle_delivered(charge, delivery, position - sent, position)
+        settling = Deferred.fromCoroutine(
+            self._settle_delivered(charge, delivery, position - sent, position)
         )
-        if getattr(getattr(request, "channel", None), "persistent", False):
-            # The client's next request on this connection need not wait for its
-            # acknowledgement of this one: settled when it comes (docs/architecture.md).
-            settled.addErrback(lambda f: self.log.failure("settling a download failed", f))
-        else:
+        if not getattr(getattr(request, "channel", None), "persistent", False):
             # The node closes the connection after this response: not before the client has it.
-            await settled
+            await settling
+        # Else the client's next request on this connection need not wait for its
+        # acknowledgement of this one (docs/architecture.md).
         return None
+
+    async def _settle_delivered(
+        self, charge: Charge, delivery: Delivery, start: int, end: int
+    ) -> None:
+        """
+        Once the client's TCP has acknowledged what it got of the output from
+        C{start} to C{end}: the charge, settled on that with the ledger's next batch.
+        """
+        settled = charge.settle_soon(await delivery.acknowledged(start, end))
+        settled.addErrback(lambda f: self.log.failure("settling a download failed", f))
 
     async def _open(self, record: FileRecord, charge: Charge) -> BinaryIO:
         """The blob, fetched first if need be: a fetch begun is paid, even if the client goes."""
