@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from txpostgres import txpostgres
 from zope.interface.verify import verifyObject
 
 from metadisk.db import DatabaseUnavailable, open_database
@@ -26,6 +27,7 @@ from metadisk.db.postgres import (
     RECONNECT_MAX_DELAY,
     PostgresDatabase,
     PostgresSettings,
+    _Connection,
     translate,
 )
 from metadisk.interfaces import IDatabase, ITransaction
@@ -525,6 +527,17 @@ class PostgresOutageTests(TestCase):
             clock.advance(0.1)
             failure = self.failureResultOf(opening, DatabaseUnavailable)
             self.assertIn("no connection within", failure.getErrorMessage())
+
+    def test_an_attempt_that_ends_after_its_cancellation(self) -> None:
+        """The cancellation answers at once; the attempt's own end, later, is let go."""
+        attempt: Deferred[Any] = Deferred()
+        self.patch(txpostgres.Connection, "connect", lambda self, *a, **kw: attempt)
+        connection = _Connection(reactor, Clock(), CONNECT_TIMEOUT, lambda: None)
+        connecting = connection.connect("dbname=x")
+        connecting.cancel()
+        self.failureResultOf(connecting, CancelledError)
+        attempt.errback(psycopg2.OperationalError("closed"))
+        self.assertIsNone(self.successResultOf(attempt))  # not an AlreadyCalledError
 
     async def test_nothing_listening(self) -> None:
         with closing(socket.socket()) as unused:

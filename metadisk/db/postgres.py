@@ -170,6 +170,8 @@ class _Connection(txpostgres.Connection):
         timer = self._clock.callLater(self._connect_timeout, self.close)
 
         def done(result: Any) -> None:
+            if connected.called:
+                return  # cancelled, and answered so, before the attempt ended
             if timer.active():
                 timer.cancel()
             elif isinstance(result, Failure):
