@@ -22,10 +22,19 @@ Usage::
     python bench/scale.py [--sizes 1000,100000,1000000]
                           [--database postgresql://root@127.0.0.1:5432/test]
                           [--requests 200] [--cache-blobs 10000,100000]
+                          [--keep FOLDER]
 
 C{--database} names a PostgreSQL server (any database on it): each size gets a
 database of its own there, dropped at the end. Without it, SQLite in the
 node's data directory.
+
+C{--keep FOLDER} keeps each size's catalog instead (FOLDER/<size>-<backend>:
+the work folder, and catalog.json naming the PostgreSQL database), and a run
+given the same folder measures a catalog kept there as is, without building it:
+ten million files are built once per backend and measured many times. Each run
+adds its uploads and the reader's records to the kept catalog (a few hundred
+rows). Drop a kept PostgreSQL database with C{DROP DATABASE} and remove the
+folder when done.
 
 The cache phase: bench/scale_cache.py, when present, provides
 C{cache_phase(work, toml, files, blobs, log) -> dict[str, str]}: given the
@@ -261,9 +270,22 @@ def run_child(mode: str, url: str, files: int) -> str:
 
 
 def measure(
-    files: int, server: str | None, n: int, cache_blobs: list[int], log: Callable[[str], None]
+    files: int,
+    server: str | None,
+    n: int,
+    cache_blobs: list[int],
+    log: Callable[[str], None],
+    keep: Path | None = None,
 ) -> dict[str, str]:
-    work = Path(tempfile.mkdtemp(prefix=f"metadisk-scale-{files}-"))
+    kept = Kept(keep, files, server) if keep else None
+    if kept and kept.built is not None:
+        work, url, built = kept.work, kept.url, kept.built
+        log(f"{files} files: the catalog kept in {work} (built in {built:.0f} s)")
+        return measure_built(work, url, files, built, n, cache_blobs, log)
+    if kept:
+        subprocess.run(["rm", "-rf", str(kept.work)], check=True)  # a build cut short
+        kept.work.mkdir(parents=True)
+    work = kept.work if kept else Path(tempfile.mkdtemp(prefix=f"metadisk-scale-{files}-"))
     drop = None
     if server:
         url, drop = fresh_database(server)
@@ -280,39 +302,72 @@ def measure(
             run_psql_vacuum(url)
         log(f"{files} files built in {built:.0f} s")
         mark_hosts(work)
-        toml = config_toml(work, url)
-        start = time.monotonic()
-        node = Node(work, toml)
-        started = time.monotonic() - start
-        try:
-            time.sleep(2)
-            rss = rss_mib(node.pid)
-            figures = requests(node, files, n)
-        finally:
-            node.stop()
-        timed = json.loads(run_child("rounds", url, files))
-        row = {
-            "files": f"{files:,}",
-            "build s": f"{built:.0f}",
-            "start s": f"{started:.2f}",
-            "RSS MiB": f"{rss:.0f}",
-            **{
-                f"{name} p50/p99 ms": f"{p50:.1f} / {p99:.1f}"
-                for name, (p50, p99) in figures.items()
-            },
-            "repair ms": f"{timed['repair']:.1f}",
-            "reader ms": f"{timed['reader']:.1f}",
-        }
-        if cache_blobs:
-            from scale_cache import cache_phase  # bench/scale_cache.py
-
-            for blobs in cache_blobs:
-                row.update(cache_phase(work, toml, files, blobs, log))
-        return row
+        if kept:
+            kept.record(url, built)
+            drop = None
+        return measure_built(work, url, files, built, n, cache_blobs, log)
     finally:
         if drop is not None:
             drop()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        if not kept:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+class Kept:
+    """
+    A catalog kept between runs (--keep): the work directory of one size and
+    backend, and the database's URL and build time once built (catalog.json).
+    """
+
+    def __init__(self, folder: Path, files: int, server: str | None) -> None:
+        self.work = folder / f"{files}-{'postgresql' if server else 'sqlite'}"
+        self._file = self.work / "catalog.json"
+        self.url: str = ""
+        self.built: float | None = None
+        if self._file.exists():
+            kept = json.loads(self._file.read_text())
+            self.url, self.built = kept["url"], kept["built"]
+
+    def record(self, url: str, built: float) -> None:
+        """Written last, when the catalog is whole: a build cut short is built again."""
+        self._file.write_text(json.dumps({"url": url, "built": built}) + "\n")
+
+
+def measure_built(
+    work: Path,
+    url: str,
+    files: int,
+    built: float,
+    n: int,
+    cache_blobs: list[int],
+    log: Callable[[str], None],
+) -> dict[str, str]:
+    toml = config_toml(work, url)
+    start = time.monotonic()
+    node = Node(work, toml)
+    started = time.monotonic() - start
+    try:
+        time.sleep(2)
+        rss = rss_mib(node.pid)
+        figures = requests(node, files, n)
+    finally:
+        node.stop()
+    timed = json.loads(run_child("rounds", url, files))
+    row = {
+        "files": f"{files:,}",
+        "build s": f"{built:.0f}",
+        "start s": f"{started:.2f}",
+        "RSS MiB": f"{rss:.0f}",
+        **{f"{name} p50/p99 ms": f"{p50:.1f} / {p99:.1f}" for name, (p50, p99) in figures.items()},
+        "repair ms": f"{timed['repair']:.1f}",
+        "reader ms": f"{timed['reader']:.1f}",
+    }
+    if cache_blobs:
+        from scale_cache import cache_phase  # bench/scale_cache.py
+
+        for blobs in cache_blobs:
+            row.update(cache_phase(work, toml, files, blobs, log))
+    return row
 
 
 def run_psql_vacuum(url: str) -> None:
@@ -347,12 +402,21 @@ def main() -> int:
     parser.add_argument("--database", help="a postgresql:// URL of a server (default: SQLite)")
     parser.add_argument("--requests", type=int, default=200, help="of each kind, per size")
     parser.add_argument("--cache-blobs", default="", help="sizes of the cache phase, if any")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="a folder where each size's catalog is kept after the run (its work folder,"
+        " and its PostgreSQL database, named in catalog.json), and found and measured"
+        " as is, without building, by the next run given the same folder",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cache_blobs = [int(s) for s in args.cache_blobs.split(",") if s]
     rows = []
     for files in sizes:
-        rows.append(measure(files, args.database, args.requests, cache_blobs, print))
+        rows.append(
+            measure(files, args.database, args.requests, cache_blobs, print, args.keep)
+        )
         print(table(rows[-1:]), flush=True)
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"\n{backend}, {args.requests} requests of each kind per size\n")
