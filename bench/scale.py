@@ -414,9 +414,7 @@ def main() -> int:
     cache_blobs = [int(s) for s in args.cache_blobs.split(",") if s]
     rows = []
     for files in sizes:
-        rows.append(
-            measure(files, args.database, args.requests, cache_blobs, print, args.keep)
-        )
+        rows.append(measure(files, args.database, args.requests, cache_blobs, print, args.keep))
         print(table(rows[-1:]), flush=True)
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"\n{backend}, {args.requests} requests of each kind per size\n")
