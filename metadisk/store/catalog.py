@@ -231,11 +231,15 @@ class Catalog:
 
     @staticmethod
     async def confirm_all(txn: ITransaction, filehashes: set[str], txid: str, height: int) -> None:
-        """L{confirm} for each of C{filehashes} (a manifest's) this node published in C{txid}."""
+        """
+        L{confirm} for each of C{filehashes} (a batch's, a manifest's) this node
+        published in C{txid}: the records not read back yet are few (the
+        index on height finds them), the records of a batch up to 50,000.
+        """
         rows = await txn.query(
             "SELECT filehash FROM chain_records WHERE txid = ? AND height IS NULL", (txid,)
         )
-        for (filehash,) in rows:  # none, but for the manifests of this node's own batches
+        for (filehash,) in rows:  # none, but for this node's own batches
             if filehash in filehashes:
                 await Catalog.confirm(txn, filehash, txid, height)
 
