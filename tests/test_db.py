@@ -29,6 +29,7 @@ from metadisk.db.postgres import (
     translate,
 )
 from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.store.catalog import Catalog
 from tests.pg import (
     admin,
     create_database,
@@ -150,6 +151,24 @@ class DatabaseTestsMixin:
             await db.query("SELECT filehash, filesize FROM chain_queue ORDER BY filehash"),
             [(one, 5), (two, 7)],
         )
+
+    async def test_which_hosts_hold_copies(self) -> None:
+        """
+        A host holds copies if a row of uploads names it exactly: not a host
+        whose name begins another's, nor one the rows never name.
+        """
+        db = await self.open()
+        catalog = Catalog(db)
+
+        async def record(txn: ITransaction) -> None:
+            await catalog.add_file(txn, "a" * 64, "x", 5, 1)
+            for host in ("local1", "local3"):
+                await Catalog.add_upload(txn, "a" * 64, host, "", 1.0)
+
+        await db.transaction(record)
+        held = {h: await catalog.holds_copies(h) for h in ("local", "local1", "local2", "local3")}
+        self.assertEqual(held, {"local": False, "local1": True, "local2": False, "local3": True})
+        self.assertFalse(await catalog.holds_copies("local4"))
 
     async def test_optimize_changes_nothing_but_statistics(self) -> None:
         """At open and after, as often as the node likes: the rows are as they were."""

@@ -198,10 +198,14 @@ class Catalog:
 
     async def holds_copies(self, host_name: str) -> bool:
         """Whether the records say C{host_name} holds any copy."""
+        # The first name from C{host_name} on, in the index's order: with C{= ?}, PostgreSQL
+        # expects a host's copies spread evenly over the table and reads it from its start,
+        # past every copy of the hosts before it (migration 009).
         rows = await self._db.query(
-            "SELECT 1 FROM uploads WHERE host_name = ? LIMIT 1", (host_name,)
+            "SELECT host_name FROM uploads WHERE host_name >= ? ORDER BY host_name LIMIT 1",
+            (host_name,),
         )
-        return bool(rows)
+        return bool(rows) and rows[0][0] == host_name
 
     @staticmethod
     async def remove_upload(txn: ITransaction, filehash: str, host_name: str) -> None:
