@@ -15,7 +15,9 @@ chain as claims), then:
 - in a child process, in-process against the same database: repair rounds
   (the real L{Repair} over hosts that hold every copy) and chain-reader rounds
   (the real L{Reader} and florincoin adapter on tests/fakes/florincoind.py),
-  each of one block carrying a batch of 100 records.
+  each of one block carrying a batch of 100 records, and the reader's share
+  of its round spent waiting for the database (the rest is its RPC calls to
+  the fake chain, and their decoding).
 
 Usage::
 
@@ -229,8 +231,10 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
     rpc = JSONRPCClient.from_url(chain_url, HTTPClient(Agent(reactor)), reactor, 30.0)
     tip = len(fake.blocks) - 1
     await db.execute("DELETE FROM chain_blocks")  # its hashes are not the fake chain's
-    reader = Reader(db=db, chain=Florincoin(rpc), clock=reactor, start_height=tip + 1)
+    timed = Timed(db)
+    reader = Reader(db=timed, chain=Florincoin(rpc), clock=reactor, start_height=tip + 1)
     read_times = []
+    db_times = []
     for n in range(ROUNDS):
         fake.publish(
             [
@@ -246,15 +250,49 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
             ]
         )
         fake.mine()
-        start = time.perf_counter()
+        start, timed.seconds = time.perf_counter(), 0.0
         read = await reader.read_once()
         read_times.append(time.perf_counter() - start)
+        db_times.append(timed.seconds)
         assert read == 1, read
     await port.stopListening()
     return {
         "repair": statistics.median(repair_times) * 1000,
         "reader": statistics.median(read_times) * 1000,
+        "reader db": statistics.median(db_times) * 1000,
     }
+
+
+class Timed:
+    """
+    The database as the reader sees it, adding up the time until each of its
+    calls fires: the reader awaits them one at a time, so their sum is its
+    round's share that is the node's database; the rest is the RPC calls to
+    the fake chain and their decoding.
+    """
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+        self.dialect = db.dialect
+        self.seconds = 0.0
+
+    def _timed(self, call: Callable[[], object]) -> object:
+        start = time.perf_counter()
+
+        def done(result: object) -> object:
+            self.seconds += time.perf_counter() - start
+            return result
+
+        return call().addBoth(done)
+
+    def query(self, sql: str, params: tuple = ()) -> object:
+        return self._timed(lambda: self._db.query(sql, params))
+
+    def execute(self, sql: str, params: tuple = ()) -> object:
+        return self._timed(lambda: self._db.execute(sql, params))
+
+    def transaction(self, work: Callable) -> object:
+        return self._timed(lambda: self._db.transaction(work))
 
 
 def run_child(mode: str, url: str, files: int) -> str:
@@ -361,6 +399,7 @@ def measure_built(
         **{f"{name} p50/p99 ms": f"{p50:.1f} / {p99:.1f}" for name, (p50, p99) in figures.items()},
         "repair ms": f"{timed['repair']:.1f}",
         "reader ms": f"{timed['reader']:.1f}",
+        "reader's db ms": f"{timed['reader db']:.1f}",
     }
     if cache_blobs:
         from scale_cache import cache_phase  # bench/scale_cache.py
