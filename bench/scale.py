@@ -33,7 +33,8 @@ node's data directory.
 C{--keep FOLDER} keeps each size's catalog instead (FOLDER/<size>-<backend>:
 the work folder, and catalog.json naming the PostgreSQL database), and a run
 given the same folder measures a catalog kept there as is, without building it:
-ten million files are built once per backend and measured many times. Each run
+ten million files are built once per backend and measured many times, each time
+finding other random files (the last run's are in the page cache). Each run
 adds its uploads and the reader's records to the kept catalog (a few hundred
 rows). Drop a kept PostgreSQL database with C{DROP DATABASE} and remove the
 folder when done.
@@ -52,6 +53,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -124,9 +126,9 @@ class Client:
         self._connection.close()
 
 
-def requests(node: Node, files: int, n: int) -> dict[str, tuple[float, float]]:
+def requests(node: Node, files: int, n: int, seed: int) -> dict[str, tuple[float, float]]:
     client = Client(node.port)
-    rng = Random(files)
+    rng = Random(seed)
     token = node.funded_token(10**12)
     figures: dict[str, list[float]] = {"status": [], "find": [], "upload": [], "download": []}
     uploaded: list[tuple[str, str]] = []
@@ -318,8 +320,10 @@ def measure(
     kept = Kept(keep, files, server) if keep else None
     if kept and kept.built is not None:
         work, url, built = kept.work, kept.url, kept.built
-        log(f"{files} files: the catalog kept in {work} (built in {built:.0f} s)")
-        return measure_built(work, url, files, built, n, cache_blobs, log)
+        # Other files than the last run's: those it found are still in the page cache.
+        seed = random.SystemRandom().randrange(2**32)
+        log(f"{files} files: the catalog kept in {work} (built in {built:.0f} s); seed {seed}")
+        return measure_built(work, url, files, built, n, cache_blobs, log, seed)
     if kept:
         subprocess.run(["rm", "-rf", str(kept.work)], check=True)  # a build cut short
         kept.work.mkdir(parents=True)
@@ -343,7 +347,7 @@ def measure(
         if kept:
             kept.record(url, built)
             drop = None
-        return measure_built(work, url, files, built, n, cache_blobs, log)
+        return measure_built(work, url, files, built, n, cache_blobs, log, files)
     finally:
         if drop is not None:
             drop()
@@ -379,7 +383,9 @@ def measure_built(
     n: int,
     cache_blobs: list[int],
     log: Callable[[str], None],
+    seed: int,
 ) -> dict[str, str]:
+    """Start the node on a built catalog and measure it, finding the files C{seed} picks."""
     toml = config_toml(work, url)
     start = time.monotonic()
     node = Node(work, toml)
@@ -387,7 +393,7 @@ def measure_built(
     try:
         time.sleep(2)
         rss = rss_mib(node.pid)
-        figures = requests(node, files, n)
+        figures = requests(node, files, n, seed)
     finally:
         node.stop()
     timed = json.loads(run_child("rounds", url, files))
