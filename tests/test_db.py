@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+import metadisk.db.migrate
 from metadisk.db import DatabaseUnavailable, open_database
 from metadisk.db.migrate import migrate, migrations
 from metadisk.db.postgres import (
@@ -375,6 +376,18 @@ class PostgresDatabaseTests(DatabaseTestsMixin, TestCase):
     def fresh_url(self) -> str:
         # A small pool, so that "busy" really means waiting for a connection.
         return create_database(self, pool_size=3)
+
+    async def test_a_migration_may_outlast_the_query_timeout(self) -> None:
+        """
+        A migration may build an index over millions of rows: it is not given
+        up after the query timeout of the node's statements, which still holds.
+        """
+        slow = (max(n for n, _ in migrations()) + 1, "SELECT pg_sleep(0.5)")
+        self.patch(metadisk.db.migrate, "migrations", lambda: [*migrations(), slow])
+        db = await self.open(create_database(self, query_timeout=0.1))
+        self.assertEqual(await db.query("SELECT MAX(version) FROM schema_version"), [(slow[0],)])
+        with self.assertRaises(DatabaseUnavailable):
+            await db.query("SELECT pg_sleep(0.5)")
 
 
 class TranslateTests(SynchronousTestCase):
