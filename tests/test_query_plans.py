@@ -39,6 +39,7 @@ from metadisk.db import open_database
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.store.catalog import Catalog
 from metadisk.store.hosts.local import MARKER
+from metadisk.store.repair import REPAIR_SAMPLE
 from metadisk.tap import STATISTICS_INTERVAL
 from tests.catalogs import BATCH, FIRST_HEIGHT, build, filehash, record_of
 from tests.fakes.florincoind import FakeFlorincoind
@@ -312,6 +313,31 @@ class SQLiteQueryPlansTests(QueryPlansMixin, TestCase):
         base = Path(self.mktemp()).resolve()
         base.mkdir(parents=True)
         return f"sqlite:///{base / 'node.sqlite'}"
+
+    async def test_repair_reads_in_order_with_the_statistics_of_ten_million_files(self) -> None:
+        """
+        SQLite's bounded ANALYZE samples an index's first thousand entries, all
+        one host's: at ten million files it says a host has 1,001 copies, and
+        the index on host_name looked selective for repair's sample, whose plan
+        then read every copy to sort them. With those statistics (as a node of
+        ten million files has them), the sample is read in order and stops.
+        """
+        db = await open_database(self.fresh_url(), reactor)
+        self.addCleanup(db.close)
+        await build(db, 100)
+        await db.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'uploads'")
+        for index, stat in (
+            ("uploads_host", "25825800 1001"),
+            ("uploads_check_due", "18924000 3"),
+            ("sqlite_autoindex_uploads_1", "36338050 3 1"),
+        ):
+            await db.execute(
+                "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('uploads', ?, ?)", (index, stat)
+            )
+        await db.execute("ANALYZE sqlite_schema")  # the planner reads the statistics again
+        sql = REPAIR_SAMPLE.format(marks="?, ?, ?")
+        plan = await db.query("EXPLAIN QUERY PLAN " + sql, ("local1", "local2", "local3", 20))
+        self.assertEqual([row[-1] for row in plan], ["SCAN uploads USING INDEX uploads_check_due"])
 
 
 class PostgresQueryPlansTests(QueryPlansMixin, TestCase):
