@@ -15,17 +15,29 @@ chain as claims), then:
 - in a child process, in-process against the same database: repair rounds
   (the real L{Repair} over hosts that hold every copy) and chain-reader rounds
   (the real L{Reader} and florincoin adapter on tests/fakes/florincoind.py),
-  each of one block carrying a batch of 100 records.
+  each of one block carrying a batch of 100 records, and the reader's share
+  of its round spent waiting for the database (the rest is its RPC calls to
+  the fake chain, and their decoding).
 
 Usage::
 
     python bench/scale.py [--sizes 1000,100000,1000000]
                           [--database postgresql://root@127.0.0.1:5432/test]
                           [--requests 200] [--cache-blobs 10000,100000]
+                          [--keep FOLDER]
 
 C{--database} names a PostgreSQL server (any database on it): each size gets a
 database of its own there, dropped at the end. Without it, SQLite in the
 node's data directory.
+
+C{--keep FOLDER} keeps each size's catalog instead (FOLDER/<size>-<backend>:
+the work folder, and catalog.json naming the PostgreSQL database), and a run
+given the same folder measures a catalog kept there as is, without building it:
+ten million files are built once per backend and measured many times, each time
+finding other random files (the last run's are in the page cache). Each run
+adds its uploads and the reader's records to the kept catalog (a few hundred
+rows). Drop a kept PostgreSQL database with C{DROP DATABASE} and remove the
+folder when done.
 
 The cache phase: bench/scale_cache.py, when present, provides
 C{cache_phase(work, toml, files, blobs, log) -> dict[str, str]}: given the
@@ -41,6 +53,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -113,9 +126,9 @@ class Client:
         self._connection.close()
 
 
-def requests(node: Node, files: int, n: int) -> dict[str, tuple[float, float]]:
+def requests(node: Node, files: int, n: int, seed: int) -> dict[str, tuple[float, float]]:
     client = Client(node.port)
-    rng = Random(files)
+    rng = Random(seed)
     token = node.funded_token(10**12)
     figures: dict[str, list[float]] = {"status": [], "find": [], "upload": [], "download": []}
     uploaded: list[tuple[str, str]] = []
@@ -220,8 +233,10 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
     rpc = JSONRPCClient.from_url(chain_url, HTTPClient(Agent(reactor)), reactor, 30.0)
     tip = len(fake.blocks) - 1
     await db.execute("DELETE FROM chain_blocks")  # its hashes are not the fake chain's
-    reader = Reader(db=db, chain=Florincoin(rpc), clock=reactor, start_height=tip + 1)
+    timed = Timed(db)
+    reader = Reader(db=timed, chain=Florincoin(rpc), clock=reactor, start_height=tip + 1)
     read_times = []
+    db_times = []
     for n in range(ROUNDS):
         fake.publish(
             [
@@ -237,15 +252,49 @@ async def rounds(db: object, reactor: object, files: int) -> dict[str, float]:
             ]
         )
         fake.mine()
-        start = time.perf_counter()
+        start, timed.seconds = time.perf_counter(), 0.0
         read = await reader.read_once()
         read_times.append(time.perf_counter() - start)
+        db_times.append(timed.seconds)
         assert read == 1, read
     await port.stopListening()
     return {
         "repair": statistics.median(repair_times) * 1000,
         "reader": statistics.median(read_times) * 1000,
+        "reader db": statistics.median(db_times) * 1000,
     }
+
+
+class Timed:
+    """
+    The database as the reader sees it, adding up the time until each of its
+    calls fires: the reader awaits them one at a time, so their sum is its
+    round's share that is the node's database; the rest is the RPC calls to
+    the fake chain and their decoding.
+    """
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+        self.dialect = db.dialect
+        self.seconds = 0.0
+
+    def _timed(self, call: Callable[[], object]) -> object:
+        start = time.perf_counter()
+
+        def done(result: object) -> object:
+            self.seconds += time.perf_counter() - start
+            return result
+
+        return call().addBoth(done)
+
+    def query(self, sql: str, params: tuple = ()) -> object:
+        return self._timed(lambda: self._db.query(sql, params))
+
+    def execute(self, sql: str, params: tuple = ()) -> object:
+        return self._timed(lambda: self._db.execute(sql, params))
+
+    def transaction(self, work: Callable) -> object:
+        return self._timed(lambda: self._db.transaction(work))
 
 
 def run_child(mode: str, url: str, files: int) -> str:
@@ -261,9 +310,24 @@ def run_child(mode: str, url: str, files: int) -> str:
 
 
 def measure(
-    files: int, server: str | None, n: int, cache_blobs: list[int], log: Callable[[str], None]
+    files: int,
+    server: str | None,
+    n: int,
+    cache_blobs: list[int],
+    log: Callable[[str], None],
+    keep: Path | None = None,
 ) -> dict[str, str]:
-    work = Path(tempfile.mkdtemp(prefix=f"metadisk-scale-{files}-"))
+    kept = Kept(keep, files, server) if keep else None
+    if kept and kept.built is not None:
+        work, url, built = kept.work, kept.url, kept.built
+        # Other files than the last run's: those it found are still in the page cache.
+        seed = random.SystemRandom().randrange(2**32)
+        log(f"{files} files: the catalog kept in {work} (built in {built:.0f} s); seed {seed}")
+        return measure_built(work, url, files, built, n, cache_blobs, log, seed)
+    if kept:
+        subprocess.run(["rm", "-rf", str(kept.work)], check=True)  # a build cut short
+        kept.work.mkdir(parents=True)
+    work = kept.work if kept else Path(tempfile.mkdtemp(prefix=f"metadisk-scale-{files}-"))
     drop = None
     if server:
         url, drop = fresh_database(server)
@@ -280,39 +344,75 @@ def measure(
             run_psql_vacuum(url)
         log(f"{files} files built in {built:.0f} s")
         mark_hosts(work)
-        toml = config_toml(work, url)
-        start = time.monotonic()
-        node = Node(work, toml)
-        started = time.monotonic() - start
-        try:
-            time.sleep(2)
-            rss = rss_mib(node.pid)
-            figures = requests(node, files, n)
-        finally:
-            node.stop()
-        timed = json.loads(run_child("rounds", url, files))
-        row = {
-            "files": f"{files:,}",
-            "build s": f"{built:.0f}",
-            "start s": f"{started:.2f}",
-            "RSS MiB": f"{rss:.0f}",
-            **{
-                f"{name} p50/p99 ms": f"{p50:.1f} / {p99:.1f}"
-                for name, (p50, p99) in figures.items()
-            },
-            "repair ms": f"{timed['repair']:.1f}",
-            "reader ms": f"{timed['reader']:.1f}",
-        }
-        if cache_blobs:
-            from scale_cache import cache_phase  # bench/scale_cache.py
-
-            for blobs in cache_blobs:
-                row.update(cache_phase(work, toml, files, blobs, log))
-        return row
+        if kept:
+            kept.record(url, built)
+            drop = None
+        return measure_built(work, url, files, built, n, cache_blobs, log, files)
     finally:
         if drop is not None:
             drop()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        if not kept:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+class Kept:
+    """
+    A catalog kept between runs (--keep): the work directory of one size and
+    backend, and the database's URL and build time once built (catalog.json).
+    """
+
+    def __init__(self, folder: Path, files: int, server: str | None) -> None:
+        self.work = folder / f"{files}-{'postgresql' if server else 'sqlite'}"
+        self._file = self.work / "catalog.json"
+        self.url: str = ""
+        self.built: float | None = None
+        if self._file.exists():
+            kept = json.loads(self._file.read_text())
+            self.url, self.built = kept["url"], kept["built"]
+
+    def record(self, url: str, built: float) -> None:
+        """Written last, when the catalog is whole: a build cut short is built again."""
+        self._file.write_text(json.dumps({"url": url, "built": built}) + "\n")
+
+
+def measure_built(
+    work: Path,
+    url: str,
+    files: int,
+    built: float,
+    n: int,
+    cache_blobs: list[int],
+    log: Callable[[str], None],
+    seed: int,
+) -> dict[str, str]:
+    """Start the node on a built catalog and measure it, finding the files C{seed} picks."""
+    toml = config_toml(work, url)
+    start = time.monotonic()
+    node = Node(work, toml)
+    started = time.monotonic() - start
+    try:
+        time.sleep(2)
+        rss = rss_mib(node.pid)
+        figures = requests(node, files, n, seed)
+    finally:
+        node.stop()
+    timed = json.loads(run_child("rounds", url, files))
+    row = {
+        "files": f"{files:,}",
+        "build s": f"{built:.0f}",
+        "start s": f"{started:.2f}",
+        "RSS MiB": f"{rss:.0f}",
+        **{f"{name} p50/p99 ms": f"{p50:.1f} / {p99:.1f}" for name, (p50, p99) in figures.items()},
+        "repair ms": f"{timed['repair']:.1f}",
+        "reader ms": f"{timed['reader']:.1f}",
+        "reader's db ms": f"{timed['reader db']:.1f}",
+    }
+    if cache_blobs:
+        from scale_cache import cache_phase  # bench/scale_cache.py
+
+        for blobs in cache_blobs:
+            row.update(cache_phase(work, toml, files, blobs, log))
+    return row
 
 
 def run_psql_vacuum(url: str) -> None:
@@ -347,12 +447,19 @@ def main() -> int:
     parser.add_argument("--database", help="a postgresql:// URL of a server (default: SQLite)")
     parser.add_argument("--requests", type=int, default=200, help="of each kind, per size")
     parser.add_argument("--cache-blobs", default="", help="sizes of the cache phase, if any")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="a folder where each size's catalog is kept after the run (its work folder,"
+        " and its PostgreSQL database, named in catalog.json), and found and measured"
+        " as is, without building, by the next run given the same folder",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cache_blobs = [int(s) for s in args.cache_blobs.split(",") if s]
     rows = []
     for files in sizes:
-        rows.append(measure(files, args.database, args.requests, cache_blobs, print))
+        rows.append(measure(files, args.database, args.requests, cache_blobs, print, args.keep))
         print(table(rows[-1:]), flush=True)
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"\n{backend}, {args.requests} requests of each kind per size\n")

@@ -5,6 +5,7 @@ StubTreq: no sockets), on real SQLite databases, with time on a Clock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from metadisk.store.claims import Claims
 from metadisk.store.hosts.url import URLHost
 from tests.fakes.florincoind import MAX_TX_COMMENT_LEN, FakeFlorincoind, RPCFailure
 from tests.pg import create_database
+from tests.test_query_plans import RecordingDatabase
 
 WAIT = 3600.0
 TIMEOUT = 30.0
@@ -42,6 +44,18 @@ TIMEOUT = 30.0
 
 def filehash(n: int) -> str:
     return f"{n:064x}"
+
+
+def _record(name: str) -> dict[str, Any]:
+    """A stranger's record, with a filehash of its own."""
+    return {
+        "datetime": "1700000000",
+        "filehash": hashlib.sha256(name.encode()).hexdigest(),
+        "filename": f"{name}.bin",
+        "filesize": 10_240,
+        "uploads": [{"host_name": "elsewhere", "url": "https://example.com/x"}],
+        "version": "0.2",
+    }
 
 
 class Switchable:
@@ -450,6 +464,26 @@ class ReaderTests(ChainTestCase):
             dict(await db.query("SELECT height, hash FROM chain_blocks"))[1],
             self.fake.blocks[1]["hash"],
         )
+
+    async def test_a_batch_costs_statements_per_batch_not_per_record(self) -> None:
+        """
+        Storing a batch's claims and confirming this node's records among them
+        takes as many statements for 100 records as for one: on a catalog of
+        millions a statement a record was a random page of a large index.
+        """
+        db = RecordingDatabase(await self.database())
+        reader = self.reader(db, start_height=len(self.fake.blocks))  # the blocks to come
+        touched = []
+        for n, size in enumerate((1, 100)):
+            self.fake.publish([_record(f"{n}-{i}") for i in range(size)])
+            self.fake.mine()
+            db.seen.clear()
+            self.assertEqual(await reader.read_once(), 1)
+            touched.append(
+                [sql for sql, _ in db.seen if "chain_claims" in sql or "chain_records" in sql]
+            )
+        self.assertEqual(len(touched[0]), len(touched[1]))
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM chain_claims"), [(101,)])
 
     async def test_start_height(self) -> None:
         db = await self.database()

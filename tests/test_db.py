@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txpostgres import txpostgres
 from zope.interface.verify import verifyObject
 
+import metadisk.db.migrate
 from metadisk.db import DatabaseUnavailable, open_database
 from metadisk.db.migrate import migrate, migrations
 from metadisk.db.postgres import (
@@ -31,6 +32,7 @@ from metadisk.db.postgres import (
     translate,
 )
 from metadisk.interfaces import IDatabase, ITransaction
+from metadisk.store.catalog import Catalog
 from tests.pg import (
     admin,
     create_database,
@@ -152,6 +154,24 @@ class DatabaseTestsMixin:
             await db.query("SELECT filehash, filesize FROM chain_queue ORDER BY filehash"),
             [(one, 5), (two, 7)],
         )
+
+    async def test_which_hosts_hold_copies(self) -> None:
+        """
+        A host holds copies if a row of uploads names it exactly: not a host
+        whose name begins another's, nor one the rows never name.
+        """
+        db = await self.open()
+        catalog = Catalog(db)
+
+        async def record(txn: ITransaction) -> None:
+            await catalog.add_file(txn, "a" * 64, "x", 5, 1)
+            for host in ("local1", "local3"):
+                await Catalog.add_upload(txn, "a" * 64, host, "", 1.0)
+
+        await db.transaction(record)
+        held = {h: await catalog.holds_copies(h) for h in ("local", "local1", "local2", "local3")}
+        self.assertEqual(held, {"local": False, "local1": True, "local2": False, "local3": True})
+        self.assertFalse(await catalog.holds_copies("local4"))
 
     async def test_optimize_changes_nothing_but_statistics(self) -> None:
         """At open and after, as often as the node likes: the rows are as they were."""
@@ -358,6 +378,18 @@ class PostgresDatabaseTests(DatabaseTestsMixin, TestCase):
     def fresh_url(self) -> str:
         # A small pool, so that "busy" really means waiting for a connection.
         return create_database(self, pool_size=3)
+
+    async def test_a_migration_may_outlast_the_query_timeout(self) -> None:
+        """
+        A migration may build an index over millions of rows: it is not given
+        up after the query timeout of the node's statements, which still holds.
+        """
+        slow = (max(n for n, _ in migrations()) + 1, "SELECT pg_sleep(0.5)")
+        self.patch(metadisk.db.migrate, "migrations", lambda: [*migrations(), slow])
+        db = await self.open(create_database(self, query_timeout=0.1))
+        self.assertEqual(await db.query("SELECT MAX(version) FROM schema_version"), [(slow[0],)])
+        with self.assertRaises(DatabaseUnavailable):
+            await db.query("SELECT pg_sleep(0.5)")
 
 
 class TranslateTests(SynchronousTestCase):

@@ -25,14 +25,22 @@ async def open_database(url: str, reactor: IReactorCore, version: int | None = N
         from metadisk.db.sqlite import SQLiteDatabase
 
         database: IDatabase = SQLiteDatabase.open(url.removeprefix("sqlite:///"), reactor)
+        migrating = database
     elif url.startswith(("postgresql://", "postgres://")):
-        from metadisk.db.postgres import PostgresDatabase
+        from metadisk.db.postgres import MIGRATION_TIMEOUT, PostgresDatabase
 
+        # The migrations on connections of their own, which wait as long as one takes.
+        migrating = await PostgresDatabase.open(url, reactor, query_timeout=MIGRATION_TIMEOUT)
+        try:
+            await migrate(migrating, version)
+        finally:
+            await migrating.close()
         database = await PostgresDatabase.open(url, reactor)
     else:
         raise ValueError(f"unsupported database URL: {url}")
     try:
-        await migrate(database, version)
+        if migrating is database:
+            await migrate(database, version)
         await database.optimize()
     except BaseException:
         await database.close()

@@ -89,22 +89,29 @@ class Catalog:
         This node's record of its file: as published, if it is; else as it
         stands now. C{using}: a transaction to read in (else the database).
         """
-        # The file, its published record and its copies in one statement, read at one
-        # moment (the publisher may write the record between two reads): a row a copy.
+        # One statement, read at one moment (the publisher may write the record between two
+        # reads): the published record alone, else the file and its copies, a row a copy.
+        # The second part's NOT EXISTS names no row of it: both databases test it once, before
+        # reading files or uploads. A published file costs the pages of one row of one table,
+        # from disk on a catalog larger than memory (README, "A catalog of millions of files").
+        # chain_records holds files' records only (a manifest never enters chain_queue).
         rows = await (using or self._db).query(
-            "SELECT r.record, f.filename, f.filesize, f.datetime, f.version, u.host_name, u.url"
-            " FROM files f LEFT JOIN chain_records r ON r.filehash = f.filehash"
-            " LEFT JOIN uploads u ON u.filehash = f.filehash"
+            "SELECT record, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+            " FROM chain_records WHERE filehash = ?"
+            " UNION ALL"
+            " SELECT NULL, f.filename, f.filesize, f.datetime, f.version, u.host_name, u.url,"
+            " u.added FROM files f LEFT JOIN uploads u ON u.filehash = f.filehash"
             f" WHERE f.filehash = ? AND f.kind = '{FILE}'"
-            " ORDER BY u.added, u.host_name",
-            (filehash,),
+            " AND NOT EXISTS (SELECT 1 FROM chain_records WHERE filehash = ?)"
+            " ORDER BY 8, 6",  # the copies by when they were made, then by host
+            (filehash, filehash, filehash),
         )
         if not rows:
             return None
-        published, filename, filesize, when, version, _, _ = rows[0]
+        published, filename, filesize, when, version, *_ = rows[0]
         if published is not None:
             return FileRecord.from_json(json.loads(published))
-        uploads = tuple((host, url) for *_, host, url in rows if host is not None)
+        uploads = tuple((host, url) for *_, host, url, _ in rows if host is not None)
         return FileRecord(filehash, filename, filesize, when, version, uploads)
 
     async def current(self, filehash: str) -> FileRecord | None:
@@ -191,10 +198,14 @@ class Catalog:
 
     async def holds_copies(self, host_name: str) -> bool:
         """Whether the records say C{host_name} holds any copy."""
+        # The first name from C{host_name} on, in the index's order: with C{= ?}, PostgreSQL
+        # expects a host's copies spread evenly over the table and reads it from its start,
+        # past every copy of the hosts before it (migration 009).
         rows = await self._db.query(
-            "SELECT 1 FROM uploads WHERE host_name = ? LIMIT 1", (host_name,)
+            "SELECT host_name FROM uploads WHERE host_name >= ? ORDER BY host_name LIMIT 1",
+            (host_name,),
         )
-        return bool(rows)
+        return bool(rows) and rows[0][0] == host_name
 
     @staticmethod
     async def remove_upload(txn: ITransaction, filehash: str, host_name: str) -> None:
@@ -231,11 +242,15 @@ class Catalog:
 
     @staticmethod
     async def confirm_all(txn: ITransaction, filehashes: set[str], txid: str, height: int) -> None:
-        """L{confirm} for each of C{filehashes} (a manifest's) this node published in C{txid}."""
+        """
+        L{confirm} for each of C{filehashes} (a batch's, a manifest's) this node
+        published in C{txid}: the records not read back yet are few (the
+        index on height finds them), the records of a batch up to 50,000.
+        """
         rows = await txn.query(
             "SELECT filehash FROM chain_records WHERE txid = ? AND height IS NULL", (txid,)
         )
-        for (filehash,) in rows:  # none, but for the manifests of this node's own batches
+        for (filehash,) in rows:  # none, but for this node's own batches
             if filehash in filehashes:
                 await Catalog.confirm(txn, filehash, txid, height)
 

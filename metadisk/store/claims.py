@@ -58,22 +58,11 @@ class Claims:
     _db: IDatabase
 
     @staticmethod
-    async def add(txn: ITransaction, claim: Claim) -> bool:
-        """Keep a claim read from the chain (once: read again, it changes nothing)."""
-        return bool(
-            await txn.execute(
-                "INSERT INTO chain_claims (txid, idx, filehash, height, position, filesize, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid, idx) DO NOTHING",
-                _row(claim),
-            )
-        )
-
-    @staticmethod
     async def add_all(txn: ITransaction, claims: Sequence[Claim]) -> None:
         """
-        Keep many claims (a manifest's: up to 50,000) in few statements, as
-        L{add} keeps one: a transaction of one statement a claim would outlast
-        PostgreSQL's query timeout.
+        Keep claims read from the chain (a batch's, a manifest's: up to 50,000)
+        in few statements, once each: read again, they change nothing. A
+        statement a claim would outlast PostgreSQL's query timeout.
         """
         for start in range(0, len(claims), ROWS_PER_INSERT):
             rows = claims[start : start + ROWS_PER_INSERT]

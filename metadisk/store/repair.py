@@ -23,6 +23,14 @@ from metadisk.store.cache import BlobCache
 from metadisk.store.cloudsync import CloudSync
 
 PRESENT, MISSING, UNKNOWN = "present", "missing", "unknown"
+# The copies seen longest ago, read in that order through uploads_check_due, stopping at the
+# LIMIT. "host_name || ''" keeps the index on host_name out of it: with the statistics of
+# SQLite's bounded ANALYZE (its first thousand entries, one host's) that index looks selective,
+# and the plan read all the hosts' copies to sort them: 5 s a round at ten million files.
+REPAIR_SAMPLE = (
+    "SELECT filehash, host_name, url FROM uploads WHERE host_name || '' IN ({marks})"
+    " ORDER BY COALESCE(checked, added) LIMIT ?"
+)
 
 
 @frozen
@@ -54,10 +62,7 @@ class Repair:
         if not names or self.sample <= 0:
             return RepairRound(0, (), 0)
         rows = await self._db.query(
-            "SELECT filehash, host_name, url FROM uploads"
-            f" WHERE host_name IN ({', '.join('?' * len(names))})"
-            " ORDER BY COALESCE(checked, added) LIMIT ?",
-            (*names, self.sample),
+            REPAIR_SAMPLE.format(marks=", ".join("?" * len(names))), (*names, self.sample)
         )
         outcomes = await DeferredList(
             [self._check(filehash, name, url) for filehash, name, url in rows],
