@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from metadisk.config import HostConfig
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import in_caller
-from metadisk.store.hosts import SLOWEST_RATE, HostError, local, make_host
+from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, local, make_host
 from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
@@ -40,6 +40,7 @@ from tests.fakes import (
     require_tool,
     set_plowshare_mode,
 )
+from tests.fakes.refusing_proxy import RefusingProxy, Rule, first
 from tests.support import eventually
 
 HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
@@ -446,8 +447,20 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         blob's cost, and one process waits on its backend's pacer, so a large
         batch is split over the processes the runner allows, answers in order.
         """
+        runs = self.count_runs(self.host)
+        for count, expected in [(5, 1), (2 * MIN_RUN + 1, 2)]:
+            del runs[:]
+            blobs = [self.blob(seed=b"%d-%d" % (count, i)) for i in range(count)]
+            urls = await self.host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
+            self.assertEqual([args[0] for args in runs], ["copy"] * expected)
+            for (filehash, _, content), url in zip(blobs, urls, strict=True):
+                self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+                self.assertEqual(url, object_url(self.server.remote(), filehash))
+
+    def count_runs(self, host: RcloneHost) -> list[tuple[str, ...]]:
+        """The arguments of each rclone run C{host} makes from now on."""
         runs: list[tuple[str, ...]] = []
-        runner = self.host._runner
+        runner = host._runner
 
         class Counting:
             timeout = runner.timeout
@@ -457,15 +470,35 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
                 runs.append(args)
                 return runner.run(tool, args, **options)
 
-        self.host._runner = Counting()
-        for count, expected in [(5, 1), (2 * MIN_RUN + 1, 2)]:
-            del runs[:]
-            blobs = [self.blob(seed=b"%d-%d" % (count, i)) for i in range(count)]
-            urls = await self.host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
-            self.assertEqual([args[0] for args in runs], ["copy"] * expected)
-            for (filehash, _, content), url in zip(blobs, urls, strict=True):
-                self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
-                self.assertEqual(url, object_url(self.server.remote(), filehash))
+        host._runner = Counting()
+        return runs
+
+    async def store_through(self, rule: Rule, count: int) -> tuple[list[Stored], list[str]]:
+        """
+        C{count} blobs stored in one store_all through a proxy that refuses
+        what C{rule} says: what it gave for each, and the actions of its runs.
+        """
+        proxy = await RefusingProxy.start(self, self.server.url, rule)
+        self.proxy = proxy
+        host = self.rclone(f":webdav,url='{proxy.url}':blobs")
+        runs = self.count_runs(host)
+        self.blobs = [self.blob(seed=b"through-%d" % i) for i in range(count)]
+        stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in self.blobs])
+        return stored, [args[0] for args in runs]
+
+    async def test_refused_for_a_moment(self) -> None:
+        """
+        A request the remote refuses for a moment (423 Locked: what rclone
+        serve webdav answers to two MKCOLs of one folder at once, which
+        parallel runs send) is retried within the run, as rclone retries such
+        answers: the batch still takes one run, not one more a blob.
+        """
+        stored, runs = await self.store_through(first(b"MKCOL", 423), 5)
+        self.assertEqual([status for _, _, status in self.proxy.refused], [423])
+        self.assertEqual(runs, ["copy"])
+        for (filehash, _, content), url in zip(self.blobs, stored, strict=True):
+            self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+            self.assertEqual(url, f"{self.proxy.url}/blobs/{filehash}")
 
     async def break_host(self) -> None:
         await self.server.stop()

@@ -50,10 +50,15 @@ RCLONE = Tool(
 NOT_FOUND = (3, 4)
 
 # A dead remote must fail in a second, not after rclone's 3 x 10 retries
-# (minutes); --ask-password=false: never wait for a config password on stdin.
+# (minutes); but a request the backend itself calls worth retrying (a 423
+# Locked from a WebDAV server handling two MKCOLs of one folder at once, as
+# parallel runs send; a 429; a 5xx) gets 3 tries, its pacer's backoff apart
+# (tens of ms): with one, such an answer failed the whole run, and each of its
+# blobs then took a process of its own. --ask-password=false: never wait for a
+# config password on stdin.
 FLAGS = (
     "--retries=1",
-    "--low-level-retries=1",
+    "--low-level-retries=3",
     "--contimeout=10s",
     "--timeout=60s",
     "--ask-password=false",
