@@ -40,7 +40,7 @@ from tests.fakes import (
     require_tool,
     set_plowshare_mode,
 )
-from tests.fakes.refusing_proxy import RefusingProxy, Rule, first
+from tests.fakes.refusing_proxy import HANG, RefusingProxy, Rule, always, first
 from tests.support import eventually
 
 HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
@@ -473,18 +473,23 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         host._runner = Counting()
         return runs
 
-    async def store_through(self, rule: Rule, count: int) -> tuple[list[Stored], list[str]]:
+    async def store_through(
+        self, rule: Rule, blobs: list[tuple[str, Path, bytes]], timeout: float = 30.0
+    ) -> tuple[list[Stored], list[str]]:
         """
-        C{count} blobs stored in one store_all through a proxy that refuses
-        what C{rule} says: what it gave for each, and the actions of its runs.
+        C{blobs} stored in one store_all through a proxy that refuses what
+        C{rule} says: what it gave for each, and the actions of its runs.
         """
-        proxy = await RefusingProxy.start(self, self.server.url, rule)
-        self.proxy = proxy
-        host = self.rclone(f":webdav,url='{proxy.url}':blobs")
+        self.proxy = await RefusingProxy.start(self, self.server.url, rule)
+        host = self.rclone(f":webdav,url='{self.proxy.url}':blobs", timeout)
         runs = self.count_runs(host)
-        self.blobs = [self.blob(seed=b"through-%d" % i) for i in range(count)]
-        stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in self.blobs])
+        stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
         return stored, [args[0] for args in runs]
+
+    def assert_stored(self, blob: tuple[str, Path, bytes], url: Stored) -> None:
+        filehash, _, content = blob
+        self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+        self.assertEqual(url, f"{self.proxy.url}/blobs/{filehash}")
 
     async def test_refused_for_a_moment(self) -> None:
         """
@@ -493,12 +498,50 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         parallel runs send) is retried within the run, as rclone retries such
         answers: the batch still takes one run, not one more a blob.
         """
-        stored, runs = await self.store_through(first(b"MKCOL", 423), 5)
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        stored, runs = await self.store_through(first(b"MKCOL", 423), blobs)
         self.assertEqual([status for _, _, status in self.proxy.refused], [423])
         self.assertEqual(runs, ["copy"])
-        for (filehash, _, content), url in zip(self.blobs, stored, strict=True):
-            self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
-            self.assertEqual(url, f"{self.proxy.url}/blobs/{filehash}")
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
+
+    async def test_failed_run_retries_only_what_it_did_not_copy(self) -> None:
+        """
+        A run that fails for one blob (a 403 is not retried) copied the
+        others: only that one is tried again, alone, and its second try is
+        its answer.
+        """
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        stored, runs = await self.store_through(first(b"PUT", 403), blobs)
+        self.assertEqual([status for _, _, status in self.proxy.refused], [403])
+        self.assertEqual(runs, ["copy", "copyto"])
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
+
+    async def test_failed_run_answers_for_each_blob(self) -> None:
+        """A blob the remote always refuses fails alone; the run's others are stored."""
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        refused = blobs[2][0]
+        stored, runs = await self.store_through(always(b"PUT", refused, 403), blobs)
+        self.assertEqual(runs, ["copy", "copyto"])
+        self.assertIsInstance(stored[2], HostError)
+        self.assertIn("403", str(stored[2]))
+        self.assertFalse((self.server.root / "blobs" / refused).exists())
+        for i in (0, 1, 3, 4):
+            self.assert_stored(blobs[i], stored[i])
+
+    async def test_killed_run_keeps_what_it_copied(self) -> None:
+        """
+        A run cut short by its timeout: the blobs its log says it copied stay
+        copied (no second run), the rest are tried alone.
+        """
+        blobs = [self.blob(size=1024, seed=b"%d" % i) for i in range(5)]
+        hung = blobs[2][0]
+        stored, runs = await self.store_through(always(b"PUT", hung, HANG), blobs, HANG_TIMEOUT)
+        self.assertEqual(runs, ["copy", "copyto"])
+        self.assertIsInstance(stored[2], ProcessTimedOut)
+        for i in (0, 1, 3, 4):
+            self.assert_stored(blobs[i], stored[i])
 
     async def break_host(self) -> None:
         await self.server.stop()

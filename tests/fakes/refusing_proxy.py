@@ -2,7 +2,7 @@
 An HTTP proxy on loopback in front of a real server (`rclone serve webdav`)
 that answers some requests itself with an error status, as a busy or picky
 WebDAV server would (423 Locked for two MKCOLs of one folder at once, 403 for
-one file), and passes the others on.
+one file, no answer at all), and passes the others on.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-# (method, path) -> the status to answer with, or None to pass the request on.
+# (method, path) -> the status to answer with, HANG, or None to pass the request on.
 Rule = Callable[[bytes, bytes], int | None]
+HANG = 0  # never answer: a server that stalls
 
 
 @define(eq=False)
@@ -54,6 +55,8 @@ class _Refusing(Resource):
         status = self._proxy.rule(request.method, request.path)
         if status is not None:
             self._proxy.refused.append((request.method, request.path, status))
+            if status == HANG:
+                return NOT_DONE_YET  # the connection ends when the client gives up
             request.setResponseCode(status)
             return b""
         forward = ReverseProxyResource("127.0.0.1", self._proxy.target, request.path)
