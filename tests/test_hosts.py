@@ -432,7 +432,11 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         await self.server.start()
         self.addCleanup(self.server.stop)
         self.env = {**os.environ, "RCLONE_CONFIG": os.devnull}
-        self.host = self.rclone(self.server.remote())
+        self.host = self.rclone(self.remote_at(self.server.url))
+
+    def remote_at(self, url: str) -> str:
+        """This case's remote on the WebDAV server at C{url}: the folder in the remote's path."""
+        return f":webdav,url='{url}':blobs"
 
     def rclone(self, remote: str, timeout: float = 30.0) -> RcloneHost:
         runner = ProcessRunner(reactor=reactor, clock=reactor, timeout=timeout, env=self.env)
@@ -481,7 +485,7 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         C{rule} says: what it gave for each, and the actions of its runs.
         """
         self.proxy = await RefusingProxy.start(self, self.server.url, rule)
-        host = self.rclone(f":webdav,url='{self.proxy.url}':blobs", timeout)
+        host = self.rclone(self.remote_at(self.proxy.url), timeout)
         runs = self.count_runs(host)
         stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
         return stored, [args[0] for args in runs]
@@ -499,7 +503,8 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         answers: the batch still takes one run, not one more a blob.
         """
         blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
-        stored, runs = await self.store_through(first(b"MKCOL", 423), blobs)
+        # The first MKCOL, or the first PUT where there is none (the folder in the URL).
+        stored, runs = await self.store_through(first((b"MKCOL", b"PUT"), 423), blobs)
         self.assertEqual([status for _, _, status in self.proxy.refused], [423])
         self.assertEqual(runs, ["copy"])
         for blob, url in zip(blobs, stored, strict=True):
@@ -512,7 +517,7 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         its answer.
         """
         blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
-        stored, runs = await self.store_through(first(b"PUT", 403), blobs)
+        stored, runs = await self.store_through(first((b"PUT",), 403), blobs)
         self.assertEqual([status for _, _, status in self.proxy.refused], [403])
         self.assertEqual(runs, ["copy", "copyto"])
         for blob, url in zip(blobs, stored, strict=True):
@@ -609,6 +614,33 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
             object_url(":webdav,url='https://u:pw@dav.example/dav/',pass=x:a/b", h),
             f"https://dav.example/dav/a/b/{h}",
         )
+
+
+class RcloneFolderInURLTests(RcloneHostTests):
+    """
+    The same, the folder named in the WebDAV URL rather than in the remote's
+    path (README: rclone then sends no MKCOL of it before each PUT); the
+    folder is there beforehand, as it must be.
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        (self.server.root / "blobs").mkdir()
+
+    def remote_at(self, url: str) -> str:
+        return f":webdav,url='{url}/blobs':"
+
+    async def test_no_folder_made_before_each_blob(self) -> None:
+        seen: list[bytes] = []
+
+        def record(method: bytes, path: bytes) -> None:
+            seen.append(method)
+
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        stored, runs = await self.store_through(record, blobs)
+        self.assertEqual((runs, seen.count(b"PUT"), seen.count(b"MKCOL")), (["copy"], 5, 0))
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
 
 
 class PlowshareHostTests(FileHostTestsMixin, TestCase):

@@ -63,12 +63,12 @@ class _Refusing(Resource):
         return forward.render(request)
 
 
-def first(method: bytes, status: int) -> Rule:
-    """Refuse the first request of C{method} with C{status}, pass everything else."""
+def first(methods: tuple[bytes, ...], status: int) -> Rule:
+    """Refuse the first request of one of C{methods} with C{status}, pass everything else."""
     seen: list[bytes] = []
 
     def rule(m: bytes, path: bytes) -> int | None:
-        if m != method or seen:
+        if m not in methods or seen:
             return None
         seen.append(path)
         return status
