@@ -470,6 +470,10 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
             timeout = runner.timeout
             max_processes = runner.max_processes
 
+            @property
+            def running(self) -> int:
+                return runner.running
+
             def run(self, tool: Any, args: tuple[str, ...], **options: Any) -> Any:
                 runs.append(args)
                 return runner.run(tool, args, **options)
@@ -485,7 +489,7 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         C{rule} says: what it gave for each, and the actions of its runs.
         """
         self.proxy = await RefusingProxy.start(self, self.server.url, rule)
-        host = self.rclone(self.remote_at(self.proxy.url), timeout)
+        host = self.through = self.rclone(self.remote_at(self.proxy.url), timeout)
         runs = self.count_runs(host)
         stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
         return stored, [args[0] for args in runs]
@@ -547,6 +551,8 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         self.assertIsInstance(stored[2], ProcessTimedOut)
         for i in (0, 1, 3, 4):
             self.assert_stored(blobs[i], stored[i])
+        # The killed runs are reaped and their slots given back.
+        await eventually(lambda: self.through._runner.running == 0, 10)
 
     async def break_host(self) -> None:
         await self.server.stop()

@@ -29,6 +29,7 @@ class RefusingProxy:
     rule: Rule
     port: Any = None
     refused: list[tuple[bytes, bytes, int]] = field(factory=list)  # (method, path, status)
+    hung: list[Request] = field(factory=list)
 
     @classmethod
     async def start(cls, case: TestCase, target_url: str, rule: Rule) -> RefusingProxy:
@@ -37,7 +38,14 @@ class RefusingProxy:
         site.noisy = False
         proxy.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         case.addCleanup(proxy.port.stopListening)
+        case.addCleanup(proxy.let_go)
         return proxy
+
+    def let_go(self) -> None:
+        """Drop the connections of the requests left unanswered (the client may be gone)."""
+        for request in self.hung:
+            if request.channel is not None:  # None: the client closed it already
+                request.channel.transport.abortConnection()
 
     @property
     def url(self) -> str:
@@ -56,7 +64,8 @@ class _Refusing(Resource):
         if status is not None:
             self._proxy.refused.append((request.method, request.path, status))
             if status == HANG:
-                return NOT_DONE_YET  # the connection ends when the client gives up
+                self._proxy.hung.append(request)
+                return NOT_DONE_YET
             request.setResponseCode(status)
             return b""
         forward = ReverseProxyResource("127.0.0.1", self._proxy.target, request.path)
