@@ -447,7 +447,10 @@ def replication_to_rclone(args: argparse.Namespace, work: Path, files: list[Path
             server = Rclone()
             server.start(root)
             servers.append(server)
-            remote = f":webdav,url='{server.url}':blobs"
+            # The folder in the URL, not in the remote's path: rclone's WebDAV backend then sends
+            # no MKCOL of it before each PUT (README, "File hosts and repair").
+            (server.root / "blobs").mkdir()
+            remote = f":webdav,url='{server.url}/blobs':"
             hosts += f'[[hosts]]\nname = "dav{i}"\nkind = "rclone"\nremote = "{remote}"\n'
         node = MetaDisk(
             args.accounts, capacity=2**31, max_file_size=2**20, database=args.database, hosts=hosts

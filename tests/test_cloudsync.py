@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from metadisk.periodic import Periodic
+from metadisk.store import cloudsync
 from metadisk.store.blocking import in_caller
 from metadisk.store.catalog import Catalog
 from metadisk.store.claims import ClaimFetcher, Claims
@@ -75,6 +76,20 @@ class ReplicationTests(TestCase):
         await grid.sync.idle()
         self.assertEqual(await grid.holders(third), ["h0", "h1", "h2"])
         self.assertEqual(grid.clock.getDelayedCalls(), [])
+
+    async def test_a_full_round_is_followed_at_once(self) -> None:
+        """
+        More due than a round takes (uploads faster than the hosts): the rounds
+        follow one another until the queue is empty, not one a tick.
+        """
+        self.patch(cloudsync, "BATCH", 4)
+        grid = await Grid.create(self)
+        blobs = [await grid.add(b"blob %d" % i) for i in range(10)]
+        await grid.sync.kick()  # the clock never moves: no interval is waited for
+        self.assertEqual(grid.host("h0").calls, ["store"] * 3)
+        for filehash in blobs:
+            self.assertEqual(await grid.holders(filehash), ["h0", "h1", "h2"])
+        self.assertEqual(await grid.queued(), [])
 
     async def test_one_host_dead_three_copies_on_the_others(self) -> None:
         grid = await Grid.create(self, hosts=4)

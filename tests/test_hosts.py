@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from metadisk.config import HostConfig
 from metadisk.interfaces import IFileHost
 from metadisk.store.blocking import in_caller
-from metadisk.store.hosts import SLOWEST_RATE, HostError, local, make_host
+from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, local, make_host
 from metadisk.store.hosts.local import MARKER, LocalDirectoryHost
 from metadisk.store.hosts.plowshare import PlowshareHost
 from metadisk.store.hosts.process import ProcessFailed, ProcessRunner, ProcessTimedOut
@@ -40,6 +40,7 @@ from tests.fakes import (
     require_tool,
     set_plowshare_mode,
 )
+from tests.fakes.refusing_proxy import HANG, RefusingProxy, Rule, always, first
 from tests.support import eventually
 
 HANG_TIMEOUT = 1.5  # seconds a hanging tool gets before it is killed
@@ -431,7 +432,11 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         await self.server.start()
         self.addCleanup(self.server.stop)
         self.env = {**os.environ, "RCLONE_CONFIG": os.devnull}
-        self.host = self.rclone(self.server.remote())
+        self.host = self.rclone(self.remote_at(self.server.url))
+
+    def remote_at(self, url: str) -> str:
+        """This case's remote on the WebDAV server at C{url}: the folder in the remote's path."""
+        return f":webdav,url='{url}':blobs"
 
     def rclone(self, remote: str, timeout: float = 30.0) -> RcloneHost:
         runner = ProcessRunner(reactor=reactor, clock=reactor, timeout=timeout, env=self.env)
@@ -446,18 +451,7 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
         blob's cost, and one process waits on its backend's pacer, so a large
         batch is split over the processes the runner allows, answers in order.
         """
-        runs: list[tuple[str, ...]] = []
-        runner = self.host._runner
-
-        class Counting:
-            timeout = runner.timeout
-            max_processes = runner.max_processes
-
-            def run(self, tool: Any, args: tuple[str, ...], **options: Any) -> Any:
-                runs.append(args)
-                return runner.run(tool, args, **options)
-
-        self.host._runner = Counting()
+        runs = self.count_runs(self.host)
         for count, expected in [(5, 1), (2 * MIN_RUN + 1, 2)]:
             del runs[:]
             blobs = [self.blob(seed=b"%d-%d" % (count, i)) for i in range(count)]
@@ -466,6 +460,99 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
             for (filehash, _, content), url in zip(blobs, urls, strict=True):
                 self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
                 self.assertEqual(url, object_url(self.server.remote(), filehash))
+
+    def count_runs(self, host: RcloneHost) -> list[tuple[str, ...]]:
+        """The arguments of each rclone run C{host} makes from now on."""
+        runs: list[tuple[str, ...]] = []
+        runner = host._runner
+
+        class Counting:
+            timeout = runner.timeout
+            max_processes = runner.max_processes
+
+            @property
+            def running(self) -> int:
+                return runner.running
+
+            def run(self, tool: Any, args: tuple[str, ...], **options: Any) -> Any:
+                runs.append(args)
+                return runner.run(tool, args, **options)
+
+        host._runner = Counting()
+        return runs
+
+    async def store_through(
+        self, rule: Rule, blobs: list[tuple[str, Path, bytes]], timeout: float = 30.0
+    ) -> tuple[list[Stored], list[str]]:
+        """
+        C{blobs} stored in one store_all through a proxy that refuses what
+        C{rule} says: what it gave for each, and the actions of its runs.
+        """
+        self.proxy = await RefusingProxy.start(self, self.server.url, rule)
+        host = self.through = self.rclone(self.remote_at(self.proxy.url), timeout)
+        runs = self.count_runs(host)
+        stored = await host.store_all([(filehash, str(path)) for filehash, path, _ in blobs])
+        return stored, [args[0] for args in runs]
+
+    def assert_stored(self, blob: tuple[str, Path, bytes], url: Stored) -> None:
+        filehash, _, content = blob
+        self.assertEqual((self.server.root / "blobs" / filehash).read_bytes(), content)
+        self.assertEqual(url, f"{self.proxy.url}/blobs/{filehash}")
+
+    async def test_refused_for_a_moment(self) -> None:
+        """
+        A request the remote refuses for a moment (423 Locked: what rclone
+        serve webdav answers to two MKCOLs of one folder at once, which
+        parallel runs send) is retried within the run, as rclone retries such
+        answers: the batch still takes one run, not one more a blob.
+        """
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        # The first MKCOL, or the first PUT where there is none (the folder in the URL).
+        stored, runs = await self.store_through(first((b"MKCOL", b"PUT"), 423), blobs)
+        self.assertEqual([status for _, _, status in self.proxy.refused], [423])
+        self.assertEqual(runs, ["copy"])
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
+
+    async def test_failed_run_retries_only_what_it_did_not_copy(self) -> None:
+        """
+        A run that fails for one blob (a 403 is not retried) copied the
+        others: only that one is tried again, alone, and its second try is
+        its answer.
+        """
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        stored, runs = await self.store_through(first((b"PUT",), 403), blobs)
+        self.assertEqual([status for _, _, status in self.proxy.refused], [403])
+        self.assertEqual(runs, ["copy", "copyto"])
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
+
+    async def test_failed_run_answers_for_each_blob(self) -> None:
+        """A blob the remote always refuses fails alone; the run's others are stored."""
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        refused = blobs[2][0]
+        stored, runs = await self.store_through(always(b"PUT", refused, 403), blobs)
+        self.assertEqual(runs, ["copy", "copyto"])
+        self.assertIsInstance(stored[2], HostError)
+        self.assertIn("403", str(stored[2]))
+        self.assertFalse((self.server.root / "blobs" / refused).exists())
+        for i in (0, 1, 3, 4):
+            self.assert_stored(blobs[i], stored[i])
+
+    async def test_killed_run_keeps_what_it_copied(self) -> None:
+        """
+        A run cut short by its timeout: the blobs its log says it copied stay
+        copied (no second run), the rest are tried alone.
+        """
+        blobs = [self.blob(size=1024, seed=b"%d" % i) for i in range(5)]
+        hung = blobs[2][0]
+        stored, runs = await self.store_through(always(b"PUT", hung, HANG), blobs, HANG_TIMEOUT)
+        self.assertEqual(runs, ["copy", "copyto"])
+        self.assertIsInstance(stored[2], ProcessTimedOut)
+        for i in (0, 1, 3, 4):
+            self.assert_stored(blobs[i], stored[i])
+        # The killed runs are reaped and their slots given back.
+        await eventually(lambda: self.through._runner.running == 0, 10)
 
     async def break_host(self) -> None:
         await self.server.stop()
@@ -533,6 +620,33 @@ class RcloneHostTests(FileHostTestsMixin, TestCase):
             object_url(":webdav,url='https://u:pw@dav.example/dav/',pass=x:a/b", h),
             f"https://dav.example/dav/a/b/{h}",
         )
+
+
+class RcloneFolderInURLTests(RcloneHostTests):
+    """
+    The same, the folder named in the WebDAV URL rather than in the remote's
+    path (README: rclone then sends no MKCOL of it before each PUT); the
+    folder is there beforehand, as it must be.
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        (self.server.root / "blobs").mkdir()
+
+    def remote_at(self, url: str) -> str:
+        return f":webdav,url='{url}/blobs':"
+
+    async def test_no_folder_made_before_each_blob(self) -> None:
+        seen: list[bytes] = []
+
+        def record(method: bytes, path: bytes) -> None:
+            seen.append(method)
+
+        blobs = [self.blob(seed=b"%d" % i) for i in range(5)]
+        stored, runs = await self.store_through(record, blobs)
+        self.assertEqual((runs, seen.count(b"PUT"), seen.count(b"MKCOL")), (["copy"], 5, 0))
+        for blob, url in zip(blobs, stored, strict=True):
+            self.assert_stored(blob, url)
 
 
 class PlowshareHostTests(FileHostTestsMixin, TestCase):

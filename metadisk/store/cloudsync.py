@@ -96,7 +96,10 @@ class CloudSync:
         return [name for name, h in self._health.items() if not h.healthy(now)]
 
     def kick(self) -> Deferred[None]:
-        """Run a round now; if one is running, run another right after it."""
+        """
+        Run a round now, and more while they take a full L{BATCH}; if one is
+        running, run another right after it.
+        """
         if self._stopping:
             return succeed(None)
         if self._running is not None:
@@ -156,8 +159,10 @@ class CloudSync:
         try:
             while True:
                 self._again = False
-                await self.run_once()
-                if not self._again:
+                tried = await self.run_once()
+                # A full round most likely left more due (uploads faster than the hosts, a
+                # restart's backlog): the next starts now, not at the next tick of the interval.
+                if self._stopping or (not self._again and tried < BATCH):
                     return
         except Exception:
             # The loop must survive anything: the queue keeps the work.

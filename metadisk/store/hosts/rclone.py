@@ -50,18 +50,25 @@ RCLONE = Tool(
 NOT_FOUND = (3, 4)
 
 # A dead remote must fail in a second, not after rclone's 3 x 10 retries
-# (minutes); --ask-password=false: never wait for a config password on stdin.
+# (minutes); but a request the backend itself calls worth retrying (a 423
+# Locked from a WebDAV server handling two MKCOLs of one folder at once, as
+# parallel runs send; a 429; a 5xx) gets 3 tries, its pacer's backoff apart
+# (tens of ms): with one, such an answer failed the whole run, and each of its
+# blobs then took a process of its own. --ask-password=false: never wait for a
+# config password on stdin.
 FLAGS = (
     "--retries=1",
-    "--low-level-retries=1",
+    "--low-level-retries=3",
     "--contimeout=10s",
     "--timeout=60s",
     "--ask-password=false",
-    "--log-level=ERROR",
 )
 CHECK_TIMEOUT = 60.0
 # Fewer blobs than this are not worth a process of their own.
 MIN_RUN = 8
+# A run's scratch folder: the folder of links it copies, and its log.
+LINKS = "blobs"
+LOG = "log"
 
 # ":backend,key=value,…:path" or "name,key=value,…:path": the parameters may hold
 # credentials, so they never leave the node (URLs, logs, errors).
@@ -126,11 +133,20 @@ class RcloneHost:
         check_filehash(filehash)
         return _join(self.remote, filehash)
 
-    async def _rclone(self, action: str, *args: str, **options: object) -> str:
+    async def _rclone(
+        self, action: str, *args: str, log_file: str | None = None, **options: object
+    ) -> str:
+        # Errors only, on stderr, whose tail the runner puts in the error message; or, with a
+        # log file, what became of each object too, one JSON object a line (L{_copied}).
+        log = (
+            ("--log-level=INFO", "--use-json-log", f"--log-file={log_file}")
+            if log_file
+            else ("--log-level=ERROR",)
+        )
         try:
             result = await self._runner.run(
                 RCLONE,
-                (action, *FLAGS, *self._limit(), *args),
+                (action, *FLAGS, *log, *self._limit(), *args),
                 action=f"rclone {action}",
                 **options,
             )
@@ -180,7 +196,8 @@ class RcloneHost:
         allows: a run's own parallel transfers still wait on its backend's
         pacer (WebDAV: one request at a time, a few ms apart), so separate
         processes are what makes a batch go faster. If a run fails, each of
-        its blobs is tried alone, to tell which ones did not make it.
+        its blobs that rclone did not say it copied is tried alone, to tell
+        which ones did not make it.
         """
         if len(blobs) < 2:
             return Deferred.fromCoroutine(store_each(self, blobs))
@@ -208,21 +225,29 @@ class RcloneHost:
             size = sum([blob_size(path) for _, path in blobs])
         except HostError:
             return await store_each(self, blobs)  # each its own answer
-        folder = await self._run_blocking(_links, blobs)
+        scratch = await self._run_blocking(_links, blobs)
         try:
             await self._rclone(
                 "copy",
                 "--ignore-times",
                 "--copy-links",
                 "--no-check-dest",  # nothing to compare: every blob goes up
-                folder,
+                os.path.join(scratch, LINKS),
                 self.remote,
+                log_file=os.path.join(scratch, LOG),
                 timeout=self._transfer_timeout(size),
             )
         except HostError:
-            return await store_each(self, blobs)
+            # A run fails for one blob as for all (a timeout, a refusal): those it
+            # copied are there, the others get a run each, and an answer each.
+            copied = await self._run_blocking(_copied, os.path.join(scratch, LOG))
+            retried = iter(await store_each(self, [b for b in blobs if b[0] not in copied]))
+            return [
+                object_url(self.remote, filehash) if filehash in copied else next(retried)
+                for filehash, _ in blobs
+            ]
         finally:
-            await self._run_blocking(shutil.rmtree, folder, True)
+            await self._run_blocking(shutil.rmtree, scratch, True)
         return [object_url(self.remote, filehash) for filehash, _ in blobs]
 
     def fetch(self, filehash: str, url: str, destination: str, size: int) -> Deferred[None]:
@@ -278,10 +303,38 @@ class RcloneHost:
 
 def _links(blobs: Sequence[tuple[str, str]]) -> str:
     """
-    A folder, in the system's temporary folder (a crash's leftover disturbs
-    nothing), holding a link named by its filehash to each blob.
+    A folder for one run, in the system's temporary folder (a crash's
+    leftover disturbs nothing): in its folder L{LINKS}, a link named by its
+    filehash to each blob; beside it, the run's L{LOG}.
     """
-    folder = tempfile.mkdtemp(prefix="metadisk-rclone-")
+    scratch = tempfile.mkdtemp(prefix="metadisk-rclone-")
+    folder = os.path.join(scratch, LINKS)
+    os.mkdir(folder)
     for filehash, path in blobs:
         os.symlink(os.path.abspath(path), os.path.join(folder, filehash))
-    return folder
+    return scratch
+
+
+def _copied(log: str) -> set[str]:
+    """
+    The objects a run's JSON log says it copied: rclone logs "Copied (…)"
+    once the object is up and its size (and hash, where both ends have one)
+    checked, and an error instead when either is wrong.
+    """
+    copied = set()
+    try:
+        with open(log, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if (
+                    isinstance(entry, dict)
+                    and str(entry.get("msg", "")).startswith("Copied")
+                    and isinstance(entry.get("object"), str)
+                ):
+                    copied.add(entry["object"])
+    except OSError:
+        pass  # no log (rclone never started): nothing is known to be copied
+    return copied
