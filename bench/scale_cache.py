@@ -164,19 +164,24 @@ def _percentiles(seconds: list[float]) -> str:
     return f"{q[49] * 1000:.1f} / {q[98] * 1000:.1f}"
 
 
-def _settle(log: Path, new_layout: bool, process: subprocess.Popen) -> None:
-    """Wait for the node's background work on its cache to end, then a quiet moment."""
+def _settle(log: Path, since: int, new_layout: bool, process: subprocess.Popen) -> None:
+    """
+    Wait for the node's background work on its cache to end (its log from byte
+    C{since}: a log of earlier starts holds their lines), then a quiet moment.
+    """
     if new_layout:
-        address_in_log(log, r"(cache checked)", process, "the cache check", seconds=3600)
+        address_in_log(log, r"(cache checked)", process, "the cache check", 3600, since)
     time.sleep(SETTLE)
 
 
 def _measure(tree: Path, work: Path, filehashes: list[str], new_layout: bool) -> dict:
     """Start the node of C{tree} on C{work} (its cache filled) and measure it; then stop it."""
     subprocess.run(["sync"], check=True)
+    log = work / "node.log"
+    since = log.stat().st_size if log.exists() else 0
     node = _start(tree, work)
     try:
-        _settle(work / "node.log", new_layout, node.process)
+        _settle(log, since, new_layout, node.process)
         idle = rss_mib(node.pid)
         token = _token(node.port, node.secret)
         connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=60)
