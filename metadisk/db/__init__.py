@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorCore
 
-from metadisk.interfaces import IDatabase
+from metadisk.interfaces import IDatabase, ITransaction
 
 
 class DatabaseUnavailable(Exception):
@@ -66,3 +66,19 @@ async def matching(
         rows = await database.query(sql.format(marks=marks), (*batch, *extra))
         found.update(row[0] for row in rows)
     return found
+
+
+async def insert_rows(
+    txn: ITransaction, sql: str, rows: Sequence[tuple], per_statement: int
+) -> None:
+    """
+    C{sql} ("INSERT INTO t (a, b) VALUES {rows} ON CONFLICT ...") run over
+    C{rows}, C{per_statement} of them a statement, C{{rows}} standing for a
+    statement's tuples of placeholders: many rows in few round trips, none
+    binding more values than SQLite allows.
+    """
+    for start in range(0, len(rows), per_statement):
+        batch = rows[start : start + per_statement]
+        row = "(" + ", ".join("?" * len(batch[0])) + ")"
+        values = tuple(value for each in batch for value in each)
+        await txn.execute(sql.format(rows=", ".join([row] * len(batch))), values)

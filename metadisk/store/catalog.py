@@ -13,7 +13,7 @@ import unicodedata
 
 from attrs import define, frozen
 
-from metadisk.db import IN_BATCH, matching
+from metadisk.db import IN_BATCH, insert_rows, matching
 from metadisk.interfaces import IDatabase, ITransaction
 
 FORMAT_VERSION = "0.2"
@@ -222,14 +222,13 @@ class Catalog:
         tens of thousands, one statement each, would outlast a transaction's
         timeout on PostgreSQL.
         """
-        for start in range(0, len(records), IN_BATCH):
-            batch = records[start : start + IN_BATCH]
-            await txn.execute(
-                "INSERT INTO chain_records (filehash, record, txid)"
-                f" VALUES {', '.join(['(?, ?, ?)'] * len(batch))}"
-                " ON CONFLICT (filehash) DO NOTHING",
-                tuple(v for r in batch for v in (r["filehash"], json.dumps(r), txid)),
-            )
+        await insert_rows(
+            txn,
+            "INSERT INTO chain_records (filehash, record, txid) VALUES {rows}"
+            " ON CONFLICT (filehash) DO NOTHING",
+            [(r["filehash"], json.dumps(r), txid) for r in records],
+            IN_BATCH,
+        )
 
     @staticmethod
     async def confirm(txn: ITransaction, filehash: str, txid: str, height: int) -> None:

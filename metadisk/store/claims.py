@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from metadisk.crypto import sha256_file
-from metadisk.db import matching
+from metadisk.db import insert_rows, matching
 from metadisk.interfaces import IDatabase, IFileHost, ITransaction
 from metadisk.meters import INCOMING, Meters
 from metadisk.metrics import Metrics
@@ -64,14 +64,13 @@ class Claims:
         in few statements, once each: read again, they change nothing. A
         statement a claim would outlast PostgreSQL's query timeout.
         """
-        for start in range(0, len(claims), ROWS_PER_INSERT):
-            rows = claims[start : start + ROWS_PER_INSERT]
-            await txn.execute(
-                "INSERT INTO chain_claims (txid, idx, filehash, height, position, filesize, record)"
-                f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(rows))}"
-                " ON CONFLICT (txid, idx) DO NOTHING",
-                tuple(value for claim in rows for value in _row(claim)),
-            )
+        await insert_rows(
+            txn,
+            "INSERT INTO chain_claims (txid, idx, filehash, height, position, filesize, record)"
+            " VALUES {rows} ON CONFLICT (txid, idx) DO NOTHING",
+            [_row(claim) for claim in claims],
+            ROWS_PER_INSERT,
+        )
 
     @staticmethod
     async def forget_above(txn: ITransaction, height: int) -> None:
