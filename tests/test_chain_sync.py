@@ -141,6 +141,18 @@ class ChainTestCase(TestCase):
     def reader(self, db: IDatabase, **kw: Any) -> Reader:
         return Reader(db=db, chain=self.chain, clock=self.clock, **kw)
 
+    def service(self, db: IDatabase, lane: ManifestLane, poll: float = 5) -> ChainService:
+        """The chain's service over this case's reader and publisher, polling every C{poll} s."""
+        return ChainService(
+            self.chain,
+            self.reader(db),
+            self.publisher(db),
+            ChainQueue(db, WAIT),
+            self.clock,
+            poll,
+            lane,
+        )
+
     def sent_comments(self) -> list[str]:
         return [self.fake.transactions[e["txid"]]["tx-comment"] for e in self.fake.wallet]
 
@@ -494,28 +506,20 @@ class ReaderTests(ChainTestCase):
 
 
 class ServiceTests(ChainTestCase):
-    def service(self, db: IDatabase) -> ChainService:
-        lane = ManifestLane(
+    def idle_lane(self, db: IDatabase) -> ManifestLane:
+        """A manifest lane that no announcement reaches."""
+        return ManifestLane(
             announcements=Announcements(db),
             urls=URLHost(None, 0, self.clock),
             clock=self.clock,
             run_blocking=in_caller,
             directory=Path("unused"),
         )
-        return ChainService(
-            self.chain,
-            self.reader(db),
-            self.publisher(db),
-            ChainQueue(db, WAIT),
-            self.clock,
-            5,
-            lane,
-        )
 
     async def test_chain_down_then_back(self) -> None:
         """Nothing stops: the queue grows, the status says why; all goes out once it is back."""
         db = await self.database()
-        service = self.service(db)
+        service = self.service(db, self.idle_lane(db))
         self.http.down = True
         for n in range(1, 4):
             await self.add_file(db, n)
@@ -542,7 +546,7 @@ class ServiceTests(ChainTestCase):
     async def test_bad_credentials_are_reported(self) -> None:
         db = await self.database()
         self.chain = self.florincoin(FakeFlorincoind(password="other"))
-        service = self.service(db)
+        service = self.service(db, self.idle_lane(db))
         await service.reading.run()
         self.assertIn("rejected the credentials", (await service.status())["error"])
 

@@ -21,9 +21,7 @@ from twisted.trial.unittest import TestCase
 from metadisk.chain import codec
 from metadisk.chain.bitcoinlike import BitcoinLike
 from metadisk.chain.manifest_lane import FIRST_RETRY, Announced, Announcements, ManifestLane
-from metadisk.chain.queue import ChainQueue
 from metadisk.chain.reader import Reader
-from metadisk.chain.service import ChainService
 from metadisk.config import networks
 from metadisk.interfaces import IDatabase, ITransaction
 from metadisk.metrics import Metrics
@@ -35,7 +33,7 @@ from tests.fakes.florincoind import FakeFlorincoind
 from tests.fakes.manifest_server import ManifestServer
 from tests.support import eventually, json_of, start_node, test_config
 from tests.test_chain_litecoin import litecoind
-from tests.test_chain_sync import WAIT, ChainTestCase, filehash
+from tests.test_chain_sync import ChainTestCase, filehash
 
 
 def record(n: int, name: str = "hello.txt", size: int = 0) -> dict[str, Any]:
@@ -413,16 +411,7 @@ class StatusTests(ManifestTestCase):
         self.publish_manifest([record(3)], name="b")
         self.server.files.pop("b")
         self.fake.mine()
-        lane = self.lane(db)
-        service = ChainService(
-            self.chain,
-            self.reader(db),
-            self.publisher(db),
-            ChainQueue(db, WAIT),
-            self.clock,
-            5,
-            lane,
-        )
+        service = self.service(db, self.lane(db))
         await service.reading.run()
         self.assertEqual((await service.status())["manifests"], {"pending": 2, "records": 0})
         await service.fetching.run()
@@ -436,15 +425,7 @@ class ServiceTests(ManifestTestCase):
         db = await self.database()
         self.publish_manifest([record(1)])
         self.fake.mine()
-        service = ChainService(
-            self.chain,
-            self.reader(db),
-            self.publisher(db),
-            ChainQueue(db, WAIT),
-            self.clock,
-            30,
-            self.lane(db),
-        )
+        service = self.service(db, self.lane(db), poll=30)
         service.startService()
         self.addCleanup(service.stopService)
 
