@@ -1,9 +1,12 @@
 """
 Transfer speed side by side, in one run on loopback: the node (limits off,
 its three local-directory hosts) against `rclone serve webdav` (the baseline:
-a Go server that only writes and reads files) and, when it can be installed
-into its own virtualenv, a Tahoe-LAFS introducer + storage node (another
-Twisted system with convergent encryption, 1-of-1 shares: its fastest).
+a Go server that only writes and reads files), the platform's ceiling in the
+small and 1 MiB phases (bench/bare_twisted.py: twisted.web alone, writing each
+upload durably and serving files with static.File: what any node on CPython
+and Twisted spends at least) and, when it can be installed into its own
+virtualenv, a Tahoe-LAFS introducer + storage node (another Twisted system
+with convergent encryption, 1-of-1 shares: its fastest).
 
 Each system gets the same client, curl: one large file up and down (the node's
 with its key, then once more as the stored ciphertext), then many small files
@@ -147,6 +150,7 @@ class System:
 
     name = ""
     pid = 0
+    large = True  # measured with the large file too
 
     def start(self, work: Path) -> None:
         raise NotImplementedError
@@ -203,7 +207,31 @@ class System:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Rclone(System):
+class FileServer(System):
+    """A server of plain files: a PUT stores one under its name, a GET of that name reads it."""
+
+    process: subprocess.Popen
+    url: str
+
+    def stop(self) -> None:
+        if hasattr(self, "process"):
+            stop_process(self.process)
+
+    def put(self, path: Path) -> str:
+        curl("-T", str(path), f"{self.url}/{path.name}")
+        return path.name
+
+    def get_url(self, handle: str) -> str:
+        return f"{self.url}/{handle}"
+
+    def put_options(self, path: Path) -> list[tuple[str, str]]:
+        return [("upload-file", str(path)), ("url", f"{self.url}/{path.name}")]
+
+    def handle(self, path: Path, answer: str) -> str:
+        return path.name
+
+
+class Rclone(FileServer):
     name = "rclone"
 
     def start(self, work: Path) -> None:
@@ -222,22 +250,24 @@ class Rclone(System):
             log, r"started on \[?(http://[0-9.]+:[0-9]+)", self.process, "rclone serve webdav"
         )
 
-    def stop(self) -> None:
-        if hasattr(self, "process"):
-            stop_process(self.process)
 
-    def put(self, path: Path) -> str:
-        curl("-T", str(path), f"{self.url}/{path.name}")
-        return path.name
+class BareTwisted(FileServer):
+    """bench/bare_twisted.py: the platform's ceiling, for the small and 1 MiB phases."""
 
-    def get_url(self, handle: str) -> str:
-        return f"{self.url}/{handle}"
+    name = "twisted.web"
+    large = False
 
-    def put_options(self, path: Path) -> list[tuple[str, str]]:
-        return [("upload-file", str(path)), ("url", f"{self.url}/{path.name}")]
-
-    def handle(self, path: Path, answer: str) -> str:
-        return path.name
+    def start(self, work: Path) -> None:
+        self.root = work / "bare"
+        self.root.mkdir()
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("bare_twisted.py")), str(self.root)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = self.process.pid
+        assert self.process.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
 
 
 class MetaDisk(System):
@@ -479,6 +509,38 @@ def check(system: System, load: Workload, sources: list[Path], copies: list[Path
             copy.unlink()
 
 
+def large_phase(
+    system: System, load: Workload, figures: Figures, log: Callable[[str], None]
+) -> None:
+    """The large file: up, (the node's replication), down."""
+    start = time.perf_counter()
+    handle = system.put(load.large)
+    figures.put = load.large_size / (time.perf_counter() - start) / MB
+    log(f"  {system.name}: PUT {figures.put:.1f} MB/s")
+    figures.replication = system.settle()
+    out = load.out("large.out")
+    expected = sha256_of(load.large)
+    # Twice, the best counts: the first GET also warms the client's page cache. (On a VM,
+    # a page the guest has not used lately costs the client many times an ordinary write.)
+    for _ in range(2):
+        seconds, _ = curl("-o", str(out), system.get_url(handle))
+        figures.get = max(figures.get, load.large_size / seconds / MB)
+        log(f"  {system.name}: GET {load.large_size / seconds / MB:.1f} MB/s")
+        if load.sink == "file":
+            if sha256_of(out) != expected:
+                raise RuntimeError(f"{system.name}: the large file came back different")
+            out.unlink()
+    if isinstance(system, MetaDisk):
+        seconds, _ = curl("-o", str(out), system.get_url(handle, key=False))
+        figures.get_ciphertext = load.large_size / seconds / MB
+        log(f"  {system.name}: GET ciphertext {figures.get_ciphertext:.1f} MB/s")
+        if load.sink == "file":
+            if sha256_of(out) != handle:
+                raise RuntimeError("node: the blob does not hash to its filehash")
+            out.unlink()
+    figures.rss_large = peak_rss_mib(system.pid)
+
+
 def measure(system: System, load: Workload, log: Callable[[str], None]) -> Figures:
     figures = Figures()
     refresh(load.large)
@@ -487,47 +549,22 @@ def measure(system: System, load: Workload, log: Callable[[str], None]) -> Figur
     try:
         system.start(load.work)
         pid = system.pid
-        # The large file: up, (the node's replication), down.
         reset_peak(pid)
-        start = time.perf_counter()
-        handle = system.put(load.large)
-        figures.put = load.large_size / (time.perf_counter() - start) / MB
-        log(f"  {system.name}: PUT {figures.put:.1f} MB/s")
-        figures.replication = system.settle()
-        out = load.out("large.out")
-        expected = sha256_of(load.large)
-        # Twice, the best counts: the first GET also warms the client's page cache. (On a VM,
-        # a page the guest has not used lately costs the client many times an ordinary write.)
-        for _ in range(2):
-            seconds, _ = curl("-o", str(out), system.get_url(handle))
-            figures.get = max(figures.get, load.large_size / seconds / MB)
-            log(f"  {system.name}: GET {load.large_size / seconds / MB:.1f} MB/s")
-            if load.sink == "file":
-                if sha256_of(out) != expected:
-                    raise RuntimeError(f"{system.name}: the large file came back different")
-                out.unlink()
-        if isinstance(system, MetaDisk):
-            seconds, _ = curl("-o", str(out), system.get_url(handle, key=False))
-            figures.get_ciphertext = load.large_size / seconds / MB
-            log(f"  {system.name}: GET ciphertext {figures.get_ciphertext:.1f} MB/s")
-            if load.sink == "file":
-                if sha256_of(out) != handle:
-                    raise RuntimeError("node: the blob does not hash to its filehash")
-                out.unlink()
-        figures.rss_large = peak_rss_mib(pid)
+        if system.large:
+            large_phase(system, load, figures, log)
 
         # The small files: all up, then all down, one client.
         reset_peak(pid)
         cpu = system.cpu_seconds()
         seconds, handles = system.put_many(load.small, load.work)
         figures.small_put = len(load.small) / seconds
-        if isinstance(system, MetaDisk):
+        if isinstance(system, (MetaDisk, BareTwisted)):
             figures.cpu_put = (system.cpu_seconds() - cpu) * 1000 / len(load.small)
         system.settle()
         cpu = system.cpu_seconds()
         outs = [load.out(f"small-{i:05d}.out") for i in range(len(handles))]
         figures.small_get = len(handles) / system.get_many(handles, outs, load.work)
-        if isinstance(system, MetaDisk):
+        if isinstance(system, (MetaDisk, BareTwisted)):
             figures.cpu_get = (system.cpu_seconds() - cpu) * 1000 / len(handles)
         figures.rss_small = peak_rss_mib(pid)
         log(f"  {system.name}: small PUT {figures.small_put:.0f}/s, GET {figures.small_get:.0f}/s")
@@ -573,6 +610,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def report(results: dict[str, Figures], args: argparse.Namespace, context: dict) -> int:
     base, node, tahoe = results["rclone"], results["node"], results.get("tahoe")
+    bare = results["twisted.web"]
     size = f"{args.size_mib} MiB" if args.size_mib % 1024 else f"{args.size_mib // 1024} GiB"
     print()
     print(
@@ -661,6 +699,29 @@ def report(results: dict[str, Figures], args: argparse.Namespace, context: dict)
         f"hosts at {node.replicated:.0f} blobs/s; with 3 rclone WebDAV hosts "
         f"({args.files} files): taken at {accepted:.0f} files/s, on the hosts at "
         f"{replicated:.0f} blobs/s (both from the first upload until the queue was empty)"
+    )
+    print()
+    print(
+        "the platform's ceiling: twisted.web alone (bench/bare_twisted.py: a PUT's body written "
+        "and fsynced, GETs by static.File; no encryption, database, accounts, hosts or log)"
+    )
+    print(f"{'':48}{'twisted.web':>12}{'/ rclone':>12}{'node / it':>12}")
+    for label, name in (
+        ("small upload, one client, files/s", "small_put"),
+        ("small download, one client, files/s", "small_get"),
+        (f"small upload, {CLIENTS} clients, files/s", "many_put"),
+        (f"small download, {CLIENTS} clients, files/s", "many_get"),
+        ("1 MiB upload, files/s", "medium_put"),
+        ("1 MiB download, files/s", "medium_get"),
+    ):
+        value = getattr(bare, name)
+        print(
+            f"{label:48}{value:>12.0f}{ratio(value, getattr(base, name)):>12}"
+            f"{ratio(getattr(node, name), value):>12}"
+        )
+    print(
+        f"twisted.web: CPU seconds per 1,000 x {args.file_kib} KiB (one client): uploads "
+        f"{bare.cpu_put:.2f}, downloads {bare.cpu_get:.2f}"
     )
     database = "PostgreSQL (" + args.database + ")" if args.database else "SQLite"
     print(f"node database: {database}")
@@ -776,7 +837,7 @@ def main() -> int:
         max_file_size=max(size, small_size, MEDIUM[1]),
         database=args.database,
     )
-    systems.append(node)
+    systems += [node, BareTwisted()]
     if args.tahoe:
         venv, version = tahoe_venv(args.tahoe_venv, log)
         if venv is None:
