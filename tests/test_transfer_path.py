@@ -6,9 +6,11 @@ copy in the kernel (and fall back to a buffer where the kernel cannot).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -17,6 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from metadisk import crypto
 from metadisk.crypto import CHUNK_SIZE, ctr_cipher, encrypt_in_place
+from metadisk.store import blocking
 from metadisk.store.hosts import HostError, local
 
 
@@ -163,3 +166,64 @@ class ShortKernelCopyTests(SynchronousTestCase):
             local._copy(base / "blob", base / "copy")
         self.assertEqual((base / "copy").read_bytes(), content)
         self.assertEqual(len(calls), 2)
+
+
+class BatchFlushTests(SynchronousTestCase):
+    """A batch of copies is made durable together: per filesystem, not per file."""
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp())
+        self.base.mkdir()
+        self.copies = []
+        for i in range(20):
+            source = self.base / f"blob{i}"
+            source.write_bytes(os.urandom(1000))
+            destination = self.base / "host" / f"{i:02x}" / f"blob{i}"
+            self.copies.append((source, destination))
+        (self.base / "host").mkdir()
+        self.fsyncs: list[int] = []
+        self.syncfs_calls: list[int] = []
+
+    def fsync(self, fd: int, real: Callable[[int], None] = os.fsync) -> None:
+        self.fsyncs.append(fd)
+        real(fd)
+
+    def test_one_flush_for_the_bytes_one_for_the_renames(self) -> None:
+        """Twenty small copies: two syncfs of their filesystem, no fsync of each file or shard."""
+        if blocking._syncfs is None:
+            raise SkipTest("no syncfs here")
+        real = blocking._syncfs
+
+        def syncfs(fd: int) -> int:
+            self.syncfs_calls.append(fd)
+            return real(fd)
+
+        with (
+            mock.patch.object(blocking, "_syncfs", syncfs),
+            mock.patch.object(blocking.os, "fsync", self.fsync),
+        ):
+            outcome = local._copy_all(self.copies)
+        self.assertEqual(outcome, [None] * 20)
+        self.assertEqual((len(self.syncfs_calls), self.fsyncs), (2, []))
+        for source, destination in self.copies:
+            self.assertEqual(destination.read_bytes(), source.read_bytes())
+
+    def test_a_failed_flush_fails_the_whole_batch(self) -> None:
+        """The disk refuses the flush: no copy of the batch is put in place, none is left half."""
+        with mock.patch.object(blocking, "_syncfs", lambda fd: ctypes.set_errno(errno.EIO) or -1):
+            outcome = local._copy_all(self.copies)
+        self.assertEqual({type(e) for e in outcome}, {HostError})
+        self.assertIn("Input/output error", str(outcome[0]))
+        self.assertEqual(list((self.base / "host").rglob("blob*")), [])
+
+    def test_without_syncfs_each_is_flushed(self) -> None:
+        """Where the system has no syncfs: an fsync of each copy and each folder."""
+        with (
+            mock.patch.object(blocking, "_syncfs", None),
+            mock.patch.object(blocking.os, "fsync", self.fsync),
+        ):
+            outcome = local._copy_all(self.copies)
+        self.assertEqual(outcome, [None] * 20)
+        self.assertEqual(len(self.fsyncs), 20 + 20 + 1)  # the copies, their shards, the host
+        for source, destination in self.copies:
+            self.assertEqual(destination.read_bytes(), source.read_bytes())

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from metadisk.crypto import is_hex64
 from metadisk.interfaces import IFileHost
-from metadisk.store.blocking import RunBlocking, sync_path
+from metadisk.store.blocking import RunBlocking, sync_together
 from metadisk.store.hosts import HostError, Stored, check_filehash, host_errors, one
 from metadisk.store.shards import flat, flat_blobs, is_shard, move_into_shard, sharded
 
@@ -71,12 +71,17 @@ def _copy(source: Path, destination: Path) -> None:
 def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
     """
     Copy files durably, each at its destination whole or not at all; for
-    each, None or why it failed. All are written, then flushed, then put in
-    place, then their folders flushed: the journal takes the flushes of a
-    batch together (about a third of the time of a flush after each write).
+    each, None or why it failed. All are written, then flushed together,
+    then put in place, then their folders flushed together: one journal
+    commit for a batch's bytes and one for its renames, however many blobs
+    (L{sync_together}).
     """
     outcome: list[HostError | None] = [None] * len(copies)
     partials = [destination.with_name(destination.name + ".partial") for _, destination in copies]
+
+    def failed(i: int, e: HostError) -> None:
+        outcome[i] = e
+        partials[i].unlink(missing_ok=True)
 
     def step(i: int, action: Callable[[], object]) -> None:
         if outcome[i] is None:
@@ -84,22 +89,26 @@ def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
                 with host_errors():
                     action()
             except HostError as e:
-                outcome[i] = e
-                partials[i].unlink(missing_ok=True)
+                failed(i, e)
 
     for i, (source, _) in enumerate(copies):
         step(i, lambda source=source, partial=partials[i]: _write(source, partial))
-    for i in range(len(copies)):
-        step(i, lambda partial=partials[i]: sync_path(partial))
+    written = [i for i in range(len(copies)) if outcome[i] is None]
+    try:
+        with host_errors():
+            sync_together([partials[i] for i in written])
+    except HostError as e:
+        for i in written:  # not known to be on the disk: none is put in place
+            failed(i, e)
     for i, (_, destination) in enumerate(copies):
         step(
             i, lambda partial=partials[i], destination=destination: os.replace(partial, destination)
         )
     placed = {destination.parent for i, (_, destination) in enumerate(copies) if not outcome[i]}
     # The shards' entries too: a shard made for this batch must survive a crash with it.
-    for folder in placed | {shard.parent for shard in placed}:
-        with host_errors():
-            sync_path(folder)  # the renames: a crash must not lose a copy recorded as made
+    with host_errors():
+        # The renames: a crash must not lose a copy recorded as made.
+        sync_together(placed | {shard.parent for shard in placed})
     return outcome
 
 
@@ -214,10 +223,9 @@ class LocalDirectoryHost:
                 move_into_shard(self.root, filehash)
             except FileNotFoundError:
                 pass  # moved or removed meanwhile
-        for folder in {sharded(self.root, filehash).parent for filehash in batch}:
-            sync_path(folder)
         if batch:
-            sync_path(self.root)  # the renames out of it, and the shards made for them
+            # The renames out of the root, into their shards, and the shards made for them.
+            sync_together({sharded(self.root, filehash).parent for filehash in batch} | {self.root})
         return batch
 
     def stop_moving(self) -> None:
