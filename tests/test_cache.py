@@ -233,6 +233,18 @@ class CacheTests(TestCase):
         await cache.allocate(890)  # 200 more than room: the older goes
         self.assertEqual(cache.filehashes(), [old])
 
+    async def test_locate_in_shards_and_the_flat_layout(self) -> None:
+        """Where each blob held is, and its size, wherever it is; nothing for one not held."""
+        old = self.put_flat(1, 100, mtime=20)
+        cache = self.cache = self.open()
+        self.assertEqual(cache.locate([old, filehash(3)]), {old: (str(self.root / old), 100)})
+        await cache.check()  # the flat blob moves into its shard
+        new = await self.put(2, 50)
+        self.assertEqual(
+            cache.locate([old, new, filehash(3)]),
+            {old: (str(sharded(self.root, old)), 100), new: (str(sharded(self.root, new)), 50)},
+        )
+
     async def test_crash_mid_move_blob_in_one_place_or_both(self) -> None:
         """
         A crash while moving: some blobs still flat, some in their shards,

@@ -151,6 +151,22 @@ class BlobCache:
         # The background move may take it from one place to the other between two looks.
         return flat(self.root, filehash).is_file() or sharded(self.root, filehash).is_file()
 
+    def locate(self, filehashes: list[str]) -> dict[str, tuple[str, int]]:
+        """
+        Where each of these blobs that the cache holds is, and its size
+        (blocking: a stat each, for the thread pool).
+        """
+        found = {}
+        # Twice: the background move may take a blob from one place to the other between looks.
+        for _ in range(2 if self._flat_possible else 1):
+            for filehash in [f for f in filehashes if f not in found]:
+                path = self.path(filehash)
+                try:
+                    found[filehash] = (str(path), os.stat(path).st_size)
+                except FileNotFoundError:
+                    pass
+        return found
+
     def filehashes(self) -> list[str]:
         """Every blob in the folder, by filehash (a listing of all of it: for tests and tools)."""
         found = flat_blobs(self.root, 2**63) if self._flat_possible else []

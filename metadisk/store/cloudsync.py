@@ -24,7 +24,7 @@ from metadisk.store.blocking import RunBlocking
 from metadisk.store.cache import BlobCache
 from metadisk.store.catalog import Catalog
 from metadisk.store.cloudqueue import CloudQueue
-from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, blob_size, transfer_timeout
+from metadisk.store.hosts import SLOWEST_RATE, HostError, Stored, transfer_timeout
 
 T = TypeVar("T")
 
@@ -181,12 +181,14 @@ class CloudSync:
         if not due:
             return 0
         errors: dict[str, list[str]] = {filehash: [] for filehash in due}
+        # Looked up in the thread pool: a stat each, which the reactor must not wait for.
+        cached = await self._run_blocking(self._cache.locate, list(due))
         for filehash in due:
-            if filehash not in self._cache and not self._stopping:
+            if filehash not in cached and not self._stopping:
                 # Repair found a copy lost and the cache has evicted the blob since:
                 # restore it from a host that still holds a good copy.
                 try:
-                    await self._recache(filehash)
+                    cached[filehash] = await self._recache(filehash)
                 except CancelledError:
                     return len(due)  # the node stops: the blobs stay queued as they were
                 except Exception as e:
@@ -196,10 +198,10 @@ class CloudSync:
         need = {filehash: self.copies - len(holding[filehash]) for filehash in due}
         tried: dict[str, set[str]] = {filehash: set() for filehash in due}
         made: list[tuple[str, str, str]] = []  # (filehash, host, url)
-        while not self._stopping and (plan := self._plan(need, holding, tried)):
+        while not self._stopping and (plan := self._plan(need, holding, tried, cached)):
             outcomes = await DeferredList(
                 [
-                    self._store_all(self._by_name[name], [(f, self._cached(f)) for f in blobs])
+                    self._store_all(self._by_name[name], [(f, *cached[f]) for f in blobs])
                     for name, blobs in plan.items()
                 ],
                 consumeErrors=True,
@@ -220,18 +222,22 @@ class CloudSync:
         return len(due)
 
     def _plan(
-        self, need: dict[str, int], holding: dict[str, set[str]], tried: dict[str, set[str]]
+        self,
+        need: dict[str, int],
+        holding: dict[str, set[str]],
+        tried: dict[str, set[str]],
+        cached: dict[str, tuple[str, int]],
     ) -> dict[str, list[str]]:
         """
-        The copies to try next, by host name: each blob that is short goes to
-        as many healthy hosts as it needs, among those that hold it not and
-        have not failed it.
+        The copies to try next, by host name: each blob that is short and
+        in the cache goes to as many healthy hosts as it needs, among those
+        that hold it not and have not failed it.
         """
         now = self._clock.seconds()
         healthy = [host for host in self._hosts if self._health[host.name].healthy(now)]
         plan: dict[str, list[str]] = {}
         for filehash, short in need.items():
-            if short <= 0 or filehash not in self._cache:
+            if short <= 0 or filehash not in cached:
                 continue
             taken = holding[filehash] | tried[filehash]
             for host in [host for host in healthy if host.name not in taken][:short]:
@@ -271,8 +277,8 @@ class CloudSync:
             )
         self.log.debug("{n} blobs on {copies} hosts", n=copied, copies=self.copies)
 
-    async def _recache(self, filehash: str) -> None:
-        """Fetch a blob back into the cache (verified by L{fetch})."""
+    async def _recache(self, filehash: str) -> tuple[str, int]:
+        """Fetch a blob back into the cache (verified by L{fetch}); its path there, its size."""
         # current, not find: a manifest's blob (which find leaves out) is restored as well.
         record = await self._catalog.current(filehash)
         if record is None:
@@ -289,6 +295,7 @@ class CloudSync:
             partial.unlink(missing_ok=True)
             raise
         self._cache.add(filehash, partial, allocation)
+        return str(self._cache.path(filehash)), record.filesize
 
     async def forget(self, filehash: str, host_name: str) -> None:
         """
@@ -302,18 +309,22 @@ class CloudSync:
 
         await self._db.transaction(forget)
 
-    def _cached(self, filehash: str) -> str:
-        return str(self._cache.path(filehash))
-
-    def _store_all(self, host: IFileHost, blobs: list[tuple[str, str]]) -> Deferred[list[Stored]]:
-        """One host's share of a round, C{(filehash, path)} pairs: one job, timed by its size."""
+    def _store_all(
+        self, host: IFileHost, blobs: list[tuple[str, str, int]]
+    ) -> Deferred[list[Stored]]:
+        """
+        One host's share of a round, C{(filehash, path, size)} of each blob:
+        one job, timed by its size.
+        """
 
         async def store_all() -> list[Stored]:
             health = self._health[host.name]
+            total = sum(size for _, _, size in blobs)
             try:
-                size = sum([blob_size(path) for _, path in blobs])
                 results = await self._transfer(
-                    host.store_all(blobs).addTimeout(self._transfer_timeout(size), self._clock)
+                    host.store_all([(filehash, path) for filehash, path, _ in blobs]).addTimeout(
+                        self._transfer_timeout(total), self._clock
+                    )
                 )
             except CancelledError:
                 raise  # the node stops: no fault of the host's
@@ -336,9 +347,9 @@ class CloudSync:
                     all=len(results),
                     e=failed[0],
                 )
-            for (_, path), result in zip(blobs, results, strict=True):
+            for (_, _, blob_size), result in zip(blobs, results, strict=True):
                 if not isinstance(result, HostError):
-                    self._count(host, OUTGOING, path)
+                    self._count(host, OUTGOING, blob_size)
             return results
 
         return Deferred.fromCoroutine(store_all())
@@ -346,13 +357,10 @@ class CloudSync:
     def _transfer_timeout(self, size: int) -> float:
         return transfer_timeout(self.timeout, size, self.slowest_rate)
 
-    def _count(self, host: IFileHost, direction: str, path: str) -> None:
+    def _count(self, host: IFileHost, direction: str, size: int) -> None:
         # Host tools report no progress: a host transfer counts when it is complete.
         if self._meters is not None and host.name not in self._unmetered:
-            try:
-                self._meters.record(direction, os.path.getsize(path))
-            except OSError:
-                pass  # gone already (evicted, discarded): nothing to count it by
+            self._meters.record(direction, size)
 
     async def fetch(self, filehash: str, destination: Path, size: int) -> None:
         """
@@ -368,7 +376,8 @@ class CloudSync:
             try:
                 d = host.fetch(filehash, url, str(destination), size)
                 await d.addTimeout(self._transfer_timeout(size), self._clock)
-                self._count(host, INCOMING, str(destination))  # a corrupt copy came all the same
+                # A corrupt copy came all the same.
+                self._count(host, INCOMING, os.path.getsize(destination))
                 actual = await self._run_blocking(sha256_file, str(destination))
             except CancelledError:
                 raise  # the node stops: no fault of the host's, and no next host
