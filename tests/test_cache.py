@@ -233,6 +233,24 @@ class CacheTests(TestCase):
         await cache.allocate(890)  # 200 more than room: the older goes
         self.assertEqual(cache.filehashes(), [old])
 
+    async def test_moved_in_from_a_thread_then_counted(self) -> None:
+        """
+        L{BlobCache.move_in} (the disk's half, for a thread) then
+        L{BlobCache.moved_in}: the blob counted once; a second copy of it is
+        removed and counts as a use.
+        """
+        for i in range(2):
+            allocation = await self.cache.allocate(30)
+            source = self.root.parent / f"incoming-{i}"
+            source.write_bytes(b"y" * 30)
+            moved = self.cache.move_in(filehash(7), source)
+            self.assertEqual(moved, 30 if i == 0 else None)
+            self.assertFalse(source.exists())
+            self.assertEqual(self.cache.used, 30 * (i + 1))  # its room; not counted as a blob yet
+            self.cache.moved_in(filehash(7), allocation, moved)
+            self.assertEqual(self.cache.used, 30)
+        self.assertEqual(self.cache.filehashes(), [filehash(7)])
+
     async def test_locate_in_shards_and_the_flat_layout(self) -> None:
         """Where each blob held is, and its size, wherever it is; nothing for one not held."""
         old = self.put_flat(1, 100, mtime=20)

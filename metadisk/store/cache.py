@@ -221,14 +221,33 @@ class BlobCache:
 
     def add(self, filehash: str, source: Path, allocation: Allocation) -> None:
         """Move the finished blob at C{source} into the cache, in the room allocated for it."""
+        self.moved_in(filehash, allocation, self.move_in(filehash, source))
+
+    def move_in(self, filehash: str, source: Path) -> int | None:
+        """
+        The first half of L{add}, the one on the disk (blocking: the thread
+        pool may run it): the blob at C{source} put in its shard. Its size;
+        or None if the cache holds the blob already, and C{source} is removed.
+        """
+        if filehash in self:
+            source.unlink()
+            return None
         destination = sharded(self.root, filehash)
         destination.parent.mkdir(exist_ok=True)
-        there = destination.exists()
         os.replace(source, destination)
+        return destination.stat().st_size
+
+    def moved_in(self, filehash: str, allocation: Allocation, size: int | None) -> None:
+        """
+        The second half of L{add}, in the reactor: the room the blob takes
+        (C{size}, from L{move_in}), or a use of the one already there.
+        """
         self.release(allocation)
-        size = destination.stat().st_size
-        # A blob already there was counted (the index's next write corrects a guess).
-        self._change(filehash, (ADD, size, self._next_use()), 0 if there else size)
+        if size is None:
+            self.touch(filehash)
+        else:
+            # Two uploads of one blob may both count it: the index's next write corrects that.
+            self._change(filehash, (ADD, size, self._next_use()), size)
 
     def discard(self, filehash: str) -> None:
         size = 0

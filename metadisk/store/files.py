@@ -128,21 +128,22 @@ class FileStore:
         """
         key = convergent_key(self._convergence_secret, sha256_hex)
         blob = self.temporary(".blob") if keep_plaintext else plaintext
-        try:
+
+        def encrypt_into_cache() -> tuple[str, int | None]:
+            # One job in the thread pool: the reactor waits for no file operation.
             if keep_plaintext:
-                filehash = await self._run_blocking(encrypt_file, str(plaintext), str(blob), key)
+                filehash = encrypt_file(str(plaintext), str(blob), key)
             else:
-                filehash = await self._run_blocking(encrypt_in_place, str(blob), key)
+                filehash = encrypt_in_place(str(blob), key)
+            return filehash, self.cache.move_in(filehash, blob)
+
+        try:
+            filehash, moved = await self._run_blocking(encrypt_into_cache)
         except BaseException:
             blob.unlink(missing_ok=True)
             self.cache.release(allocation)
             raise
-        if filehash in self.cache:
-            blob.unlink()
-            self.cache.release(allocation)
-            self.cache.touch(filehash)
-        else:
-            self.cache.add(filehash, blob, allocation)
+        self.cache.moved_in(filehash, allocation, moved)
 
         async def record(txn: ITransaction) -> None:
             await self.catalog.add_file(txn, filehash, name, size, int(self._clock.seconds()))
