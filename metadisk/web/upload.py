@@ -142,6 +142,7 @@ class UploadReceiver:
         self._allocation: Allocation | None = None
         self._steps: Deferred[None] = succeed(None)
         self._pending = 0
+        self._paused = False  # by the steps in progress
         self._failure: APIError | None = None
         self._body_complete = False
         self._lost = False
@@ -158,12 +159,10 @@ class UploadReceiver:
     def result(self) -> Deferred[ReceivedUpload]:
         return self._result
 
-    # Admission: each step is a coroutine; the socket is paused while any runs.
+    # Admission: each step is a coroutine; the socket is paused while any waits.
 
     def _admit(self, step: Callable[[], Awaitable[None]]) -> None:
         self._pending += 1
-        if self._pending == 1:
-            self._holds.pause()
 
         def run(_: object) -> Deferred[None] | None:
             if self._failure is not None:
@@ -177,10 +176,16 @@ class UploadReceiver:
             elif self._failure is not None:
                 self._discard()  # the step took something after the upload failed: give it back
             if self._pending == 0:
-                self._holds.resume()
+                if self._paused:
+                    self._paused = False
+                    self._holds.resume()
                 self._maybe_finish()
 
         self._steps.addCallback(run).addBoth(done)
+        if self._pending and not self._paused:
+            # The step waits (for the database, the cache): no more of the body until it is done.
+            self._paused = True
+            self._holds.pause()
 
     async def _begin(self) -> None:
         self._policy.meters.check(INCOMING, self._length)
