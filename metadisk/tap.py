@@ -30,6 +30,7 @@ from metadisk.web.site import MetaDiskSite
 METERS_FLUSH_INTERVAL = 1.0
 EXPIRY_INTERVAL = 60.0  # seconds between two looks for expired resumable uploads
 STATISTICS_INTERVAL = 3600.0  # seconds between two refreshes of the planner's statistics
+SWITCH_INTERVAL = 0.0002  # seconds a thread may hold the GIL while another waits (5 ms by default)
 
 
 class Options(usage.Options):
@@ -218,6 +219,9 @@ def _check_endpoint(reactor: Any, key: str, description: str) -> None:
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
+    # The reactor's thread takes the GIL back sooner after each system call: by default a
+    # thread of the pool may keep it 5 ms while every connection waits (docs/architecture.md).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         config = load_config(
             options["config"], listen=options["listen"], data_dir=options["data-dir"]
