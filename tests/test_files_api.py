@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
@@ -12,6 +13,7 @@ from metadisk.crypto import DEFAULT_CONVERGENCE_SECRET, convergent_key, ctr_ciph
 from metadisk.store.files import FileStore
 from metadisk.store.shards import sharded
 from metadisk.web import delivery
+from metadisk.web.guard import TokenGuard
 from tests.support import (
     Conversation,
     body_of,
@@ -292,6 +294,29 @@ class DownloadErrorTests(TestCase):
             response = await node.http.get(url, params=params)
             self.assertEqual((response.code, await json_of(response)), (code, body), (url, params))
         self.assertEqual(await balance(node, token), 100)
+
+    async def test_an_unknown_token_is_counted_in_the_reactors_thread(self) -> None:
+        """
+        SQLite runs a transaction's work in a thread of its own: the guess of
+        a download's unknown token is counted after it, in the reactor's
+        thread, where the rest of the guard's state is used.
+        """
+        node = await start_node(self)
+        token = await funded_token(node)
+        result = await json_of(await upload(node, b"y" * 200, token))
+        threads = []
+        count = TokenGuard.unknown_token
+
+        def unknown_token(guard: TokenGuard, address: object) -> None:
+            threads.append(threading.current_thread())
+            count(guard, address)
+
+        self.patch(TokenGuard, "unknown_token", unknown_token)
+        response = await node.http.get(
+            node.url + "/api/download/" + result["filehash"], params={"token": "nosuchtoken"}
+        )
+        self.assertEqual(response.code, 401)
+        self.assertEqual(threads, [threading.main_thread()])
 
     async def test_wrong_key_gives_garbage_not_a_crash(self) -> None:
         node = await start_node(self)

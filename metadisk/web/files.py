@@ -16,7 +16,7 @@ from twisted.web.iweb import IRequest
 
 from metadisk.crypto import is_hex64
 from metadisk.interfaces import ITransaction
-from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation
+from metadisk.ledger import FREE, BalanceInsufficient, Ledger, Reservation, UnknownToken
 from metadisk.meters import INCOMING, OUTGOING, Meters
 from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
@@ -27,7 +27,7 @@ from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
 from metadisk.web.producers import BlobProducer
-from metadisk.web.upload import UPLOAD_COST, ReceivedUpload, reserve_credit
+from metadisk.web.upload import UPLOAD_COST, ReceivedUpload, reserve_credit_in, unknown_token
 
 _RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
 
@@ -191,7 +191,10 @@ class FilesAPI:
             reservation = await self._reserve(request, fetch + length, txn)
             return record, Charge(self._ledger, reservation, fetch, length)
 
-        record, charge = await self._store.transaction(look_up)
+        try:
+            record, charge = await self._store.transaction(look_up)
+        except UnknownToken:
+            raise unknown_token(self._guard, request.getClientAddress()) from None
         if charge is None:
             self._download_headers(request, record)
             return b""
@@ -285,9 +288,7 @@ class FilesAPI:
         token = query_argument(request, "token")
         if token is None:
             raise error(401, "token-required")
-        return await reserve_credit(
-            self._ledger, self._guard, request.getClientAddress(), token, amount, txn
-        )
+        return await reserve_credit_in(self._ledger, txn, token, amount)
 
     async def _settle(self, reservation: Reservation, cost: int) -> None:
         if self._ledger is not None:

@@ -44,24 +44,40 @@ async def reserve_credit(
     address: Any,
     token: str,
     amount: int,
-    txn: ITransaction | None = None,
 ) -> Reservation:
     """
-    Take C{amount} of credit from C{token} for a transfer (in C{txn}, if
-    given), or refuse it as the API documents: an unknown token is 401 (and
-    counts as a guess), too little credit is 402.
+    Take C{amount} of credit from C{token} for a transfer, or refuse it as
+    the API documents: an unknown token is 401 (and counts as a guess), too
+    little credit is 402.
     """
     try:
-        if not TOKEN_PATTERN.fullmatch(token):
-            raise UnknownToken()
+        return await reserve_credit_in(ledger, None, token, amount)
+    except UnknownToken:
+        raise unknown_token(guard, address) from None
+
+
+async def reserve_credit_in(
+    ledger: Ledger, txn: ITransaction | None, token: str, amount: int
+) -> Reservation:
+    """
+    L{reserve_credit} (in C{txn}, if given) but for an unknown token, which
+    raises L{UnknownToken}: the guess is for the caller to count, in the
+    reactor's thread (SQLite runs a transaction's work in a thread of its own).
+    """
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise UnknownToken()
+    try:
         if txn is not None:
             return await ledger.reserve_in(txn, token, amount)
         return await ledger.reserve(token, amount)
-    except UnknownToken:
-        guard.unknown_token(address)
-        raise error(401, "invalid-token") from None
     except BalanceInsufficient:
         raise error(402, "balance-insufficient") from None
+
+
+def unknown_token(guard: TokenGuard, address: Any) -> APIError:
+    """An unknown token, counted as a guess from C{address}: the 401 to raise."""
+    guard.unknown_token(address)
+    return error(401, "invalid-token")
 
 
 @frozen
@@ -223,8 +239,7 @@ class UploadReceiver:
         if self._token is not None:
             return  # the first token given pays: the query string's, else the form's
         if not TOKEN_PATTERN.fullmatch(token):
-            self._policy.guard.unknown_token(self._request.getClientAddress())
-            self._fail(error(401, "invalid-token"))
+            self._fail(unknown_token(self._policy.guard, self._request.getClientAddress()))
             return
         self._token = token
         self._admit(self._pay)
