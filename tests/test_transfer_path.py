@@ -10,6 +10,8 @@ import ctypes
 import errno
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -188,10 +190,13 @@ class BatchFlushTests(SynchronousTestCase):
         self.fsyncs.append(fd)
         real(fd)
 
+    def need_syncfs(self) -> None:
+        if blocking._syncfs is None or os.major(os.stat(self.base).st_dev) == 0:
+            raise SkipTest("no syncfs here, or no block device under this folder")
+
     def test_one_flush_for_the_bytes_one_for_the_renames(self) -> None:
         """Twenty small copies: two syncfs of their filesystem, no fsync of each file or shard."""
-        if blocking._syncfs is None:
-            raise SkipTest("no syncfs here")
+        self.need_syncfs()
         real = blocking._syncfs
 
         def syncfs(fd: int) -> int:
@@ -210,11 +215,28 @@ class BatchFlushTests(SynchronousTestCase):
 
     def test_a_failed_flush_fails_the_whole_batch(self) -> None:
         """The disk refuses the flush: no copy of the batch is put in place, none is left half."""
+        self.need_syncfs()
         with mock.patch.object(blocking, "_syncfs", lambda fd: ctypes.set_errno(errno.EIO) or -1):
             outcome = local._copy_all(self.copies)
         self.assertEqual({type(e) for e in outcome}, {HostError})
         self.assertIn("Input/output error", str(outcome[0]))
         self.assertEqual(list((self.base / "host").rglob("blob*")), [])
+
+    def test_no_syncfs_where_no_block_device_is_under(self) -> None:
+        """tmpfs, like NFS and FUSE, has no block device: an fsync of each, no syncfs."""
+        if not Path("/dev/shm").is_dir() or os.major(os.stat("/dev/shm").st_dev) != 0:
+            raise SkipTest("no tmpfs at /dev/shm")
+        folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        self.addCleanup(shutil.rmtree, folder)
+        paths = [folder / f"f{i}" for i in range(3)]
+        for path in paths:
+            path.write_bytes(b"x")
+        with (
+            mock.patch.object(blocking, "_syncfs", self.syncfs_calls.append),
+            mock.patch.object(blocking.os, "fsync", self.fsync),
+        ):
+            blocking.sync_together([*paths, folder])
+        self.assertEqual((self.syncfs_calls, len(self.fsyncs)), ([], 4))
 
     def test_without_syncfs_each_is_flushed(self) -> None:
         """Where the system has no syncfs: an fsync of each copy and each folder."""

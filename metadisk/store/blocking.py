@@ -57,23 +57,30 @@ _syncfs = _libc_syncfs()
 def sync_together(paths: Collection[Path]) -> None:
     """
     Make files' bytes and folders' entries durable, all at once (blocking):
-    one syncfs for each filesystem they are on, where Linux has it, else an
-    fsync each. A batch of small files then costs its filesystem one journal
-    commit, not one a file; the price is that the filesystem's other unsaved
-    writes are flushed with it (docs/architecture.md, "Durability").
+    one syncfs for each filesystem on a block device (ext4, XFS on a disk)
+    where Linux has it, else an fsync each (a network or FUSE filesystem's
+    syncfs may not reach its server or daemon). A batch of small files then
+    costs its filesystem one journal commit, not one a file; the price is
+    that the filesystem's other unsaved writes are flushed with it
+    (docs/architecture.md, "Durability").
     """
-    if _syncfs is None:
-        for path in paths:
-            sync_path(path)
-        return
-    one_each: dict[int, Path] = {}
+    by_device: dict[int, list[Path]] = {}
     for path in paths:
-        one_each.setdefault(os.stat(path).st_dev, path)
-    for path in one_each.values():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if _syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code), str(path))
-        finally:
-            os.close(fd)
+        by_device.setdefault(os.stat(path).st_dev, []).append(path)
+    for device, together in by_device.items():
+        if _syncfs is not None and os.major(device) != 0:  # 0: no block device under it
+            _sync_filesystem(together[0])
+        else:
+            for path in together:
+                sync_path(path)
+
+
+def _sync_filesystem(path: Path) -> None:
+    assert _syncfs is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
