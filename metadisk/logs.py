@@ -123,6 +123,7 @@ class Started:
 
     method: bytes
     uri: bytes
+    route: str  # the template the path matches (metadisk.routes)
     at: float
     direction: str | None  # a transfer: incoming (upload) or outgoing (download)
 
@@ -136,11 +137,11 @@ class RequestLog:
     _metrics: Metrics | None = None
 
     def started(self, method: bytes, uri: bytes) -> Started:
-        path = uri.decode("latin-1")
-        direction = transfer_direction(method, path)
+        route = route_of(uri.decode("latin-1"))
+        direction = transfer_direction(method, route)
         if direction is not None and self._metrics is not None:
             self._metrics.transfers_running.labels(direction).inc()
-        return Started(method, uri, self._clock.seconds(), direction)
+        return Started(method, uri, route, self._clock.seconds(), direction)
 
     def done(self, request: Any, *, complete: bool) -> None:
         """
@@ -159,20 +160,23 @@ class RequestLog:
         bytes_in = int(getattr(request, "bytes_received", 0))
         bytes_out = int(request.sentLength)
         duration = self._clock.seconds() - started.at
-        address = request.getClientAddress()
-        _access.info(
-            ACCESS_FORMAT,
-            client=getattr(address, "host", "-"),
-            method=method,
-            path=self._redact(uri),
-            route=route_of(uri),
-            status=status,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            duration=round(duration, 6),
-            complete=complete,
-        )
+        fields = {
+            "client": getattr(request.getClientAddress(), "host", "-"),
+            "method": method,
+            "path": self._redact(uri),
+            "route": started.route,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration": round(duration, 6),
+            "complete": complete,
+        }
+        # The line is rendered here, once, by str.format, and the event's format is that text
+        # with its braces escaped: twisted.logger's own formatting of the fields (a Formatter
+        # in Python) was a quarter of what the log cost each request.
+        line = ACCESS_FORMAT.format(**fields)
+        _access.info(line.replace("{", "{{").replace("}", "}}"), **fields)
         if self._metrics is not None:
             if started.direction is not None:
                 self._metrics.transfers_running.labels(started.direction).dec()
-            self._metrics.request_done(route_of(uri), method, status, bytes_in, bytes_out, duration)
+            self._metrics.request_done(started.route, method, status, bytes_in, bytes_out, duration)

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from metadisk import routes
-from metadisk.routes import route_of
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
 INCOMING = "incoming"
@@ -32,9 +31,11 @@ _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 600)
 
 
-def transfer_direction(method: bytes, path: str) -> str | None:
-    """C{"incoming"} for an upload, C{"outgoing"} for a download, else None."""
-    route = route_of(path)  # a template: no filehash or token becomes a label value
+def transfer_direction(method: bytes, route: str) -> str | None:
+    """
+    C{"incoming"} for an upload, C{"outgoing"} for a download, else None;
+    C{route}: the request's template (L{metadisk.routes.route_of}).
+    """
     if (method, route) in (
         (b"POST", routes.UPLOAD),
         (b"POST", routes.TUS),

@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attrs import define, field
 from twisted.application import service
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import (
     ILogObserver,
@@ -25,8 +28,15 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
-from metadisk.logs import ACCESS_NAMESPACE, JSONLinesObserver, event_as_json
+from metadisk.logs import (
+    ACCESS_NAMESPACE,
+    JSONLinesObserver,
+    RequestLog,
+    Started,
+    event_as_json,
+)
 from metadisk.tap import Options, makeService
 from tests.fakes.florincoind import FakeFlorincoind
 from tests.support import eventually, funded_token, json_of, start_node, test_config, upload
@@ -91,6 +101,38 @@ class OptionTests(SynchronousTestCase):
 
 def access_events(observer: EventLoggingObserver) -> list[dict[str, Any]]:
     return [e for e in observer if e.get("log_namespace") == ACCESS_NAMESPACE]
+
+
+@define
+class _AnsweredRequest:
+    """What L{RequestLog.done} reads of a request that was answered."""
+
+    started: Started | None
+    code: int = 404
+    sentLength: int = 23
+    bytes_received: int = 0
+    startedWriting: bool = True
+    responseHeaders: Headers = field(factory=lambda: Headers({b"content-length": [b"23"]}))
+
+    def getClientAddress(self) -> IPv4Address:
+        return IPv4Address("TCP", "192.0.2.7", 4321)
+
+
+class AccessLineTests(SynchronousTestCase):
+    def test_braces_in_a_path_are_text(self) -> None:
+        # The line is rendered before it is logged: a client's braces must not be read as
+        # fields of a format (a KeyError, or another field's value, in the log).
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        clock = Clock()
+        log = RequestLog(clock, lambda uri: uri)
+        request = _AnsweredRequest(log.started(b"GET", b"/{client}/{0}/{{x}}"))
+        clock.advance(0.25)
+        log.done(request, complete=True)
+        [event] = access_events(observer)
+        self.assertEqual(
+            formatEvent(event), "192.0.2.7 GET /{client}/{0}/{{x}} 404 in=0 out=23 0.250s"
+        )
+        self.assertEqual((event["path"], event["route"]), ("/{client}/{0}/{{x}}", "other"))
 
 
 class RequestLogTests(TestCase):
