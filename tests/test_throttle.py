@@ -197,6 +197,27 @@ class UnlimitedTests(Case):
         self.assertEqual(bytes(sink.data), data)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_one_chunk_is_written_at_once(self) -> None:
+        """A blob of one chunk, with no limit, waits for no turn of the reactor."""
+        clock = Clock()
+        sink = Sink()
+        data = os.urandom(CHUNK_SIZE)
+        done = download(clock, Throttle(clock), data, sink)
+        self.successResultOf(done)  # the clock never moved
+        self.assertEqual(bytes(sink.data), data)
+        self.assertIsNone(sink.producer)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_one_chunk_short_of_its_record_fails(self) -> None:
+        clock = Clock()
+        blob = io.BytesIO(b"x" * 10)
+        producer = BlobProducer(blob, 0, 100, None, cooperator(clock), lambda n: None)
+        sink = Sink()
+        self.failureResultOf(producer.start(sink), OSError)
+        self.assertTrue(blob.closed)
+        self.assertIsNone(sink.producer)
+        producer.stopProducing()  # as the request does when it ends: nothing to stop
+
     def test_bandwidth_from_config(self) -> None:
         config = BandwidthConfig(rate_incoming=10, per_transfer_outgoing=20)
         bandwidth = Bandwidth.from_config(config, Clock())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Cooperator, TaskDone, TaskStopped
 from zope.interface import implementer
@@ -23,10 +23,11 @@ CHUNK_SIZE = 1 << 20
 class BlobProducer:
     """
     Writes C{length} bytes of a blob from C{offset} to a consumer, one chunk
-    per turn of a L{Cooperator} task, decrypting with C{key} when given (AES
-    CTR starts at any offset). Pausing pauses the task, so a slow reader
-    never makes the node buffer more than a chunk or two. With a C{share}
-    (a bandwidth limit) it writes only what the share grants.
+    per turn of a L{Cooperator} task (a single chunk with no limit at once),
+    decrypting with C{key} when given (AES CTR starts at any offset).
+    Pausing pauses the task, so a slow reader never makes the node buffer
+    more than a chunk or two. With a C{share} (a bandwidth limit) it writes
+    only what the share grants.
     """
 
     def __init__(
@@ -52,12 +53,22 @@ class BlobProducer:
     def start(self, consumer: IConsumer) -> Deferred[None]:
         """Register with C{consumer} and write; fire when all was written."""
         self._consumer = consumer
-        # The task first: registering may pause us at once (a transport already full).
-        self._task = self._cooperator.cooperate(self._chunks())
-        consumer.registerProducer(self, True)
-        d = self._task.whenDone()
+        if self._share is None and self._length <= CHUNK_SIZE:
+            # One chunk, no bandwidth limit: written now. A task would cost a turn of the
+            # reactor, and a chain of Deferreds, per small download.
+            consumer.registerProducer(self, True)
+            d = maybeDeferred(self._write_all)
+        else:
+            # The task first: registering may pause us at once (a transport already full).
+            self._task = self._cooperator.cooperate(self._chunks())
+            consumer.registerProducer(self, True)
+            d = self._task.whenDone()
         d.addBoth(self._done)
         return d.addCallback(lambda _: None)
+
+    def _write_all(self) -> None:
+        for _ in self._chunks():
+            pass
 
     def _chunks(self) -> Iterator[Deferred[None] | None]:
         self._blob.seek(self._offset)
@@ -89,16 +100,22 @@ class BlobProducer:
         return result
 
     def pauseProducing(self) -> None:
+        if self._task is None:
+            return  # written at once: nothing left to pause
         self._task.pause()
         if self._share is not None:
             self._share.pause()
 
     def resumeProducing(self) -> None:
+        if self._task is None:
+            return
         self._task.resume()
         if self._share is not None:
             self._share.resume()
 
     def stopProducing(self) -> None:
+        if self._task is None:
+            return
         try:
             self._task.stop()
         except (TaskDone, TaskStopped):
