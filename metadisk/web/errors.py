@@ -61,7 +61,13 @@ def write_json(
     request: IRequest, status: int, body: Any, headers: dict[str, str] | None = None
 ) -> bytes:
     """Set the status and headers of a JSON response and return its body."""
-    data = json_bytes(body)
+    return json_response(request, status, json_bytes(body), headers)
+
+
+def json_response(
+    request: IRequest, status: int, data: bytes, headers: dict[str, str] | None = None
+) -> bytes:
+    """L{write_json} for a body already encoded (L{json_bytes})."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(data))

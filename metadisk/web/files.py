@@ -22,7 +22,7 @@ from metadisk.store.catalog import FileRecord
 from metadisk.store.files import FileStore
 from metadisk.throttle import Throttle
 from metadisk.web.delivery import Delivery, delivery_of
-from metadisk.web.errors import error, json_app, write_json
+from metadisk.web.errors import error, json_app, json_response, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
@@ -297,7 +297,7 @@ class FilesAPI:
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         """The OpenAPI document of the whole API (metadisk.web.openapi)."""
-        return write_json(request, 200, openapi_document())
+        return json_response(request, 200, openapi_document())
 
     @app.route("/find/<filehash>", methods=["GET"])
     async def find(self, request: IRequest, filehash: str) -> bytes:

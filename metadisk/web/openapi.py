@@ -13,6 +13,7 @@ from typing import Any
 
 from metadisk import routes
 from metadisk.ledger import MAX_TRANSFER
+from metadisk.web.errors import json_bytes
 
 Schema = dict[str, Any]
 
@@ -1000,6 +1001,6 @@ def document() -> Schema:
 
 
 @functools.cache
-def served() -> Schema:
-    """The document as served: built once per process, never changed."""
-    return document()
+def served() -> bytes:
+    """The document as served, in JSON: built and encoded once per process, never changed."""
+    return json_bytes(document())
