@@ -222,10 +222,9 @@ class RcloneHost:
         try:
             for filehash, _ in blobs:
                 check_filehash(filehash)
-            size = sum([blob_size(path) for _, path in blobs])
+            scratch, size = await self._run_blocking(_links, blobs)
         except HostError:
             return await store_each(self, blobs)  # each its own answer
-        scratch = await self._run_blocking(_links, blobs)
         try:
             await self._rclone(
                 "copy",
@@ -301,18 +300,20 @@ class RcloneHost:
         return Deferred.fromCoroutine(exists())
 
 
-def _links(blobs: Sequence[tuple[str, str]]) -> str:
+def _links(blobs: Sequence[tuple[str, str]]) -> tuple[str, int]:
     """
     A folder for one run, in the system's temporary folder (a crash's
     leftover disturbs nothing): in its folder L{LINKS}, a link named by its
-    filehash to each blob; beside it, the run's L{LOG}.
+    filehash to each blob; beside it, the run's L{LOG}. With it, the blobs'
+    total size (for the run's timeout); a L{HostError} if one cannot be read.
     """
+    size = sum([blob_size(path) for _, path in blobs])
     scratch = tempfile.mkdtemp(prefix="metadisk-rclone-")
     folder = os.path.join(scratch, LINKS)
     os.mkdir(folder)
     for filehash, path in blobs:
         os.symlink(os.path.abspath(path), os.path.join(folder, filehash))
-    return scratch
+    return scratch, size
 
 
 def _copied(log: str) -> set[str]:
