@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -37,7 +37,7 @@ from metadisk.throttle import (
     throttled_reader,
 )
 from metadisk.web.guard import TokenGuard
-from metadisk.web.producers import CHUNK_SIZE, BlobProducer
+from metadisk.web.producers import CHUNK_SIZE, BlobProducer, ConsumerStopped
 from metadisk.web.unpaid import UnpaidBudget
 from metadisk.web.upload import UploadPolicy, UploadReceiver
 from tests.fakes import RecordingRunner
@@ -217,6 +217,20 @@ class UnlimitedTests(Case):
         self.assertTrue(blob.closed)
         self.assertIsNone(sink.producer)
         producer.stopProducing()  # as the request does when it ends: nothing to stop
+
+    def test_stopped_is_cancelled(self) -> None:
+        """Stopped by its consumer (a lost connection), a download fails as cancelled."""
+        clock = Clock()
+        sink = Sink()
+        data = os.urandom(3 * CHUNK_SIZE)
+        producer = BlobProducer(
+            io.BytesIO(data), 0, len(data), None, cooperator(clock), lambda n: None
+        )
+        done = producer.start(sink)
+        producer.stopProducing()  # before its first turn
+        self.assertIsInstance(self.failureResultOf(done, ConsumerStopped).value, CancelledError)
+        self.assertEqual(bytes(sink.data), b"")
+        self.assertIsNone(sink.producer)
 
     def test_bandwidth_from_config(self) -> None:
         config = BandwidthConfig(rate_incoming=10, per_transfer_outgoing=20)

@@ -26,7 +26,7 @@ from metadisk.web.errors import error, json_app, json_response, write_json
 from metadisk.web.guard import TokenGuard
 from metadisk.web.openapi import served as openapi_document
 from metadisk.web.params import query_argument
-from metadisk.web.producers import BlobProducer
+from metadisk.web.producers import BlobProducer, ConsumerStopped
 from metadisk.web.upload import UPLOAD_COST, ReceivedUpload, reserve_credit_in, unknown_token
 
 _RANGE = re.compile(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
@@ -199,6 +199,14 @@ class FilesAPI:
             self._download_headers(request, record)
             return b""
         delivery = delivery_of(request)
+        producer: BlobProducer | None = None
+
+        def lost(_: object) -> None:
+            if producer is not None:
+                producer.stopProducing()
+
+        # Fires (with None) when the response ends, or when the connection is lost first.
+        ended: Deferred[None] = request.notifyFinish().addErrback(lost)
         sent = 0
         position = 0  # where the body sent so far ends in the connection's output
 
@@ -223,11 +231,15 @@ class FilesAPI:
             producer = BlobProducer(
                 blob, start, end - start + 1, key, self._cooperator, count, share
             )
-            request.notifyFinish().addErrback(lambda _: producer.stopProducing())
             await producer.start(request)
-        except BaseException:
+        except BaseException as e:
             # What was not sent, or was sent but never reached the client, is given back.
             await charge.settle(await delivery.acknowledged(position - sent, position))
+            if isinstance(e, ConsumerStopped) and not ended.called:
+                # The transport stops its producer before the request hears of the lost
+                # connection, later in this turn, Klein first. Raised before that, the
+                # cancellation would be answered as an error on a dead connection (and logged).
+                await ended
             raise
         settling = Deferred.fromCoroutine(
             self._settle_delivered(charge, delivery, position - sent, position)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Cooperator, TaskDone, TaskStopped
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from metadisk.crypto import ctr_cipher
@@ -51,7 +52,10 @@ class BlobProducer:
         self._consumer: IConsumer | None = None
 
     def start(self, consumer: IConsumer) -> Deferred[None]:
-        """Register with C{consumer} and write; fire when all was written."""
+        """
+        Register with C{consumer} and write; fire when all was written, or
+        fail with L{ConsumerStopped} if the consumer stopped us first.
+        """
         self._consumer = consumer
         if self._share is None and self._length <= CHUNK_SIZE:
             # One chunk, no bandwidth limit: written now. A task would cost a turn of the
@@ -64,7 +68,7 @@ class BlobProducer:
             consumer.registerProducer(self, True)
             d = self._task.whenDone()
         d.addBoth(self._done)
-        return d.addCallback(lambda _: None)
+        return d.addCallbacks(lambda _: None, _stopped)
 
     def _write_all(self) -> None:
         for _ in self._chunks():
@@ -120,3 +124,15 @@ class BlobProducer:
             self._task.stop()
         except (TaskDone, TaskStopped):
             pass  # already over: nothing to stop
+
+
+class ConsumerStopped(CancelledError):
+    """
+    The consumer stopped the producer before the end: its connection is
+    closing. A cancellation, which Klein expects and does not log.
+    """
+
+
+def _stopped(failure: Failure) -> None:
+    failure.trap(TaskStopped)
+    raise ConsumerStopped("the connection closed before the download's end")
