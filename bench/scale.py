@@ -293,8 +293,8 @@ class Timed:
     def execute(self, sql: str, params: tuple = ()) -> object:
         return self._timed(lambda: self._db.execute(sql, params))
 
-    def transaction(self, work: Callable) -> object:
-        return self._timed(lambda: self._db.transaction(work))
+    def transaction(self, work: Callable, *, brief: bool = False) -> object:
+        return self._timed(lambda: self._db.transaction(work, brief=brief))
 
 
 def run_child(mode: str, url: str, files: int) -> str:

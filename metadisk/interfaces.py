@@ -36,11 +36,13 @@ class IDatabase(Interface):
     def execute(sql: str, params: tuple = ()):
         """Run one statement on its own and fire with the number of rows changed."""
 
-    def transaction(work):
+    def transaction(work, *, brief=False):
         """
         Call C{work(txn)}, an async function given an L{ITransaction}, inside
         one transaction: committed when it returns, rolled back when it raises.
-        Fire with what C{work} returned.
+        Fire with what C{work} returned. C{brief}: the work is a few statements
+        on rows found by an index (a request's), which an implementation may
+        run without a hop to another thread.
         """
 
     def optimize():

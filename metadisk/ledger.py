@@ -129,7 +129,7 @@ class Ledger:
             return True
 
         try:
-            return await self._db.transaction(work)
+            return await self._db.transaction(work, brief=True)
         except BalanceFull:
             return False
 
@@ -139,7 +139,9 @@ class Ledger:
 
     async def reserve(self, token: str, amount: int) -> Reservation:
         """Take C{amount} from the token now; L{settle} or L{refund} it later."""
-        return await self._db.transaction(lambda txn: self.reserve_in(txn, token, amount))
+        return await self._db.transaction(
+            lambda txn: self.reserve_in(txn, token, amount), brief=True
+        )
 
     async def reserve_in(self, txn: ITransaction, token: str, amount: int) -> Reservation:
         """L{reserve} inside another transaction (a download's lookup and its credit)."""
@@ -167,14 +169,17 @@ class Ledger:
                 (amount, reservation.id),
             )
 
-        await self._db.transaction(work)
+        await self._db.transaction(work, brief=True)
         return evolve(reservation, amount=reservation.amount + amount)
 
     async def settle(self, reservation: Reservation, cost: int) -> None:
         """End a reservation, keeping C{cost} of it and giving back the rest."""
         if reservation.id is None:
             return
-        if await self._db.transaction(lambda txn: self.settle_in(txn, reservation, cost)):
+        settled = self._db.transaction(
+            lambda txn: self.settle_in(txn, reservation, cost), brief=True
+        )
+        if await settled:
             self.counted(reservation, cost)
 
     async def refund(self, reservation: Reservation) -> None:
@@ -218,7 +223,7 @@ class Ledger:
             return [await self.settle_in(txn, reservation, cost) for reservation, cost, _ in due]
 
         try:
-            ended = await self._db.transaction(work)
+            ended = await self._db.transaction(work, brief=True)
         except Exception as e:
             # Their credit stays held: the next start refunds it (refund_abandoned).
             for _, _, settled in due:

@@ -130,7 +130,7 @@ class Meters:
 
         if pending:
             try:
-                await self._db.transaction(add)
+                await self._db.transaction(add, brief=True)
             except BaseException:
                 # Not written: count it again next time.
                 self._pending.update(pending)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from txpostgres import txpostgres
 from zope.interface.verify import verifyObject
 
 import metadisk.db.migrate
+import metadisk.db.sqlite
 from metadisk.db import DatabaseUnavailable, open_database
 from metadisk.db.migrate import migrate, migrations
 from metadisk.db.postgres import (
@@ -252,6 +255,28 @@ class DatabaseTestsMixin:
             await db.transaction(work)
         self.assertEqual(await db.query("SELECT k, n FROM scratch"), [("kept", 1)])
 
+    async def test_brief_transactions_commit_roll_back_and_add_up(self) -> None:
+        """A brief transaction is a transaction: its work, all or nothing, exact under load."""
+        db = await self.scratch()
+        await db.execute("INSERT INTO scratch (k, n) VALUES ('c', 0)")
+
+        async def bump(txn: ITransaction) -> int:
+            await txn.execute("UPDATE scratch SET n = n + 1 WHERE k = 'c'")
+            return (await txn.query("SELECT n FROM scratch WHERE k = 'c'"))[0][0]
+
+        async def refused(txn: ITransaction) -> None:
+            await txn.execute("UPDATE scratch SET n = n + 1000 WHERE k = 'c'")
+            raise Refused()
+
+        calls = [db.transaction(bump, brief=True) for _ in range(60)]
+        calls += [db.transaction(bump) for _ in range(20)]  # the others, in between
+        calls += [db.transaction(bump, brief=True) for _ in range(60)]
+        seen = await gatherResults(calls)
+        self.assertEqual(sorted(seen), list(range(1, 141)))
+        with self.assertRaises(Refused):
+            await db.transaction(refused, brief=True)
+        self.assertEqual(await db.query("SELECT n FROM scratch"), [(140,)])
+
     async def test_statements_started_together_in_a_transaction(self) -> None:
         """A transaction's statements run one at a time, even when not awaited one by one."""
         db = await self.scratch()
@@ -372,6 +397,89 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
             "SELECT stat FROM sqlite_stat1 WHERE idx LIKE 'sqlite_autoindex_files%'"
         )
         self.assertEqual(stat.split()[0], "1000")
+
+    async def test_a_brief_transaction_commits_in_the_call(self) -> None:
+        """No hop to the database's thread: the answer is there when the call returns."""
+        db = await self.scratch()
+        done = db.transaction(insert("a"), brief=True)
+        self.assertEqual(self.successResultOf(done), 1)
+        # Committed: the thread's connection sees it.
+        self.assertEqual(await db.query("SELECT k FROM scratch"), [("a",)])
+
+    async def test_brief_waits_in_the_thread_while_another_writes(self) -> None:
+        """
+        The lock held elsewhere (another node on the same file): a brief
+        transaction does not wait for it in the reactor's thread, and is
+        carried out once the lock is free.
+        """
+        url = self.fresh_url()
+        db = await self.open(url)
+        await db.execute(SCRATCH)
+        other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO scratch (k) VALUES ('first')")
+        done = db.transaction(insert("second"), brief=True)
+        self.assertNoResult(done)
+        other.execute("COMMIT")
+        self.assertEqual(await done, 1)
+        self.assertEqual(
+            await db.query("SELECT k FROM scratch ORDER BY rowid"), [("first",), ("second",)]
+        )
+
+    async def test_brief_keeps_its_turn_behind_the_threads_writes(self) -> None:
+        """Sent after a write to the thread, a brief transaction comes after it, not before."""
+        db = await self.scratch()
+        first = db.transaction(insert("first"))
+        second = db.transaction(insert("second"), brief=True)
+        self.assertNoResult(second)
+        await gatherResults([first, second])
+        self.assertEqual(
+            await db.query("SELECT k FROM scratch ORDER BY rowid"), [("first",), ("second",)]
+        )
+        # Once the thread is done, brief ones run in the call again.
+        self.successResultOf(db.transaction(insert("third"), brief=True))
+
+    async def test_a_failed_brief_transaction_leaves_the_connection_usable(self) -> None:
+        db = await self.scratch()
+        self.successResultOf(db.transaction(insert("a"), brief=True))
+        failed = db.transaction(insert("a"), brief=True)  # the same key again
+        self.failureResultOf(failed, sqlite3.IntegrityError)
+        self.successResultOf(db.transaction(insert("b"), brief=True))
+        self.assertEqual(await db.query("SELECT k FROM scratch ORDER BY k"), [("a",), ("b",)])
+
+    async def test_brief_commits_are_checkpointed_in_the_thread(self) -> None:
+        """
+        The reactor's connection never checkpoints (a checkpoint syncs the
+        files); the thread checkpoints after every CHECKPOINT_EVERY of its
+        commits, so the write-ahead log is reused instead of growing.
+        """
+        self.patch(metadisk.db.sqlite, "CHECKPOINT_EVERY", 8)
+        url = self.fresh_url()
+        db = await self.open(url)
+        await db.execute(SCRATCH)
+        wal = Path(url.removeprefix("sqlite:///") + "-wal")
+        big = "x" * 20_000  # a few pages a commit
+
+        async def rounds(first: int) -> int:
+            for i in range(first, first + 8):
+                self.successResultOf(db.transaction(insert(str(i), big), brief=True))
+            await db.query("SELECT 1")  # behind the checkpoint, in the thread
+            return wal.stat().st_size
+
+        after_one = await rounds(0)
+        after_four = [await rounds(8 * i) for i in range(1, 4)][-1]
+        self.assertEqual(after_four, after_one)
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM scratch"), [(32,)])
+
+
+def insert(key: str, text: str = "") -> Callable[[ITransaction], Awaitable[int]]:
+    """A transaction's work: one row of scratch."""
+
+    async def work(txn: ITransaction) -> int:
+        return await txn.execute("INSERT INTO scratch (k, t) VALUES (?, ?)", (key, text))
+
+    return work
 
 
 class PostgresDatabaseTests(DatabaseTestsMixin, TestCase):

@@ -36,9 +36,9 @@ class CountingDatabase:
     _db: IDatabase
     transactions: int = 0
 
-    def transaction(self, work: Any) -> Deferred[Any]:
+    def transaction(self, work: Any, *, brief: bool = False) -> Deferred[Any]:
         self.transactions += 1
-        return self._db.transaction(work)
+        return self._db.transaction(work, brief=brief)
 
     def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
         return self._db.query(sql, params)

@@ -101,8 +101,12 @@ class RecordingDatabase:
         self.seen.append((sql, tuple(params)))
         return self._db.execute(sql, params)
 
-    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
-        return self._db.transaction(lambda txn: work(_RecordingTransaction(txn, self.seen)))
+    def transaction(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        return self._db.transaction(
+            lambda txn: work(_RecordingTransaction(txn, self.seen)), brief=brief
+        )
 
     def optimize(self) -> Deferred[None]:
         return self._db.optimize()

@@ -466,7 +466,10 @@ class PostgresDatabase:
             lambda connection: connection.runStatement(translate(sql), tuple(params), _rowcount)
         )
 
-    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
+    def transaction(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        # brief changes nothing: txpostgres waits for the server without a thread.
         return self._pool.run(
             lambda connection: connection.runInteraction(
                 lambda cursor: ensureDeferred(work(_CursorTransaction(cursor)))

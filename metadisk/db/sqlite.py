@@ -1,4 +1,8 @@
-"""The embedded database: SQLite through twisted.enterprise.adbapi."""
+"""
+The embedded database: SQLite, in a thread of its own through
+twisted.enterprise.adbapi, and, for brief transactions, in the reactor's
+thread (docs/architecture.md, "Threads and the GIL").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any, TypeVar
 
 from attrs import define
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -23,6 +28,8 @@ WAL_ATTEMPTS = 100  # …a tenth of a second apart
 # Rows ANALYZE reads from each index: its statistics are estimates, and its cost stays within
 # tens of milliseconds however large the catalog (18 ms at a million files).
 ANALYSIS_LIMIT = 1000
+# Brief transactions committed in the reactor's thread between two checkpoints in the pool's.
+CHECKPOINT_EVERY = 256
 
 
 def _prepare(connection: sqlite3.Connection) -> None:
@@ -59,13 +66,17 @@ class _CursorTransaction:
 
 
 def _interact(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
-    """
-    Run the async C{work} to completion on the pool thread, in a transaction
-    taken for writing at once. Its statements return fired Deferreds, so the
-    coroutine never suspends; adbapi commits when it returns and rolls back
-    when it raises.
-    """
+    """On the pool thread: L{_run} C{work} in a transaction taken for writing at once."""
     cursor.execute("BEGIN IMMEDIATE")
+    return _run(cursor, work)
+
+
+def _run(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
+    """
+    Run the async C{work} to completion on C{cursor}. Its statements return
+    fired Deferreds, so the coroutine never suspends; the caller commits when
+    it returns and rolls back when it raises.
+    """
     outcome: list[Any] = []
     ensureDeferred(work(_CursorTransaction(cursor))).addBoth(outcome.append)
     if not outcome:
@@ -74,6 +85,31 @@ def _interact(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def _open_here(path: str) -> sqlite3.Connection | None:
+    """
+    The connection for brief transactions in the reactor's thread; None
+    until the pool's connection has made the file a WAL one (L{_prepare}).
+    """
+    # timeout=0: never wait for the lock in the reactor's thread; a busy database is the pool's.
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.close()
+            return None
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        # A checkpoint syncs the files: never here (the pool's thread runs them).
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _checkpoint(cursor: Any) -> None:
+    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _query(cursor: Any, sql: str, params: tuple) -> list[tuple]:
@@ -105,11 +141,23 @@ def _unavailable(failure: Failure) -> Failure:
 @implementer(IDatabase)
 @define
 class SQLiteDatabase:
-    """One connection on one thread: SQLite has a single writer anyway."""
+    """
+    One connection on one thread (SQLite has a single writer anyway), and one
+    in the reactor's thread for brief transactions: when SQLite's lock is
+    free and nothing waits in the thread before them, they run there and
+    then, and spare the request two hops between threads.
+    """
 
     dialect = "sqlite"
     _pool: adbapi.ConnectionPool
+    _path: str
+    _here: sqlite3.Connection | None = None
+    _writes_in_thread: int = 0  # transactions and statements sent to the thread, not yet done
+    _since_checkpoint: int = 0
+    _checkpointing: Deferred[None] | None = None
     _optimized: bool = False
+
+    log = Logger()
 
     @classmethod
     def open(cls, path: str, reactor: Any) -> SQLiteDatabase:
@@ -124,16 +172,72 @@ class SQLiteDatabase:
             cp_openfun=_prepare,
             cp_reactor=reactor,
         )
-        return cls(pool)
+        return cls(pool, path)
 
     def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
         return self._pool.runInteraction(_query, sql, params).addErrback(_unavailable)
 
     def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
-        return self._pool.runInteraction(_execute, sql, params).addErrback(_unavailable)
+        return self._write_in_thread(_execute, sql, params)
 
-    def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
-        return self._pool.runInteraction(_interact, work).addErrback(_unavailable)
+    def transaction(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        if brief and not self._writes_in_thread:
+            done = self._transaction_here(work)
+            if done is not None:
+                return done
+        return self._write_in_thread(_interact, work)
+
+    def _write_in_thread(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        self._writes_in_thread += 1
+
+        def done(result: Any) -> Any:
+            self._writes_in_thread -= 1
+            return result
+
+        d = self._pool.runInteraction(interaction, *args)
+        return d.addBoth(done).addErrback(_unavailable)
+
+    def _transaction_here(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T] | None:
+        """C{work} in the reactor's thread, fired; None if SQLite's lock is taken."""
+        try:
+            if self._here is None:
+                self._here = _open_here(self._path)
+            if self._here is None:
+                return None
+            self._here.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            # Another connection writes (this node's thread, another node): wait in the thread.
+            return None
+        try:
+            result = _run(self._here.cursor(), work)
+            self._here.execute("COMMIT")
+        except BaseException:
+            failed = fail()
+            try:
+                self._here.rollback()
+            except sqlite3.Error:
+                # Closing rolls back too; the next brief transaction opens a new connection.
+                self._here.close()
+                self._here = None
+            return failed
+        self._committed_here()
+        return succeed(result)
+
+    def _committed_here(self) -> None:
+        self._since_checkpoint += 1
+        if self._since_checkpoint < CHECKPOINT_EVERY or self._checkpointing is not None:
+            return
+        self._since_checkpoint = 0
+
+        def done(result: object) -> None:
+            self._checkpointing = None
+            if isinstance(result, Failure):
+                self.log.failure("checkpoint failed", result)
+
+        self._checkpointing = self._pool.runInteraction(_checkpoint)
+        self._checkpointing.addBoth(done)
 
     def optimize(self) -> Deferred[None]:
         """
@@ -145,5 +249,8 @@ class SQLiteDatabase:
         return self._pool.runInteraction(_optimize, first).addErrback(_unavailable)
 
     def close(self) -> Deferred[None]:
+        if self._here is not None:
+            self._here.close()
+            self._here = None
         self._pool.close()
         return succeed(None)

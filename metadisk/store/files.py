@@ -152,7 +152,7 @@ class FileStore:
                 await self.sync.queue.add(txn, filehash)
             await also(txn, filehash, key)
 
-        await self._db.transaction(record)
+        await self._db.transaction(record, brief=True)
         self.sync.soon()
         return filehash, key
 
@@ -165,8 +165,8 @@ class FileStore:
         )
 
     def transaction(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T]:
-        """Work in one transaction on the store's database (a lookup and what it decides)."""
-        return self._db.transaction(work)
+        """A brief transaction on the store's database (a lookup and what it decides)."""
+        return self._db.transaction(work, brief=True)
 
     def cached(self, filehash: str) -> bool:
         return filehash in self.cache
