@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +441,26 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         )
         # Once the thread is done, brief ones run in the call again.
         self.successResultOf(db.transaction(insert("third"), brief=True))
+
+    async def test_brief_ones_that_waited_for_the_thread_run_here(self) -> None:
+        """
+        Brief transactions asked for while a write is in the thread wait for
+        it, then run in the reactor's thread, in order: one hop to the thread
+        does not send every brief one after it there too.
+        """
+        db = await self.scratch()
+        in_reactor: list[bool] = []
+
+        async def recorded(txn: ITransaction, key: str) -> None:
+            in_reactor.append(threading.current_thread() is threading.main_thread())
+            await insert(key)(txn)
+
+        first = db.transaction(insert("first"))
+        after = [db.transaction(partial(recorded, key=str(i)), brief=True) for i in range(5)]
+        await gatherResults([first, *after])
+        self.assertEqual(in_reactor, [True] * 5)
+        rows = await db.query("SELECT k FROM scratch ORDER BY rowid")
+        self.assertEqual(rows, [("first",), *[(str(i),) for i in range(5)]])
 
     async def test_a_failed_brief_transaction_leaves_the_connection_usable(self) -> None:
         db = await self.scratch()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from attrs import define
+from attrs import define, field
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
@@ -108,6 +109,17 @@ def _open_here(path: str) -> sqlite3.Connection | None:
     return connection
 
 
+def _deliver_to(result: Any, waiting: Deferred[Any]) -> None:
+    """A write's result to its caller, unless the caller stopped waiting (cancelled)."""
+    if waiting.called:
+        if isinstance(result, Failure):
+            result.trap(Exception)  # carried out, or not, with nobody waiting: nothing to tell
+    elif isinstance(result, Failure):
+        waiting.errback(result)
+    else:
+        waiting.callback(result)
+
+
 def _checkpoint(cursor: Any) -> None:
     cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -144,15 +156,18 @@ class SQLiteDatabase:
     """
     One connection on one thread (SQLite has a single writer anyway), and one
     in the reactor's thread for brief transactions: when SQLite's lock is
-    free and nothing waits in the thread before them, they run there and
-    then, and spare the request two hops between threads.
+    free they run there and then, and spare the request two hops between
+    threads. Writes keep the order they were asked in: while one is in the
+    thread, the next ones wait for it, brief or not.
     """
 
     dialect = "sqlite"
     _pool: adbapi.ConnectionPool
     _path: str
     _here: sqlite3.Connection | None = None
-    _writes_in_thread: int = 0  # transactions and statements sent to the thread, not yet done
+    _writing: bool = False  # a write is in the thread
+    # Writes asked for meanwhile, in order: (interaction, its arguments, brief, its answer).
+    _waiting: deque[tuple[Callable[..., Any], tuple, bool, Deferred[Any]]] = field(factory=deque)
     _since_checkpoint: int = 0
     _checkpointing: Deferred[None] | None = None
     _optimized: bool = False
@@ -178,26 +193,44 @@ class SQLiteDatabase:
         return self._pool.runInteraction(_query, sql, params).addErrback(_unavailable)
 
     def execute(self, sql: str, params: tuple = ()) -> Deferred[int]:
-        return self._write_in_thread(_execute, sql, params)
+        return self._write(_execute, sql, params)
 
     def transaction(
         self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
     ) -> Deferred[T]:
-        if brief and not self._writes_in_thread:
-            done = self._transaction_here(work)
+        return self._write(_interact, work, brief=brief)
+
+    def _write(self, interaction: Callable[..., T], *args: Any, brief: bool = False) -> Deferred[T]:
+        """
+        A write, in the order asked: now if none is before it, else once
+        those before it are done (L{_next}).
+        """
+        if self._writing or self._waiting:
+            waiting: Deferred[T] = Deferred()
+            self._waiting.append((interaction, args, brief, waiting))
+            return waiting
+        return self._start(interaction, args, brief)
+
+    def _start(self, interaction: Callable[..., T], args: tuple, brief: bool) -> Deferred[T]:
+        if brief:
+            done = self._transaction_here(*args)
             if done is not None:
                 return done
-        return self._write_in_thread(_interact, work)
-
-    def _write_in_thread(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        self._writes_in_thread += 1
-
-        def done(result: Any) -> Any:
-            self._writes_in_thread -= 1
-            return result
-
+        self._writing = True
         d = self._pool.runInteraction(interaction, *args)
-        return d.addBoth(done).addErrback(_unavailable)
+        d.addBoth(self._written)
+        return d.addErrback(_unavailable)
+
+    def _written(self, result: Any) -> Any:
+        self._writing = False
+        self._next()
+        return result
+
+    def _next(self) -> None:
+        """The writes that waited, in order, until one goes to the thread."""
+        while self._waiting and not self._writing:
+            interaction, args, brief, waiting = self._waiting.popleft()
+            self._start(interaction, args, brief).addBoth(_deliver_to, waiting)
 
     def _transaction_here(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T] | None:
         """C{work} in the reactor's thread, fired; None if SQLite's lock is taken."""
