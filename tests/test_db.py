@@ -462,6 +462,16 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         rows = await db.query("SELECT k FROM scratch ORDER BY rowid")
         self.assertEqual(rows, [("first",), *[(str(i),) for i in range(5)]])
 
+    async def test_writes_waiting_at_close_fail(self) -> None:
+        """Closed with writes still waiting their turn: they fail, none is left hanging."""
+        db = await open_database(self.fresh_url(), reactor)  # closed here, not at cleanup
+        await db.execute(SCRATCH)
+        first = db.transaction(insert("first"))
+        waiting = db.transaction(insert("second"), brief=True)
+        await db.close()
+        self.failureResultOf(waiting, DatabaseUnavailable)
+        await first
+
     async def test_a_failed_brief_transaction_leaves_the_connection_usable(self) -> None:
         db = await self.scratch()
         self.successResultOf(db.transaction(insert("a"), brief=True))

@@ -282,6 +282,9 @@ class SQLiteDatabase:
         return self._pool.runInteraction(_optimize, first).addErrback(_unavailable)
 
     def close(self) -> Deferred[None]:
+        waiting, self._waiting = self._waiting, deque()
+        for *_, answer in waiting:
+            answer.errback(DatabaseUnavailable("the database was closed first"))
         if self._here is not None:
             self._here.close()
             self._here = None
