@@ -26,6 +26,7 @@ MAX_BALANCE = 2**62
 # commit, and no thread hop of its own.
 SETTLE_BATCH_DELAY = 0.02
 SETTLE_BATCH_MAX = 500  # settlements in one transaction at most
+BRIEF_BATCH = 50  # settlements few enough for a brief transaction (IDatabase.transaction)
 
 
 class UnknownToken(Exception):
@@ -223,7 +224,7 @@ class Ledger:
             return [await self.settle_in(txn, reservation, cost) for reservation, cost, _ in due]
 
         try:
-            ended = await self._db.transaction(work, brief=True)
+            ended = await self._db.transaction(work, brief=len(due) <= BRIEF_BATCH)
         except Exception as e:
             # Their credit stays held: the next start refunds it (refund_abandoned).
             for _, _, settled in due:
