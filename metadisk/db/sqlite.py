@@ -45,9 +45,14 @@ def _prepare(connection: sqlite3.Connection) -> None:
             if "locked" not in str(e) or attempt == WAL_ATTEMPTS - 1:
                 raise
             time.sleep(0.1)
+    _configure(connection)
+    connection.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    """What every connection to the file sets: the thread's, and the reactor's (L{_open_here})."""
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
 
 
 @implementer(ITransaction)
@@ -99,8 +104,7 @@ def _open_here(path: str) -> sqlite3.Connection | None:
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             connection.close()
             return None
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
+        _configure(connection)
         # A checkpoint syncs the files: never here (the pool's thread runs them).
         connection.execute("PRAGMA wal_autocheckpoint=0")
     except BaseException:
