@@ -62,7 +62,7 @@ async def reserve_credit_in(
     """
     L{reserve_credit} (in C{txn}, if given) but for an unknown token, which
     raises L{UnknownToken}: the guess is for the caller to count, in the
-    reactor's thread (SQLite runs a transaction's work in a thread of its own).
+    reactor's thread (SQLite may run a transaction's work in a thread of its own).
     """
     if not TOKEN_PATTERN.fullmatch(token):
         raise UnknownToken()
