@@ -72,9 +72,18 @@ class Ledger:
     def _now(self) -> int:
         return int(self._clock.seconds())
 
+    def _execute(self, sql: str, params: tuple) -> Deferred[int]:
+        """
+        One statement on a few rows found by their key (a token's, a code's,
+        a price's): a brief transaction. Sent to SQLite's thread instead, it
+        would keep every other write waiting until the reactor, busy with
+        requests, got around to its answer.
+        """
+        return self._db.transaction(lambda txn: txn.execute(sql, params), brief=True)
+
     async def new_token(self) -> str:
         token = new_token_string()
-        await self._db.execute(
+        await self._execute(
             "INSERT INTO tokens (token, balance, created) VALUES (?, 0, ?)", (token, self._now())
         )
         return token
@@ -87,7 +96,7 @@ class Ledger:
         return await self.balance(token) is not None
 
     async def deposit(self, token: str, amount: int) -> None:
-        changed = await self._db.execute(
+        changed = await self._execute(
             "UPDATE tokens SET balance = balance + ? WHERE token = ? AND balance <= ?",
             (amount, token, MAX_BALANCE - amount),
         )
@@ -95,7 +104,7 @@ class Ledger:
             raise UnknownToken() if not await self.exists(token) else BalanceFull()
 
     async def withdraw(self, token: str, amount: int) -> None:
-        changed = await self._db.execute(
+        changed = await self._execute(
             "UPDATE tokens SET balance = balance - ? WHERE token = ? AND balance >= ?",
             (amount, token, amount),
         )
@@ -277,21 +286,21 @@ class Ledger:
         return len(rows)
 
     async def add_promocode(self, code: str, amount: int) -> None:
-        await self._db.execute(
+        await self._execute(
             "INSERT INTO promocodes (code, bytes) VALUES (?, ?)"
             " ON CONFLICT (code) DO UPDATE SET bytes = excluded.bytes",
             (code, amount),
         )
 
     async def set_price(self, amount: int, cost: int) -> None:
-        await self._db.execute(
+        await self._execute(
             "INSERT INTO prices (amount, cost) VALUES (?, ?)"
             " ON CONFLICT (amount) DO UPDATE SET cost = excluded.cost",
             (amount, cost),
         )
 
     async def remove_price(self, amount: int) -> None:
-        await self._db.execute("DELETE FROM prices WHERE amount = ?", (amount,))
+        await self._execute("DELETE FROM prices WHERE amount = ?", (amount,))
 
 
 async def _take(txn: ITransaction, token: str, amount: int) -> bool:

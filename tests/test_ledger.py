@@ -273,6 +273,18 @@ class SQLiteLedgerTests(LedgerTestsMixin, TestCase):
     def fresh_url(self) -> str:
         return f"sqlite:///{Path(self.mktemp()).resolve()}"
 
+    async def test_token_writes_wait_for_no_thread(self) -> None:
+        """
+        A token's writes are brief: committed in the call, with no hop to
+        SQLite's thread (where every other write would wait for its answer).
+        """
+        token = self.successResultOf(Deferred.fromCoroutine(self.ledger.new_token()))
+        self.successResultOf(Deferred.fromCoroutine(self.ledger.deposit(token, 10)))
+        self.successResultOf(Deferred.fromCoroutine(self.ledger.withdraw(token, 4)))
+        self.successResultOf(Deferred.fromCoroutine(self.ledger.set_price(10, 1)))
+        self.successResultOf(Deferred.fromCoroutine(self.ledger.add_promocode("CODE", 5)))
+        self.assertEqual(await self.ledger.balance(token), 6)
+
 
 class PostgresLedgerTests(LedgerTestsMixin, TestCase):
     def fresh_url(self) -> str:
