@@ -75,11 +75,15 @@ class Ledger:
     def _execute(self, sql: str, params: tuple) -> Deferred[int]:
         """
         One statement on a few rows found by their key (a token's, a code's,
-        a price's): a brief transaction. Sent to SQLite's thread instead, it
-        would keep every other write waiting until the reactor, busy with
-        requests, got around to its answer.
+        a price's): a brief transaction. Sent to SQLite's thread instead, a
+        write would keep every other one waiting until the reactor, busy with
+        requests, got around to its answer; a read would cost two hops.
         """
         return self._db.transaction(lambda txn: txn.execute(sql, params), brief=True)
+
+    def _query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
+        """A read of a few rows found by their key: a brief transaction too (L{_execute})."""
+        return self._db.transaction(lambda txn: txn.query(sql, params), brief=True)
 
     async def new_token(self) -> str:
         token = new_token_string()
@@ -89,7 +93,7 @@ class Ledger:
         return token
 
     async def balance(self, token: str) -> int | None:
-        rows = await self._db.query("SELECT balance FROM tokens WHERE token = ?", (token,))
+        rows = await self._query("SELECT balance FROM tokens WHERE token = ?", (token,))
         return rows[0][0] if rows else None
 
     async def exists(self, token: str) -> bool:
@@ -144,7 +148,7 @@ class Ledger:
             return False
 
     async def prices(self) -> list[dict[str, int]]:
-        rows = await self._db.query("SELECT amount, cost FROM prices ORDER BY amount")
+        rows = await self._query("SELECT amount, cost FROM prices ORDER BY amount")
         return [{"amount": amount, "cost": cost} for amount, cost in rows]
 
     async def reserve(self, token: str, amount: int) -> Reservation:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import define
 from twisted.internet import reactor
@@ -27,6 +28,8 @@ from metadisk.ledger import (
     UnknownToken,
 )
 from tests.pg import create_database
+
+T = TypeVar("T")
 
 
 @define
@@ -273,17 +276,22 @@ class SQLiteLedgerTests(LedgerTestsMixin, TestCase):
     def fresh_url(self) -> str:
         return f"sqlite:///{Path(self.mktemp()).resolve()}"
 
-    async def test_token_writes_wait_for_no_thread(self) -> None:
+    def now(self, call: Coroutine[Any, Any, T]) -> T:
+        """The result of C{call}, which must have come with no hop to SQLite's thread."""
+        return self.successResultOf(Deferred.fromCoroutine(call))
+
+    async def test_token_reads_and_writes_wait_for_no_thread(self) -> None:
         """
-        A token's writes are brief: committed in the call, with no hop to
-        SQLite's thread (where every other write would wait for its answer).
+        A token's writes and reads are brief: done in the call, with no hop
+        to SQLite's thread (where every other write would wait for its answer).
         """
-        token = self.successResultOf(Deferred.fromCoroutine(self.ledger.new_token()))
-        self.successResultOf(Deferred.fromCoroutine(self.ledger.deposit(token, 10)))
-        self.successResultOf(Deferred.fromCoroutine(self.ledger.withdraw(token, 4)))
-        self.successResultOf(Deferred.fromCoroutine(self.ledger.set_price(10, 1)))
-        self.successResultOf(Deferred.fromCoroutine(self.ledger.add_promocode("CODE", 5)))
-        self.assertEqual(await self.ledger.balance(token), 6)
+        token = self.now(self.ledger.new_token())
+        self.now(self.ledger.deposit(token, 10))
+        self.now(self.ledger.withdraw(token, 4))
+        self.now(self.ledger.set_price(10, 1))
+        self.now(self.ledger.add_promocode("CODE", 5))
+        self.assertEqual(self.now(self.ledger.balance(token)), 6)
+        self.assertIn({"amount": 10, "cost": 1}, self.now(self.ledger.prices()))
 
 
 class PostgresLedgerTests(LedgerTestsMixin, TestCase):
