@@ -233,8 +233,11 @@ class BlobCache:
             source.unlink()
             return None
         destination = sharded(self.root, filehash)
-        destination.parent.mkdir(exist_ok=True)
-        os.replace(source, destination)
+        try:
+            os.replace(source, destination)
+        except FileNotFoundError:
+            destination.parent.mkdir(exist_ok=True)  # the first blob of its shard
+            os.replace(source, destination)
         return destination.stat().st_size
 
     def moved_in(self, filehash: str, allocation: Allocation, size: int | None) -> None:

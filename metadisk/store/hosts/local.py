@@ -32,6 +32,7 @@ from metadisk.store.shards import flat, flat_blobs, is_shard, move_into_shard, s
 
 # copy_file_range cannot do this copy (another filesystem, an old kernel, a special file…).
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+_BUFFER = 1 << 20  # what a copy the kernel cannot do reads at a time, at most
 
 
 def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
@@ -52,8 +53,11 @@ def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
         except OSError as e:
             if copied or e.errno not in _NO_KERNEL_COPY:
                 raise
-    # What the kernel did not copy, from where it stopped (it moved both offsets), to the end.
-    buffer = bytearray(1 << 20)
+    if copied == size:
+        return
+    # What the kernel did not copy, from where it stopped (it moved both offsets), to the end;
+    # a buffer no larger than that (a blob is often small, and 1 MiB costs its page faults).
+    buffer = bytearray(min(_BUFFER, max(size - copied, 1)))
     view = memoryview(buffer)
     while n := src.readinto(buffer):
         done = 0
@@ -113,10 +117,18 @@ def _copy_all(copies: Sequence[tuple[Path, Path]]) -> list[HostError | None]:
 
 
 def _write(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(exist_ok=True)  # its shard
     # Unbuffered: the kernel copy moves the file offsets that a fallback goes on from.
-    with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
+    with open(source, "rb", buffering=0) as src, _create(destination) as dst:
         _copy_contents(src, dst)
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file, unbuffered; its shard folder is made the first time one goes there."""
+    try:
+        return open(path, "wb", buffering=0)
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        return open(path, "wb", buffering=0)
 
 
 MARKER = ".metadisk-host"
