@@ -45,6 +45,13 @@ class IDatabase(Interface):
         run without a hop to another thread.
         """
 
+    def read(work, *, brief=False):
+        """
+        L{transaction} for C{work} that only reads: its statements see one
+        snapshot, and it waits for no write (SQLite's write lock, the writes
+        queued before it).
+        """
+
     def optimize():
         """
         Keep the query planner's statistics current, at a bounded cost: run

@@ -75,15 +75,15 @@ class Ledger:
     def _execute(self, sql: str, params: tuple) -> Deferred[int]:
         """
         One statement on a few rows found by their key (a token's, a code's,
-        a price's): a brief transaction. Sent to SQLite's thread instead, a
-        write would keep every other one waiting until the reactor, busy with
-        requests, got around to its answer; a read would cost two hops.
+        a price's): a brief transaction. Sent to SQLite's thread instead, it
+        would keep every other write waiting until the reactor, busy with
+        requests, got around to its answer.
         """
         return self._db.transaction(lambda txn: txn.execute(sql, params), brief=True)
 
     def _query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
-        """A read of a few rows found by their key: a brief transaction too (L{_execute})."""
-        return self._db.transaction(lambda txn: txn.query(sql, params), brief=True)
+        """A read of a few rows (a token's, the prices): brief, to spare it two hops."""
+        return self._db.read(lambda txn: txn.query(sql, params), brief=True)
 
     async def new_token(self) -> str:
         token = new_token_string()

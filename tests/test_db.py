@@ -279,6 +279,31 @@ class DatabaseTestsMixin:
             await db.transaction(refused, brief=True)
         self.assertEqual(await db.query("SELECT n FROM scratch"), [(140,)])
 
+    async def test_reads_see_what_was_committed(self) -> None:
+        """A read, brief or not, fires with what its work returned from one snapshot."""
+        db = await self.scratch()
+        await db.execute("INSERT INTO scratch (k, n) VALUES ('a', 1), ('b', 2)")
+
+        async def both(txn: ITransaction) -> list[tuple]:
+            return [
+                *(await txn.query("SELECT n FROM scratch WHERE k = 'a'")),
+                *(await txn.query("SELECT n FROM scratch WHERE k = 'b'")),
+            ]
+
+        self.assertEqual(await db.read(both), [(1,), (2,)])
+        self.assertEqual(await db.read(both, brief=True), [(1,), (2,)])
+        await db.transaction(insert("c"), brief=True)
+        rows = await db.read(lambda txn: txn.query("SELECT COUNT(*) FROM scratch"), brief=True)
+        self.assertEqual(rows, [(3,)])
+
+        async def refused(txn: ITransaction) -> None:
+            await txn.query("SELECT 1")
+            raise Refused()
+
+        with self.assertRaises(Refused):
+            await db.read(refused, brief=True)
+        self.assertEqual(await db.read(both, brief=True), [(1,), (2,)])  # usable after
+
     async def test_statements_started_together_in_a_transaction(self) -> None:
         """A transaction's statements run one at a time, even when not awaited one by one."""
         db = await self.scratch()
@@ -428,6 +453,26 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         self.assertEqual(
             await db.query("SELECT k FROM scratch ORDER BY rowid"), [("first",), ("second",)]
         )
+
+    async def test_a_brief_read_waits_for_no_write(self) -> None:
+        """
+        Not for SQLite's write lock, held elsewhere (another node on the
+        file), nor for the writes queued for the thread: a brief read is done
+        in the call, and sees what was committed.
+        """
+        url = self.fresh_url()
+        db = await self.open(url)
+        await db.execute(SCRATCH)
+        await db.execute("INSERT INTO scratch (k) VALUES ('committed')")
+        other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO scratch (k) VALUES ('not yet')")
+        queued = db.transaction(insert("queued"))
+        count = db.read(lambda txn: txn.query("SELECT k FROM scratch"), brief=True)
+        self.assertEqual(self.successResultOf(count), [("committed",)])
+        other.execute("COMMIT")
+        await queued
 
     async def test_brief_keeps_its_turn_behind_the_threads_writes(self) -> None:
         """Sent after a write to the thread, a brief transaction comes after it, not before."""

@@ -600,7 +600,7 @@ class InternalErrorTests(TestCase):
     async def test_unexpected_failure_is_500_without_detail(self) -> None:
         node = await start_node(self)
 
-        async def broken(store: FileStore, filehash: str, using: object = None) -> None:
+        async def broken(store: FileStore, filehash: str) -> None:
             raise RuntimeError("disk on fire at /secret/path")
 
         self.patch(FileStore, "find", broken)

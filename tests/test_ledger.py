@@ -43,6 +43,9 @@ class CountingDatabase:
         self.transactions += 1
         return self._db.transaction(work, brief=brief)
 
+    def read(self, work: Any, *, brief: bool = False) -> Deferred[Any]:
+        return self._db.read(work, brief=brief)
+
     def query(self, sql: str, params: tuple = ()) -> Deferred[list[tuple]]:
         return self._db.query(sql, params)
 

@@ -108,6 +108,11 @@ class RecordingDatabase:
             lambda txn: work(_RecordingTransaction(txn, self.seen)), brief=brief
         )
 
+    def read(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        return self._db.read(lambda txn: work(_RecordingTransaction(txn, self.seen)), brief=brief)
+
     def optimize(self) -> Deferred[None]:
         return self._db.optimize()
 

@@ -476,6 +476,12 @@ class PostgresDatabase:
             )
         )
 
+    def read(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        # A transaction like any other: PostgreSQL's readers wait for no writer.
+        return self.transaction(work)
+
     def optimize(self) -> Deferred[None]:
         """Nothing to do: autovacuum analyzes each table as it changes (README, operators)."""
         return succeed(None)

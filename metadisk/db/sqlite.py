@@ -77,6 +77,12 @@ def _interact(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
     return _run(cursor, work)
 
 
+def _read(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
+    """On the pool thread: L{_run} C{work} in a transaction that reads one snapshot."""
+    cursor.execute("BEGIN")
+    return _run(cursor, work)
+
+
 def _run(cursor: Any, work: Callable[[ITransaction], Awaitable[T]]) -> T:
     """
     Run the async C{work} to completion on C{cursor}. Its statements return
@@ -204,6 +210,17 @@ class SQLiteDatabase:
     ) -> Deferred[T]:
         return self._write(_interact, work, brief=brief)
 
+    def read(
+        self, work: Callable[[ITransaction], Awaitable[T]], *, brief: bool = False
+    ) -> Deferred[T]:
+        # In WAL mode a read waits for no write, here or in another process: nor does it
+        # wait behind the writes queued for the thread.
+        if brief:
+            done = self._here_run("BEGIN", work)
+            if done is not None:
+                return done
+        return self._pool.runInteraction(_read, work).addErrback(_unavailable)
+
     def _write(self, interaction: Callable[..., T], *args: Any, brief: bool = False) -> Deferred[T]:
         """
         A write, in the order asked: now if none is before it, else once
@@ -217,7 +234,7 @@ class SQLiteDatabase:
 
     def _start(self, interaction: Callable[..., T], args: tuple, brief: bool) -> Deferred[T]:
         if brief:
-            done = self._transaction_here(*args)
+            done = self._here_run("BEGIN IMMEDIATE", *args, committed=self._committed_here)
             if done is not None:
                 return done
         self._writing = True
@@ -236,14 +253,23 @@ class SQLiteDatabase:
             interaction, args, brief, waiting = self._waiting.popleft()
             self._start(interaction, args, brief).addBoth(_deliver_to, waiting)
 
-    def _transaction_here(self, work: Callable[[ITransaction], Awaitable[T]]) -> Deferred[T] | None:
-        """C{work} in the reactor's thread, fired; None if SQLite's lock is taken."""
+    def _here_run(
+        self,
+        begin: str,
+        work: Callable[[ITransaction], Awaitable[T]],
+        committed: Callable[[], None] | None = None,
+    ) -> Deferred[T] | None:
+        """
+        C{work} in a transaction begun by C{begin}, in the reactor's thread,
+        fired (and C{committed} called once it has); None if it cannot begin
+        there (the write lock is taken).
+        """
         try:
             if self._here is None:
                 self._here = _open_here(self._path)
             if self._here is None:
                 return None
-            self._here.execute("BEGIN IMMEDIATE")
+            self._here.execute(begin)
         except sqlite3.Error:
             # Another connection writes (this node's thread, another node): wait in the thread.
             return None
@@ -259,7 +285,8 @@ class SQLiteDatabase:
                 self._here.close()
                 self._here = None
             return failed
-        self._committed_here()
+        if committed is not None:
+            committed()
         return succeed(result)
 
     def _committed_here(self) -> None:

@@ -160,6 +160,9 @@ class FileStore:
         self, filehash: str, using: IDatabase | ITransaction | None = None
     ) -> FileRecord | None:
         """This node's record of its file, or else the earliest claim not disproved."""
+        if using is None:
+            # Both lookups in one brief read: on SQLite, in the reactor's thread.
+            return await self._db.read(lambda txn: self.find(filehash, txn), brief=True)
         return await self.catalog.find(filehash, using) or await self.claims.earliest(
             filehash, using
         )

@@ -313,12 +313,7 @@ class FilesAPI:
 
     @app.route("/find/<filehash>", methods=["GET"])
     async def find(self, request: IRequest, filehash: str) -> bytes:
-        record = None
-        if is_hex64(filehash):
-            # A brief transaction: on SQLite, the lookups run in the reactor's thread.
-            record = await self._store.transaction(
-                lambda txn: self._store.find(filehash.lower(), txn)
-            )
+        record = await self._store.find(filehash.lower()) if is_hex64(filehash) else None
         if record is None:
             raise error(404, "File not found")
         return write_json(request, 200, record.to_json())
