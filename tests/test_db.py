@@ -469,8 +469,8 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO scratch (k) VALUES ('not yet')")
         queued = db.transaction(insert("queued"))
-        count = db.read(lambda txn: txn.query("SELECT k FROM scratch"), brief=True)
-        self.assertEqual(self.successResultOf(count), [("committed",)])
+        rows = db.read(lambda txn: txn.query("SELECT k FROM scratch"), brief=True)
+        self.assertEqual(self.successResultOf(rows), [("committed",)])
         other.execute("COMMIT")
         await queued
 
