@@ -16,7 +16,6 @@ runs with its own code and this checkout's benchmark helpers); --after defaults 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import transfer
-from _node import ROOT, Node, random_file, refresh
+from _node import ROOT, random_file, refresh
 
 
 def main() -> int:
@@ -46,8 +45,9 @@ def main() -> int:
     nodes: dict[str, transfer.MetaDisk] = {}
     try:
         for name, tree in (("before", args.before), ("after", args.after)):
-            transfer.Node = functools.partial(Node, root=tree.resolve())
-            node = transfer.MetaDisk(True, 2**40, 2**30, database=args.database)
+            node = transfer.MetaDisk(
+                True, 2**40, 2**30, database=args.database, root=tree.resolve()
+            )
             (work / name).mkdir()
             node.start(work / name)
             nodes[name] = node

@@ -357,12 +357,14 @@ class MetaDisk(System):
         max_file_size: int,
         database: str | None = None,
         hosts: str = "",
+        root: Path = ROOT,
     ) -> None:
         self.accounts = accounts
         self.capacity = capacity
         self.max_file_size = max_file_size
         self.database = database
         self.hosts = hosts  # [[hosts]] tables; "": three local directories
+        self.root = root  # the checkout whose node runs (bench/side_by_side.py: another one)
 
     def start(self, work: Path) -> None:
         database = ""
@@ -380,6 +382,7 @@ max_file_size = {self.max_file_size}
 [accounts]
 enabled = {"true" if self.accounts else "false"}
 {database}{self.hosts}""",
+            root=self.root,
         )
         self.pid = self.node.pid
         self.idle_rss = rss_mib(self.pid)
