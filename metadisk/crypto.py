@@ -138,7 +138,7 @@ def _encrypt(src: int, dst: int, key: bytes) -> str:
     cipher = ctr_cipher(key)
     digest = hashlib.sha256()
     # No larger than the file: most are small, and a 1 MiB buffer costs its page faults.
-    buffer = bytearray(max(1, min(CHUNK_SIZE, os.fstat(src).st_size)))
+    buffer = bytearray(min(CHUNK_SIZE, os.fstat(src).st_size))
     view = memoryview(buffer)
     offset = 0
     while n := os.preadv(src, [buffer], offset):

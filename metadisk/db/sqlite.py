@@ -271,7 +271,8 @@ class SQLiteDatabase:
                 return None
             self._here.execute(begin)
         except sqlite3.Error:
-            # Another connection writes (this node's thread, another node): wait in the thread.
+            # BEGIN IMMEDIATE found the write lock taken (this node's thread, another node),
+            # or the file would not open: the thread waits with its busy timeout.
             return None
         try:
             result = _run(self._here.cursor(), work)

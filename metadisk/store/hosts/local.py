@@ -57,7 +57,7 @@ def _copy_contents(src: BinaryIO, dst: BinaryIO) -> None:
         return
     # What the kernel did not copy, from where it stopped (it moved both offsets), to the end;
     # a buffer no larger than that (a blob is often small, and 1 MiB costs its page faults).
-    buffer = bytearray(min(_BUFFER, max(size - copied, 1)))
+    buffer = bytearray(min(_BUFFER, size - copied))
     view = memoryview(buffer)
     while n := src.readinto(buffer):
         done = 0
